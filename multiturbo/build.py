@@ -1,0 +1,76 @@
+"""Build the data set and the model from a resolved config through the plugin registries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ExperimentConfig
+from .dataset import Dataset, Splits
+from .errors import ConfigError, DataError
+from .loss import TurboLoss
+from .model import TurboModel
+from .plugins import Registries, get_registries
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, built and checked before any training starts."""
+
+    config: ExperimentConfig
+    dataset: Dataset
+    splits: Splits
+    model: TurboModel
+
+
+def build_dataset(cfg: ExperimentConfig, registries: Registries) -> tuple[Dataset, Splits]:
+    """The data set plugin and the configured fold's splits; checks modalities and fold."""
+    cls = registries.datasets.get(cfg.data.name)
+    dataset = cls(cls.Options.model_validate(cfg.data.options), seed=cfg.seed)
+    missing = [m for m in cfg.modalities if m not in dataset.modalities]
+    if missing:
+        raise ConfigError(
+            [f"modalities.{m}: the data set {cfg.data.name!r} does not provide {m!r}; it provides "
+             f"{', '.join(dataset.modalities)}. Remove the modality or choose another data set." for m in missing]
+        )
+    if cfg.data.fold is not None and cfg.data.fold >= dataset.num_folds:
+        raise ConfigError([f"data.fold: {cfg.data.fold} is out of range; the data set {cfg.data.name!r} has {dataset.num_folds} fold(s) (0..{dataset.num_folds - 1})."])
+    splits = dataset.splits(cfg.data.fold)
+    for name in ("train", "val", "test"):
+        if len(getattr(splits, name)) == 0:
+            raise DataError(f"The {name} split of data set {cfg.data.name!r} is empty. Give the data set more items or change its split options.")
+    if len(dataset.classes) < 2:
+        raise DataError(f"The data set {cfg.data.name!r} has {len(dataset.classes)} class(es); classification needs at least 2.")
+    return dataset, splits
+
+
+def build_model(cfg: ExperimentConfig, num_classes: int, registries: Registries) -> TurboModel:
+    """Encoders (keyed by modality), projections, head and the Turbo loss from the config."""
+    encoders = {}
+    for m, mc in cfg.modalities.items():
+        cls = registries.encoders.get(mc.encoder)
+        encoders[m] = cls(cls.Options.model_validate(mc.options))
+    head_cls = registries.heads.get(cfg.model.head)
+    head = head_cls(
+        head_cls.Options.model_validate(cfg.model.head_options),
+        modalities=list(cfg.modalities), dim=cfg.model.dim, num_classes=num_classes,
+    )
+    t = cfg.turbo
+    contrastive = None
+    if t.any_term:
+        contrastive = TurboLoss(
+            temperature=t.temperature, learnable=t.learn_temperature, min_temperature=t.min_temperature,
+            in_modal=t.in_modal, cross_modal=t.cross_modal, symmetric=t.symmetric, reduction=t.reduction,
+            in_modal_weight=t.in_modal_weight, cross_modal_weight=t.cross_modal_weight,
+        )
+    return TurboModel(
+        encoders, head, contrastive, dim=cfg.model.dim, dropout=cfg.model.dropout, passes=t.passes,
+        forward_mode=cfg.model.forward_mode, ce_weight=t.ce_weight if contrastive else 1.0, ce_passes=t.ce_passes,
+    )
+
+
+def build_experiment(cfg: ExperimentConfig, registries: Registries | None = None) -> Experiment:
+    """Build and check everything for ``cfg`` (raises ConfigError / DataError before training)."""
+    registries = registries or get_registries()
+    dataset, splits = build_dataset(cfg, registries)
+    model = build_model(cfg, len(dataset.classes), registries)
+    return Experiment(cfg, dataset, splits, model)

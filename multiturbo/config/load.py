@@ -1,0 +1,178 @@
+"""Reading, overriding, validating and resolving configs.
+
+Errors never surface as pydantic tracebacks: each problem becomes one
+``location: message`` line of a :class:`~multiturbo.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import ConfigError, PluginError
+from .schema import ExperimentConfig
+
+Loc = tuple[str | int, ...]
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load`` (no object construction)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: no such file. Give the path of a YAML config, e.g. configs/demo.yaml."])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text. Save the config as UTF-8."]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping (key: value lines), got {type(raw).__name__}."])
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: 3, 0.5, true, [a, b]) to a copy."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError([f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set turbo.passes=3"])
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError([f"--set {item!r}: {where} is {child!r}, not a section, so it has no keys."])
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model class that owns the last element of ``loc`` (for key suggestions)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        else:
+            return None
+        # unwrap Optional[X]
+        args = [a for a in typing.get_args(current) if a is not type(None)]
+        if typing.get_origin(current) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+            current = args[0]
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: Loc = ()) -> list[str]:
+    """One ``location: message`` line per pydantic error, with hints for unknown keys."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in (*prefix, *loc)) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(model, loc)
+            known = sorted(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            lines.append(f"{where}: unknown key.{hint} Known keys here: {', '.join(known)}.")
+        elif err["type"] == "missing":
+            lines.append(f"{where}: required key is missing.")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg} (got {err.get('input')!r}).")
+    return lines
+
+
+def validate_config(raw: dict[str, Any], source: str | None = None) -> ExperimentConfig:
+    """Validate a raw mapping into an :class:`ExperimentConfig` (presets applied)."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, ExperimentConfig), source) from None
+
+
+def check_config(cfg: ExperimentConfig, registries=None, source: str | None = None) -> ExperimentConfig:
+    """Resolve plugin names and options (defaults filled) and check cross-field rules.
+
+    Returns a new config whose plugin ``options`` hold every option with its value, so
+    the saved config says exactly what ran.
+    """
+    if registries is None:
+        from ..plugins import get_registries
+
+        registries = get_registries()
+    lines: list[str] = []
+    data = cfg.data.model_copy()
+    opts = _resolve(registries.datasets, cfg.data.name, cfg.data.options, ("data", "name"), ("data", "options"), lines)
+    if opts is not None:
+        data = data.model_copy(update={"options": opts})
+    modalities = {}
+    for m, mc in cfg.modalities.items():
+        opts = _resolve(registries.encoders, mc.encoder, mc.options, ("modalities", m, "encoder"), ("modalities", m, "options"), lines)
+        modalities[m] = mc.model_copy(update={"options": opts}) if opts is not None else mc
+    model = cfg.model
+    opts = _resolve(registries.heads, cfg.model.head, cfg.model.head_options, ("model", "head"), ("model", "head_options"), lines)
+    if opts is not None:
+        model = model.model_copy(update={"head_options": opts})
+
+    t, M = cfg.turbo, len(cfg.modalities)
+    if t.in_modal and t.passes < 2:
+        lines.append(f"turbo.in_modal: in-modal terms compare passes of one modality and need turbo.passes >= 2 (got {t.passes}). Set turbo.passes=2 or turbo.in_modal=false.")
+    if t.cross_modal and M < 2:
+        lines.append(f"turbo.cross_modal: cross-modal terms need at least 2 modalities (config has {M}). Add a modality or set turbo.cross_modal=false.")
+    if t.any_term and cfg.train.batch_size < 2:
+        lines.append(f"train.batch_size: a contrastive term needs batch_size >= 2 (InfoNCE takes its negatives from the batch; got {cfg.train.batch_size}).")
+    if t.any_term and t.ce_weight == 1.0:
+        lines.append("turbo.ce_weight: 1.0 gives the contrastive terms zero weight while they are switched on. Lower ce_weight or use method: vanilla.")
+    if t.learn_temperature and t.temperature < t.min_temperature:
+        lines.append(f"turbo.temperature: {t.temperature} is below turbo.min_temperature={t.min_temperature}.")
+    if lines:
+        raise ConfigError(lines, source)
+    return cfg.model_copy(update={"data": data, "modalities": modalities, "model": model})
+
+
+def _resolve(registry, name: str, options: dict[str, Any], name_loc: Loc, options_loc: Loc, lines: list[str]) -> dict[str, Any] | None:
+    try:
+        cls = registry.get(name)
+    except PluginError as exc:
+        lines.append(f"{'.'.join(map(str, name_loc))}: {exc}")
+        return None
+    try:
+        return cls.Options.model_validate(options).model_dump(mode="json")
+    except ValidationError as exc:
+        lines.extend(format_validation_error(exc, cls.Options, options_loc))
+        return None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), registries=None) -> ExperimentConfig:
+    """Read, override, validate and resolve a config file; raises ConfigError on any problem."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    raw.setdefault("name", Path(path).stem)
+    cfg = validate_config(raw, str(path))
+    return check_config(cfg, registries, str(path))
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """The config as YAML, every field included (the resolved config saved with a run)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,49 @@
+"""The encoder contract.
+
+An encoder turns one modality's raw inputs into one pooled vector per item. It owns
+its preprocessing: :meth:`Encoder.collate` turns a list of raw inputs (waveforms,
+strings, images...) into a padded batch of tensors, and :meth:`Encoder.forward` maps
+that batch to ``[B, output_dim]``.
+
+Every tensor in a collated batch has the batch on dimension 0, so the engine can
+repeat a batch K times along it (one forward for all K dropout passes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from .options import StrictModel
+
+Batch = dict[str, Tensor]
+
+
+class EncoderOptions(StrictModel):
+    """Options every encoder accepts. Subclass it to add an encoder's own options."""
+
+
+class Encoder(nn.Module):
+    """Base class of encoder plugins.
+
+    Subclasses set ``Options`` (a subclass of :class:`EncoderOptions`), set
+    ``self.output_dim`` in ``__init__``, and implement ``collate`` and ``forward``.
+    Dropout inside the encoder stays on in training: Turbo's K views come from it.
+    """
+
+    Options: ClassVar[type[EncoderOptions]] = EncoderOptions
+    output_dim: int
+
+    def __init__(self, options: EncoderOptions):
+        super().__init__()
+        self.options = options
+
+    def collate(self, raw: Sequence[Any]) -> Batch:
+        """Turn B raw inputs into a padded batch: a dict of tensors, each [B, ...]."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Map a collated batch to pooled vectors [B, output_dim]."""
+        raise NotImplementedError

@@ -1,0 +1,32 @@
+"""User-facing errors.
+
+Every error a user can cause (bad config, unknown plugin name, bad data) is a
+:class:`MultiturboError`. The CLI prints its message as one paragraph, without a
+traceback, and exits with status 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class MultiturboError(Exception):
+    """An error caused by the user's input, with a message that names the culprit and the fix."""
+
+
+class ConfigError(MultiturboError):
+    """A config that does not validate. Holds one ``location: message`` line per problem."""
+
+    def __init__(self, lines: Iterable[str], source: str | None = None):
+        self.lines = list(lines)
+        self.source = source
+        head = f"Invalid config {source}:" if source else "Invalid config:"
+        super().__init__("\n".join([head, *(f"  {line}" for line in self.lines)]))
+
+
+class PluginError(MultiturboError):
+    """An unknown, duplicate or broken plugin registration."""
+
+
+class DataError(MultiturboError):
+    """Data that cannot be used as given (missing file, unknown label, missing modality...)."""

@@ -1,0 +1,32 @@
+"""Hook specifications: the whole plugin surface of multiturbo.
+
+Each hook receives a ``register`` callable; a plugin calls it once per thing it
+provides: ``register(name, cls)``. Names are global per kind: two plugins giving the
+same encoder name is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("multiturbo")
+hookimpl = pluggy.HookimplMarker("multiturbo")
+
+Register = Callable[[str, type], None]
+
+
+@hookspec
+def register_encoders(register: Register) -> None:
+    """Register encoder classes (subclasses of multiturbo.Encoder): register(name, cls)."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register data set classes (subclasses of multiturbo.Dataset): register(name, cls)."""
+
+
+@hookspec
+def register_heads(register: Register) -> None:
+    """Register classification head classes (subclasses of multiturbo.Head): register(name, cls)."""

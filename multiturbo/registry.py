@@ -1,0 +1,82 @@
+"""Name -> class registries filled by plugin hooks.
+
+Unknown names fail with the list of known names; a second registration of a name
+fails and names both plugins (unless the registry was built with ``allow_override``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from .errors import PluginError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered class and the plugin that provided it."""
+
+    name: str
+    cls: type[T]
+    plugin: str
+
+
+class Registry(Generic[T]):
+    """Registered classes of one kind ("encoder", "dataset", "head")."""
+
+    def __init__(self, kind: str, base: type[T], allow_override: bool = False):
+        self.kind = kind
+        self.base = base
+        self.allow_override = allow_override
+        self._entries: dict[str, Entry[T]] = {}
+
+    def add(self, name: str, cls: type[T], plugin: str) -> None:
+        """Register ``cls`` under ``name`` on behalf of ``plugin``."""
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"Plugin {plugin!r} registered a {self.kind} with an invalid name {name!r}: names are non-empty strings.")
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise PluginError(
+                f"Plugin {plugin!r} registered {self.kind} {name!r} as {cls!r}, which is not a subclass of "
+                f"{self.base.__module__}.{self.base.__qualname__}. Register a class derived from it."
+            )
+        if name in self._entries and not self.allow_override:
+            other = self._entries[name].plugin
+            raise PluginError(
+                f"Duplicate {self.kind} name {name!r}: registered by plugin {other!r} and again by plugin "
+                f"{plugin!r}. Rename one of them, or block one plugin (see docs/plugins.md)."
+            )
+        self._entries[name] = Entry(name, cls, plugin)
+
+    def get(self, name: str) -> type[T]:
+        """The class registered as ``name``; unknown names fail with the known ones."""
+        return self.entry(name).cls
+
+    def entry(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise PluginError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        known = ", ".join(sorted(self._entries)) or "(none)"
+        close = difflib.get_close_matches(name, list(self._entries), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return (
+            f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {known}. "
+            f"Run `multiturbo plugins` to list them with the plugins that provide them."
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self):
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)

@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny experiment config that trains in seconds on a CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"name": "synthetic", "options": {"size": 60, "num_classes": 3, "sample_rate": 4000, "seconds": 0.25}},
+    "modalities": {
+        "audio": {"encoder": "logmel_cnn", "options": {"sample_rate": 4000, "n_fft": 128, "hop_length": 64, "n_mels": 16, "channels": 4, "output_dim": 16}},
+        "text": {"encoder": "hashed_transformer", "options": {"vocab_size": 256, "dim": 16, "layers": 1, "heads": 2}},
+    },
+    "model": {"dim": 16},
+    "train": {"batch_size": 8, "epochs": 2, "lr": 0.003},
+}
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    """The tiny experiment as a raw mapping (a fresh copy per test)."""
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def tiny_config_path(tmp_path, tiny_raw):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw))
+    return path

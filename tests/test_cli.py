@@ -1,0 +1,133 @@
+"""The command line end to end on a tiny config: run, compare, plugins, schema, config, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from multiturbo.cli import cli
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_run_writes_a_complete_run_directory(tiny_config_path, tmp_path):
+    out = tmp_path / "run"
+    res = invoke("run", tiny_config_path, "--out", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "test {" in res.output and str(out) in res.output
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["turbo"]["passes"] == 2 and resolved["modalities"]["audio"]["options"]["n_mels"] == 16
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["classes"] == ["class0", "class1", "class2"]
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert set(epochs[0]["terms"]) == {"audio1~audio2", "text1~text2", "audio1~text1", "audio1~text2", "audio2~text1", "audio2~text2"}
+    assert {"loss", "ce", "contrastive", "temperature"} <= set(epochs[0]["train"])
+    assert {"wa", "ua", "f1", "loss", "confusion"} <= set(epochs[0]["val"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("wa", "ua", "f1"))
+    assert sum(map(sum, metrics["confusion"])) == info["split_sizes"]["test"]
+    for name in ("best.safetensors", "last.safetensors"):
+        tensors = load_file(out / name)
+        assert any(k.startswith("encoders.audio.") for k in tensors) and any(k.startswith("head.") for k in tensors)
+
+
+def test_a_finished_run_is_not_overwritten_silently(tiny_config_path, tmp_path):
+    out = tmp_path / "run"
+    assert invoke("run", tiny_config_path, "--out", out, "-q", "--set", "train.epochs=1").exit_code == 0
+    res = invoke("run", tiny_config_path, "--out", out, "-q", "--set", "train.epochs=1")
+    assert res.exit_code == 2 and "already exists and is not empty" in res.output
+    assert invoke("run", tiny_config_path, "--out", out, "-q", "--set", "train.epochs=1", "--overwrite").exit_code == 0
+
+
+def test_two_class_runs_report_eer(tiny_config_path, tmp_path):
+    out = tmp_path / "run"
+    res = invoke("run", tiny_config_path, "--out", out, "-q", "--set", "data.options.num_classes=2", "--set", "train.epochs=1")
+    assert res.exit_code == 0, res.output
+    assert "eer" in json.loads((out / "metrics.json").read_text())
+
+
+def test_same_seed_same_metrics(tiny_config_path, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert invoke("run", tiny_config_path, "--out", out, "-q", "--set", "train.epochs=1").exit_code == 0
+    assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
+
+
+def test_compare_writes_table_and_one_run_per_method(tiny_config_path, tmp_path):
+    out = tmp_path / "cmp"
+    res = invoke("compare", tiny_config_path, "--out", out, "-q", "--set", "train.epochs=1")
+    assert res.exit_code == 0, res.output
+    for label in ("Vanilla", "+ CL_cross", "+ Turbo"):
+        assert label in res.output
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["method"] for r in rows] == ["vanilla", "cross", "turbo"]
+    assert [(r["K"], r["in_terms"], r["cross_terms"]) for r in rows] == [("1", "0", "0"), ("1", "0", "1"), ("2", "2", "4")]
+    for r in rows:
+        assert json.loads((out / r["method"] / "metrics.json").read_text())["wa"] == pytest.approx(float(r["wa"]))
+    assert (out / "comparison.md").read_text().startswith("| Method | K |")
+
+
+def test_compare_validates_every_method_before_training(tiny_config_path, tmp_path):
+    res = invoke("compare", tiny_config_path, "--out", tmp_path / "c", "--methods", "vanilla,fancy")
+    assert res.exit_code == 2 and "Unknown method(s) fancy" in res.output
+    assert not (tmp_path / "c").exists()
+    # batch size 1 is fine for vanilla, not for cross/turbo: fails before vanilla trains
+    res = invoke("compare", tiny_config_path, "--out", tmp_path / "c", "--set", "train.batch_size=1")
+    assert res.exit_code == 2 and "train.batch_size: a contrastive term needs batch_size >= 2" in res.output
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("turbo.passes=0", "turbo.passes: Input should be greater than or equal to 1"),
+        ("turbo.temperature=0", "turbo.temperature: Input should be greater than 0"),
+        ("turbo.ce_weight=1.5", "turbo.ce_weight: Input should be less than or equal to 1"),
+        ("train.bacth_size=4", "train.bacth_size: unknown key. Did you mean 'batch_size'?"),
+        ("train.epochs=many", "train.epochs: Input should be a valid integer"),
+        ("data.name=iemocapp", "data.name: Unknown dataset 'iemocapp'."),
+        ("modalities.image.encoder=small_cnn", "modalities.image: the data set 'synthetic' does not provide 'image'"),
+    ],
+)
+def test_bad_input_is_one_clear_error_without_traceback(tiny_config_path, tmp_path, override, message):
+    out = tmp_path / "r"
+    res = invoke("run", tiny_config_path, "--out", out, "--set", override)
+    assert res.exit_code == 2
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not (out / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_plugins_lists_every_name_with_its_plugin():
+    res = invoke("plugins")
+    assert res.exit_code == 0
+    for name, plugin in [("logmel_cnn", "multiturbo_basic_encoders"), ("synthetic", "multiturbo_synthetic"), ("concat_linear", "multiturbo_heads")]:
+        line = next(line for line in res.output.splitlines() if f" {name} " in line)
+        assert plugin in line and "built-in" in line
+
+
+def test_schema_is_json_schema():
+    schema = json.loads(invoke("schema").output)
+    assert schema["title"] == "ExperimentConfig" and "turbo" in schema["properties"]
+
+
+def test_config_prints_resolved_yaml(tiny_config_path):
+    res = invoke("config", tiny_config_path, "--set", "method=cross")
+    resolved = yaml.safe_load(res.output)
+    assert resolved["method"] == "cross" and resolved["turbo"]["passes"] == 1 and resolved["turbo"]["in_modal"] is False
+
+
+def test_python_dash_m_and_console_script_work(tiny_config_path):
+    res = subprocess.run([sys.executable, "-m", "multiturbo", "config", str(tiny_config_path), "--set", "turbo.pases=2"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "turbo.pases: unknown key" in res.stderr and "Traceback" not in res.stderr

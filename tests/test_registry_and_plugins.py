@@ -1,0 +1,152 @@
+"""Plugin manager and registries: loading, unknown and duplicate names, test plugins."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import multiturbo
+from multiturbo import Encoder, EncoderOptions, PluginError, hookimpl
+from multiturbo.plugins import FIRST_PARTY_PLUGINS, get_plugin_manager, get_registries, plugin_registered
+from multiturbo.registry import Registry
+
+
+class _TinyEncoder(Encoder):
+    """A test encoder."""
+
+    def __init__(self, options: EncoderOptions):
+        super().__init__(options)
+        self.output_dim = 3
+
+
+class _TestPlugin:
+    @hookimpl
+    def register_encoders(self, register):
+        register("tiny_test_encoder", _TinyEncoder)
+
+
+def test_first_party_plugins_register_everything_the_demo_needs():
+    regs = get_registries()
+    assert {"logmel_cnn", "hashed_transformer", "small_cnn"} <= set(regs.encoders.names())
+    assert "synthetic" in regs.datasets
+    assert {"concat_linear", "mean_linear"} <= set(regs.heads.names())
+    assert regs.encoders.entry("logmel_cnn").plugin == "multiturbo_basic_encoders"
+
+
+def test_a_plugin_registered_in_a_test_is_found_and_removed_after():
+    with plugin_registered(_TestPlugin(), "test-plugin"):
+        entry = get_registries().encoders.entry("tiny_test_encoder")
+        assert entry.cls is _TinyEncoder and entry.plugin == "test-plugin"
+    assert "tiny_test_encoder" not in get_registries().encoders
+
+
+def test_duplicate_names_fail_naming_both_plugins():
+    class Dup:
+        @hookimpl
+        def register_encoders(self, register):
+            register("logmel_cnn", _TinyEncoder)
+
+    with plugin_registered(Dup(), "dup-plugin"), pytest.raises(PluginError) as info:
+        get_registries()
+    assert "Duplicate encoder name 'logmel_cnn'" in str(info.value)
+    assert "'multiturbo_basic_encoders'" in str(info.value) and "'dup-plugin'" in str(info.value)
+
+
+def test_registering_a_non_encoder_fails():
+    class Wrong:
+        @hookimpl
+        def register_encoders(self, register):
+            register("not_an_encoder", dict)
+
+    with plugin_registered(Wrong(), "wrong-plugin"), pytest.raises(PluginError, match="not a subclass of multiturbo.encoder.Encoder"):
+        get_registries()
+
+
+def test_a_hook_that_raises_is_reported_by_plugin_name():
+    class Broken:
+        @hookimpl
+        def register_heads(self, register):
+            raise RuntimeError("boom")
+
+    with plugin_registered(Broken(), "broken-plugin"), pytest.raises(PluginError, match="Plugin 'broken-plugin' failed in its register_heads hook: RuntimeError: boom"):
+        get_registries()
+
+
+def test_misspelt_hook_fails_at_registration():
+    class Misspelt:
+        @hookimpl
+        def register_encoderz(self, register):
+            pass
+
+    with pytest.raises(Exception, match="unknown hook"):
+        with plugin_registered(Misspelt(), "misspelt"):
+            pass
+    assert get_plugin_manager().get_plugin("misspelt") is None
+
+
+def test_unknown_name_lists_known_names_and_suggests():
+    reg = Registry("encoder", Encoder)
+    reg.add("logmel_cnn", _TinyEncoder, "p")
+    reg.add("small_cnn", _TinyEncoder, "p")
+    with pytest.raises(PluginError) as info:
+        reg.get("logmel_cn")
+    assert "Unknown encoder 'logmel_cn'. Did you mean 'logmel_cnn'? Known encoders: logmel_cnn, small_cnn." in str(info.value)
+
+
+FAKE_PLUGIN = """
+from multiturbo import hookimpl
+from multiturbo_heads import ConcatLinearHead
+
+class FakeHead(ConcatLinearHead):
+    \"\"\"A head from an installed distribution.\"\"\"
+
+@hookimpl
+def register_heads(register):
+    register("fake_head", FakeHead)
+"""
+
+
+def _fake_distribution(root: pathlib.Path) -> None:
+    """An installed distribution 'fakeplugin 0.3' with an entry point in the multiturbo group."""
+    (root / "fakeplugin.py").write_text(FAKE_PLUGIN)
+    info = root / "fakeplugin-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplugin\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[multiturbo]\nfake = fakeplugin\n")
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_entry_point_plugins_load_unless_the_env_var_turns_them_off(tmp_path, disabled):
+    _fake_distribution(tmp_path)
+    code = (
+        "from multiturbo.plugins import get_registries, plugin_source\n"
+        "regs = get_registries()\n"
+        "print('fake_head' in regs.heads, plugin_source('fake') if 'fake_head' in regs.heads else '-')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MULTITURBO_NO_EXTERNAL_PLUGINS"}
+    env["PYTHONPATH"] = str(tmp_path)
+    if disabled:
+        env["MULTITURBO_NO_EXTERNAL_PLUGINS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == (["False", "-"] if disabled else ["True", "fakeplugin", "0.3"])
+
+
+def test_core_imports_no_concrete_plugin():
+    """The core package must not import first-party plugin modules (only by name, via importlib)."""
+    root = pathlib.Path(multiturbo.__file__).parent
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in FIRST_PARTY_PLUGINS, f"{path} imports {name}"
+                assert name.split(".")[0] not in ("transformers", "timm"), f"{path} imports {name}"
