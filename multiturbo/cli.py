@@ -89,8 +89,9 @@ def plugins() -> None:
 
     regs = get_registries()
     table = Table(title="multiturbo plugins")
-    for col in ("kind", "name", "plugin", "source", "description"):
-        table.add_column(col)
+    for col in ("kind", "name", "plugin", "source"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description", overflow="fold")
     for kind, registry in (("encoder", regs.encoders), ("dataset", regs.datasets), ("head", regs.heads)):
         for entry in registry:
             doc = (entry.cls.__doc__ or "").strip().splitlines()

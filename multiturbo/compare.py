@@ -113,7 +113,7 @@ def to_rich_table(rows: list[dict], title: str = "Test metrics") -> Table:
     cols = _columns(rows)
     table = Table(title=title)
     for c in cols:
-        table.add_column(HEADERS[c], justify="left" if c == "label" else "right")
+        table.add_column(HEADERS[c], justify="left" if c == "label" else "right", no_wrap=c == "label", overflow="fold")
     for r in rows:
         table.add_row(*(_fmt(r.get(c, "")) for c in cols))
     return table

@@ -1,0 +1,58 @@
+"""Layers shared by the basic encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from multiturbo.errors import DataError
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Mean of ``x`` over ``dim`` counting only positions where ``mask`` is True.
+
+    x: [B, ..., L, ...]; mask: broadcastable to x (bool). Positions masked out do not
+    contribute, so padding never changes an item's result.
+    """
+    mask = mask.to(x.dtype)
+    total = (x * mask).sum(dim)
+    count = mask.expand_as(x).sum(dim).clamp_min(1.0)
+    return total / count
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of a [B, C, H, W] map, independently at every position.
+
+    Unlike GroupNorm it does not pool statistics over H x W, so padded time frames of a
+    spectrogram cannot leak into the valid ones.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def as_float_array(value: object, *, what: str, encoder: str) -> Tensor:
+    """Convert a numpy array or tensor to a float32 CPU tensor; anything else is a DataError."""
+    if isinstance(value, Tensor):
+        t = value.detach().cpu()
+    else:
+        if not isinstance(value, np.ndarray):
+            raise DataError(
+                f"The {encoder} encoder got a {type(value).__name__} where it expects {what} "
+                f"(a numpy array or a torch tensor). Make the data set's loader return arrays for this modality, "
+                f"or pick an encoder that accepts {type(value).__name__} inputs."
+            )
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+            raise DataError(
+                f"The {encoder} encoder got an array of dtype {value.dtype} where it expects {what} with numbers. "
+                f"Convert the data to a float or integer array in the data set's loader."
+            )
+        t = torch.from_numpy(np.ascontiguousarray(value))
+    if t.is_complex():
+        raise DataError(f"The {encoder} encoder got a complex array where it expects {what}. Pass real values.")
+    return t.to(torch.float32)

@@ -1,0 +1,168 @@
+"""``logmel_cnn``: a small log-mel CNN audio encoder, trained from scratch.
+
+Raw input: a 1-D float waveform (numpy array or tensor) at ``sample_rate``.
+
+    collate:  list of B waveforms -> {"waveform": [B, T] float, "lengths": [B] long}
+    forward:  waveform [B, T]
+              -> |STFT|^2 @ mel filterbank, log           [B, n_mels, F]   (F frames)
+              -> per-item standardisation over valid frames
+              -> 3 conv blocks (stride 2), channel LayerNorm, GELU, dropout, masked
+                                                          [B, 2*channels, n_mels/8, F/8]
+              -> mean over frequency, masked mean over valid frames   [B, 2*channels]
+              -> dropout, linear                          [B, output_dim]
+
+Padding never changes an item's vector: the STFT is centred with zero padding (so a
+frame only sees the item's samples or zeros), padded frames are zeroed after every
+block (so 'same' convolutions see zeros there, as they would at the item's own end),
+the normalisation is per position or per item over valid frames only, and the pooling
+is a masked mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from multiturbo.encoder import Encoder, EncoderOptions
+from multiturbo.errors import DataError
+
+from ._layers import ChannelNorm, as_float_array, masked_mean
+
+
+def mel_filterbank(
+    n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None
+) -> Tensor:
+    """Triangular HTK-style mel filters: [n_freqs, n_mels], n_freqs = n_fft // 2 + 1."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+
+    def hz_to_mel(f: Tensor) -> Tensor:
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+    def mel_to_hz(m: Tensor) -> Tensor:
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+    freqs = torch.linspace(0.0, sample_rate / 2, n_freqs, dtype=torch.float64)  # [n_freqs]
+    lo, hi = hz_to_mel(torch.tensor(f_min, dtype=torch.float64)), hz_to_mel(torch.tensor(f_max, dtype=torch.float64))
+    mels = torch.linspace(float(lo), float(hi), n_mels + 2, dtype=torch.float64)
+    edges = mel_to_hz(mels)  # [n_mels + 2]: left, centre, right of each triangle
+    left, centre, right = edges[:-2], edges[1:-1], edges[2:]
+    up = (freqs[:, None] - left) / (centre - left)  # [n_freqs, n_mels]
+    down = (right - freqs[:, None]) / (right - centre)
+    return torch.clamp(torch.minimum(up, down), min=0.0).to(torch.float32)
+
+
+class LogMelCNNOptions(EncoderOptions):
+    sample_rate: int = Field(16000, gt=0, description="Sample rate (Hz) of the input waveforms.")
+    n_fft: int = Field(400, ge=16, description="STFT window and FFT size, in samples (400 = 25 ms at 16 kHz).")
+    hop_length: int = Field(160, ge=1, description="STFT hop, in samples (160 = 10 ms at 16 kHz).")
+    n_mels: int = Field(64, ge=8, description="Number of mel bands.")
+    channels: int = Field(32, ge=1, description="Width of the first conv block (the next ones use 2x).")
+    output_dim: int = Field(128, ge=1, description="Size of the pooled output vector.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout in the conv blocks and before the output layer.")
+    max_seconds: float = Field(10.0, gt=0.0, description="Longer waveforms are cut to this length in collate.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LogMelCNNOptions":
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"hop_length ({self.hop_length}) must not exceed n_fft ({self.n_fft})")
+        return self
+
+
+def _conv_block(c_in: int, c_out: int, dropout: float) -> nn.ModuleDict:
+    return nn.ModuleDict(
+        {
+            "conv": nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1),
+            "norm": ChannelNorm(c_out),
+            "act": nn.GELU(),
+            "drop": nn.Dropout(dropout),
+        }
+    )
+
+
+class LogMelCNN(Encoder):
+    """Log-mel spectrogram + small 2-D CNN + masked mean pooling over frames."""
+
+    Options = LogMelCNNOptions
+
+    def __init__(self, options: LogMelCNNOptions):
+        super().__init__(options)
+        o = options
+        self.output_dim = o.output_dim
+        self.max_samples = max(1, int(round(o.max_seconds * o.sample_rate)))
+        self.register_buffer("window", torch.hann_window(o.n_fft), persistent=False)
+        self.register_buffer("mel", mel_filterbank(o.n_fft // 2 + 1, o.n_mels, o.sample_rate), persistent=False)
+        widths = [1, o.channels, 2 * o.channels, 2 * o.channels]
+        self.blocks = nn.ModuleList(_conv_block(a, b, o.dropout) for a, b in zip(widths[:-1], widths[1:]))
+        self.dropout = nn.Dropout(o.dropout)
+        self.out = nn.Linear(widths[-1], o.output_dim)
+
+    # -- preprocessing -------------------------------------------------------------
+
+    def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
+        """B waveforms -> {"waveform": [B, T] float32 zero-padded, "lengths": [B] long}.
+
+        Waveforms longer than ``max_seconds`` are cut to it.
+        """
+        if len(raw) == 0:
+            raise DataError("The logmel_cnn encoder got an empty batch. Pass at least one waveform.")
+        waves = []
+        for i, item in enumerate(raw):
+            w = as_float_array(item, what="a 1-D waveform", encoder="logmel_cnn")
+            if w.dim() == 2 and 1 in w.shape:  # [1, T] or [T, 1]: a mono waveform with a channel axis
+                w = w.reshape(-1)
+            if w.dim() != 1:
+                raise DataError(
+                    f"The logmel_cnn encoder expects 1-D mono waveforms, but item {i} of the batch has shape "
+                    f"{tuple(w.shape)}. Mix multi-channel audio down to mono (e.g. average the channels) in the "
+                    f"data set's loader."
+                )
+            if w.numel() == 0:
+                raise DataError(
+                    f"The logmel_cnn encoder got an empty waveform (item {i} of the batch). Drop empty recordings "
+                    f"from the data set, or check that the audio files were read correctly."
+                )
+            if not torch.isfinite(w).all():
+                raise DataError(
+                    f"The logmel_cnn encoder got a waveform with NaN or infinite samples (item {i} of the batch). "
+                    f"Check the audio file or the loader that produced it."
+                )
+            waves.append(w[: self.max_samples])
+        lengths = torch.tensor([w.numel() for w in waves], dtype=torch.long)
+        batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+        for i, w in enumerate(waves):
+            batch[i, : w.numel()] = w
+        return {"waveform": batch, "lengths": lengths}
+
+    # -- network ---------------------------------------------------------------------
+
+    def log_mel(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """waveform [B, T] -> (standardised log-mel [B, n_mels, F], valid-frame mask [B, F])."""
+        o = self.options
+        spec = torch.stft(
+            waveform, o.n_fft, o.hop_length, window=self.window, center=True, pad_mode="constant", return_complex=True
+        )  # [B, n_fft/2+1, F]; frame f covers samples f*hop -/+ n_fft/2, zeros outside the signal
+        power = spec.real.square() + spec.imag.square()
+        logmel = torch.log(torch.einsum("bkf,km->bmf", power, self.mel) + 1e-6)  # [B, n_mels, F]
+        frames = lengths // o.hop_length + 1  # frames whose centre lies inside the item
+        mask = torch.arange(logmel.shape[-1], device=logmel.device)[None, :] < frames[:, None]  # [B, F]
+        m = mask[:, None, :]
+        mean = masked_mean(logmel, m, dim=(1, 2))[:, None, None]
+        std = masked_mean((logmel - mean).square(), m, dim=(1, 2)).add(1e-5).sqrt()[:, None, None]
+        return ((logmel - mean) / std) * m, mask
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """{"waveform": [B, T], "lengths": [B]} -> [B, output_dim]."""
+        x, mask = self.log_mel(batch["waveform"], batch["lengths"].to(batch["waveform"].device))
+        x = x[:, None]  # [B, 1, n_mels, F]
+        frames = mask.sum(-1)  # [B]
+        for block in self.blocks:
+            x = block["drop"](block["act"](block["norm"](block["conv"](x))))
+            frames = (frames + 1) // 2  # conv k=3, s=2, p=1: ceil(F / 2) output frames
+            mask = torch.arange(x.shape[-1], device=x.device)[None, :] < frames[:, None]  # [B, F']
+            x = x * mask[:, None, None, :]  # zero the padded frames before the next conv sees them
+        pooled = masked_mean(x.mean(dim=2), mask[:, None, :], dim=-1)  # [B, C]
+        return self.out(self.dropout(pooled))
