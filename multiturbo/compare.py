@@ -71,7 +71,7 @@ def compare_methods(
             "method": method, "label": METHOD_LABELS[method], "K": cfg.turbo.passes,
             "in_terms": n_in, "cross_terms": n_cross,
             **{k: metrics[k] for k in METRIC_COLUMNS if k in metrics},
-            "best_epoch": metrics["best_epoch"], "seconds": round(time.perf_counter() - start, 1),
+            "best_epoch": metrics["best_epoch"], "seconds": time.perf_counter() - start,
         })
     (out / "comparison.md").write_text(to_markdown(rows), encoding="utf-8")
     (out / "comparison.csv").write_text(to_csv(rows), encoding="utf-8")
@@ -83,20 +83,22 @@ def _columns(rows: list[dict]) -> list[str]:
     return ["label", "K", "in_terms", "cross_terms", *metric_cols, "best_epoch", "seconds"]
 
 
-HEADERS = {"label": "Method", "K": "K", "in_terms": "in-modal terms", "cross_terms": "cross-modal terms",
-           "wa": "WA", "ua": "UA", "f1": "F1", "eer": "EER", "best_epoch": "best epoch", "seconds": "seconds"}
+HEADERS = {"label": "Method", "K": "K", "in_terms": "in", "cross_terms": "cross",
+           "wa": "WA", "ua": "UA", "f1": "F1", "eer": "EER", "best_epoch": "best ep.", "seconds": "time (s)"}
 
 
-def _fmt(value) -> str:
+def _fmt(value, column: str = "") -> str:
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.1f}" if column == "seconds" else f"{value:.4f}"
     return str(value)
 
 
 def to_markdown(rows: list[dict]) -> str:
     cols = _columns(rows)
     lines = ["| " + " | ".join(HEADERS[c] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c, ""), c) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -111,9 +113,9 @@ def to_csv(rows: list[dict]) -> str:
 
 def to_rich_table(rows: list[dict], title: str = "Test metrics") -> Table:
     cols = _columns(rows)
-    table = Table(title=title)
+    table = Table(title=title, caption="in / cross: number of in-modal / cross-modal InfoNCE terms")
     for c in cols:
         table.add_column(HEADERS[c], justify="left" if c == "label" else "right", no_wrap=c == "label", overflow="fold")
     for r in rows:
-        table.add_row(*(_fmt(r.get(c, "")) for c in cols))
+        table.add_row(*(_fmt(r.get(c, ""), c) for c in cols))
     return table

@@ -138,9 +138,9 @@ def fit(
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         progress.log(
-            f"{label}epoch {epoch}: loss {train_stats.get('loss', math.nan):.4f} (ce {train_stats.get('ce', math.nan):.4f}, "
-            f"contrastive {train_stats.get('contrastive', 0.0):.4f})  val wa {val['wa']:.3f} ua {val['ua']:.3f} "
-            f"f1 {val['f1']:.3f}{'  *' if improved else ''}"
+            f"{label}epoch {epoch}: loss {train_stats['loss']:.3f} ce {train_stats['ce']:.3f} "
+            f"contr {train_stats['contrastive']:.3f} | val wa {val['wa']:.3f} ua {val['ua']:.3f} "
+            f"f1 {val['f1']:.3f}{' *' if improved else ''}"
         )
         if cfg.patience is not None and bad_epochs >= cfg.patience:
             stopped = True
