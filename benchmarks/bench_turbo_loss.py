@@ -1,13 +1,13 @@
 """Benchmark turbo_loss against a per-pair loop (the paper's Listing 1) and the compute floor.
 
-Forward + backward, float32, d = 256, on whatever device torch runs on (CPU by default).
-For every grid point (M modalities, K passes, B items) the loop and turbo_loss are timed
-alternately (warmup, then the median of N repetitions of each). The rate of one large matmul is
-measured between grid points; the compute floor of a grid point is the FLOPs of its needed
-B x B blocks (forward 2*B*B*d per block, backward twice that) at the median measured rate.
+Forward + backward, float32, d = 256, on the CPU with torch's default threads. For every grid
+point (M modalities, K passes, B items) the loop, turbo_loss (and with --strategies the
+plain-autograd alternatives) are timed alternately with a probe, one 2048^3 matmul: 2 warmup
+rounds, then the median of N rounds. The compute floor of a grid point is the FLOPs of its needed
+B x B blocks (forward 2*B*B*d per block, backward twice that) at the median rate of its own probes.
 
-    python benchmarks/bench_turbo_loss.py            # full grid (~3 min on 2 CPU cores)
-    python benchmarks/bench_turbo_loss.py --quick    # fewer repetitions
+    python benchmarks/bench_turbo_loss.py                # full grid, ~1.5 min on 2 CPU cores
+    python benchmarks/bench_turbo_loss.py --quick        # 5 rounds instead of 21
     python benchmarks/bench_turbo_loss.py --strategies   # also time the plain-autograd alternatives
 
 Targets: loop/turbo >= 0.95 everywhere; >= 1.3 at B <= 64; turbo/floor <= 1.5 at M=3, K=2, B=256.
@@ -63,8 +63,6 @@ def step(fn, views: dict[str, torch.Tensor]) -> float:
         v.grad = None
     t = time.perf_counter()
     fn().backward()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
@@ -85,11 +83,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (noisier)")
     ap.add_argument("--strategies", action="store_true", help="also time the plain-autograd alternatives (rows, bmm)")
-    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per grid point (default 15, --quick 5)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per grid point (default 21, --quick 5)")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--temperature", type=float, default=0.07)
     args = ap.parse_args()
-    reps, warmup = args.reps or (5 if args.quick else 15), 2
+    reps, warmup = args.reps or (5 if args.quick else 21), 2
     d, tau = args.dim, args.temperature
     torch.manual_seed(0)
 

@@ -83,9 +83,13 @@ def test_single_family_matches_reference(in_modal, cross_modal):
 def test_float32_close_to_float64_reference(tau):
     views = make_views(3, 2, B=64, d=32, dtype=torch.float32)
     out = turbo_loss(views, temperature=tau)
-    ref, _ = ref_turbo({m: v.double() for m, v in views.items()}, tau)
+    views64 = {m: v.detach().double().requires_grad_() for m, v in views.items()}
+    ref, _ = ref_turbo(views64, tau)
     assert out.total.dtype == torch.float32
     torch.testing.assert_close(out.total.double(), ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.total, list(views.values()))
+    for g, g_ref in zip(grads, torch.autograd.grad(ref, list(views64.values()))):
+        torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-4 * g_ref.abs().max().item())
 
 
 def test_low_precision_views_are_computed_in_float32():
