@@ -38,6 +38,8 @@ def build_dataset(cfg: ExperimentConfig, registries: Registries) -> tuple[Datase
     for name in ("train", "val", "test"):
         if len(getattr(splits, name)) == 0:
             raise DataError(f"The {name} split of data set {cfg.data.name!r} is empty. Give the data set more items or change its split options.")
+    if cfg.train.monitor == "eer" and len(dataset.classes) != 2:
+        raise ConfigError([f"train.monitor: eer is defined for two classes; the data set {cfg.data.name!r} has {len(dataset.classes)}. Monitor ua, wa, f1 or loss."])
     if len(dataset.classes) < 2:
         raise DataError(f"The data set {cfg.data.name!r} has {len(dataset.classes)} class(es); classification needs at least 2.")
     return dataset, splits

@@ -46,7 +46,7 @@ class Registry(Generic[T]):
             other = self._entries[name].plugin
             raise PluginError(
                 f"Duplicate {self.kind} name {name!r}: registered by plugin {other!r} and again by plugin "
-                f"{plugin!r}. Rename one of them, or block one plugin (see docs/plugins.md)."
+                f"{plugin!r}. Rename one of them or uninstall one of the two plugins."
             )
         self._entries[name] = Entry(name, cls, plugin)
 

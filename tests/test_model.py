@@ -111,3 +111,11 @@ def test_fold_out_of_range(tiny_raw):
     tiny_raw["data"]["fold"] = 3
     with pytest.raises(ConfigError, match="data.fold: 3 is out of range; the data set 'synthetic' has 1 fold"):
         experiment(tiny_raw)
+
+
+def test_monitoring_eer_needs_two_classes(tiny_raw):
+    tiny_raw["train"]["monitor"] = "eer"
+    with pytest.raises(ConfigError, match="train.monitor: eer is defined for two classes; the data set 'synthetic' has 3"):
+        experiment(tiny_raw)
+    tiny_raw["data"]["options"]["num_classes"] = 2
+    assert experiment(tiny_raw).dataset.classes == ["class0", "class1"]

@@ -6,7 +6,9 @@ Errors never surface as pydantic tracebacks: each problem becomes one
 
 from __future__ import annotations
 
+import copy
 import difflib
+import types
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,8 +41,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML: 3, 0.5, true, [a, b]) to a copy."""
-    import copy
-
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -77,10 +77,9 @@ def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
             current = typing.get_args(current)[1]
         else:
             return None
-        # unwrap Optional[X]
-        args = [a for a in typing.get_args(current) if a is not type(None)]
-        if typing.get_origin(current) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
-            current = args[0]
+        if typing.get_origin(current) in (typing.Union, types.UnionType):  # Optional[X] -> X
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            current = args[0] if len(args) == 1 else current
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
