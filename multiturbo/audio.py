@@ -1,0 +1,56 @@
+"""Audio input shared by data sets and encoders: read with soundfile, mono, resample with soxr.
+
+Data sets hand audio to encoders as :class:`Waveform` (samples and their rate) or as a bare
+1-D array already at the encoder's rate; encoders call :func:`to_rate` to get the rate they need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import DataError
+
+
+@dataclass(frozen=True)
+class Waveform:
+    """Mono samples [T] (float32) and their sample rate in Hz."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def load_audio(path: str | Path) -> Waveform:
+    """Read an audio file as mono float32 (channels averaged); a clear DataError names a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Audio file {path} does not exist. Check the path (relative paths are resolved against the data set's root or manifest).")
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [T, C]
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError for bad files
+        raise DataError(f"Audio file {path} cannot be read ({type(exc).__name__}: {exc}). Replace it with a valid WAV/FLAC/OGG file or remove the item.") from None
+    if samples.shape[0] == 0:
+        raise DataError(f"Audio file {path} has no samples. Remove the item or replace the file.")
+    return Waveform(samples.mean(axis=1), int(rate))
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample mono samples [T] with soxr (high quality); a no-op when the rates agree."""
+    if from_rate == to_rate:
+        return np.asarray(samples, dtype=np.float32)
+    return soxr.resample(np.asarray(samples, dtype=np.float32), from_rate, to_rate).astype(np.float32, copy=False)
+
+
+def to_rate(audio: "Waveform | np.ndarray", rate: int) -> np.ndarray:
+    """Samples [T] at ``rate``: a Waveform is resampled, a bare array is taken as already at ``rate``."""
+    if isinstance(audio, Waveform):
+        return resample(audio.samples, audio.sample_rate, rate)
+    return np.asarray(audio, dtype=np.float32)

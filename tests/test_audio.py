@@ -1,0 +1,42 @@
+"""Audio reading and resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from multiturbo.audio import Waveform, load_audio, resample, to_rate
+from multiturbo.errors import DataError
+
+
+def test_stereo_is_mixed_down_and_rate_kept(tmp_path):
+    path = tmp_path / "a.wav"
+    stereo = np.stack([np.full(800, 0.5), np.full(800, -0.1)], axis=1)
+    sf.write(path, stereo, 8000)
+    w = load_audio(path)
+    assert w.sample_rate == 8000 and w.samples.shape == (800,) and w.seconds == 0.1
+    np.testing.assert_allclose(w.samples, 0.2, atol=1e-4)
+
+
+def test_resample_keeps_a_tone_and_changes_length():
+    t = np.arange(8000) / 8000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    out = resample(tone, 8000, 16000)
+    assert abs(len(out) - 16000) <= 1
+    spectrum = np.abs(np.fft.rfft(out))
+    assert abs(np.argmax(spectrum) * 16000 / len(out) - 440) < 2
+    assert to_rate(Waveform(tone, 8000), 8000) is not None and len(to_rate(tone, 16000)) == 8000  # bare arrays untouched
+
+
+def test_missing_corrupt_and_empty_files_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="missing.wav does not exist"):
+        load_audio(tmp_path / "missing.wav")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00not audio at all")
+    with pytest.raises(DataError, match="bad.wav cannot be read"):
+        load_audio(bad)
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros((0, 1)), 8000)
+    with pytest.raises(DataError, match="empty.wav has no samples"):
+        load_audio(empty)
