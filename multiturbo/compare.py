@@ -16,8 +16,7 @@ from typing import Sequence
 
 from rich.table import Table
 
-from .config import ExperimentConfig, check_config, validate_config
-from .config.load import apply_overrides, read_yaml
+from .config import ExperimentConfig, check_config, load_raw, validate_config
 from .errors import MultiturboError
 from .loss import pair_names
 from .plugins import get_registries
@@ -36,8 +35,7 @@ def method_configs(path: str | Path, overrides: Sequence[str], methods: Sequence
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise MultiturboError(f"Unknown method(s) {', '.join(unknown)} in --methods. Known methods: {', '.join(METHODS)}.")
-    raw = apply_overrides(read_yaml(path), overrides)
-    raw.setdefault("name", Path(path).stem)
+    raw = load_raw(path, overrides)
     registries = get_registries()
     return {m: check_config(validate_config({**raw, "method": m}, str(path)), registries, str(path)) for m in methods}
 

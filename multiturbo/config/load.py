@@ -164,12 +164,16 @@ def _resolve(registry, name: str, options: dict[str, Any], name_loc: Loc, option
         return None
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = (), registries=None) -> ExperimentConfig:
-    """Read, override, validate and resolve a config file; raises ConfigError on any problem."""
+def load_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The config file as a mapping with ``overrides`` applied and ``name`` defaulting to the file's stem."""
     raw = apply_overrides(read_yaml(path), overrides)
     raw.setdefault("name", Path(path).stem)
-    cfg = validate_config(raw, str(path))
-    return check_config(cfg, registries, str(path))
+    return raw
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), registries=None) -> ExperimentConfig:
+    """Read, override, validate and resolve a config file; raises ConfigError on any problem."""
+    return check_config(validate_config(load_raw(path, overrides), str(path)), registries, str(path))
 
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:
