@@ -34,6 +34,8 @@ NO_EXTERNAL_ENV = "MULTITURBO_NO_EXTERNAL_PLUGINS"
 FIRST_PARTY_PLUGINS: tuple[str, ...] = (
     "multiturbo_basic_encoders",
     "multiturbo_synthetic",
+    "multiturbo_iemocap",
+    "multiturbo_manifest",
     "multiturbo_heads",
 )
 

@@ -27,6 +27,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from multiturbo.audio import Waveform, to_rate
 from multiturbo.encoder import Encoder, EncoderOptions
 from multiturbo.errors import DataError
 
@@ -105,12 +106,15 @@ class LogMelCNN(Encoder):
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B waveforms -> {"waveform": [B, T] float32 zero-padded, "lengths": [B] long}.
 
-        Waveforms longer than ``max_seconds`` are cut to it.
+        Items are multiturbo.audio.Waveform (resampled to ``sample_rate``) or 1-D arrays taken as
+        already at ``sample_rate``. Waveforms longer than ``max_seconds`` are cut to it.
         """
         if len(raw) == 0:
             raise DataError("The logmel_cnn encoder got an empty batch. Pass at least one waveform.")
         waves = []
         for i, item in enumerate(raw):
+            if isinstance(item, Waveform):  # a loaded file at its own rate -> this encoder's rate
+                item = to_rate(item, self.options.sample_rate)
             w = as_float_array(item, what="a 1-D waveform", encoder="logmel_cnn")
             if w.dim() == 2 and 1 in w.shape:  # [1, T] or [T, 1]: a mono waveform with a channel axis
                 w = w.reshape(-1)

@@ -200,3 +200,15 @@ def test_image_collate_converts_scales_and_resizes():
     torch.testing.assert_close(image[0], image[1])
     opts = enc.options
     torch.testing.assert_close(image[0], torch.full((3, 16, 16), (1.0 - opts.mean) / opts.std))
+
+
+def test_logmel_cnn_resamples_a_loaded_waveform():
+    import numpy as np
+
+    from multiturbo.audio import Waveform
+    from multiturbo_basic_encoders import LogMelCNN
+
+    enc = LogMelCNN(LogMelCNN.Options(sample_rate=8000))
+    tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)  # 1 s at 16 kHz
+    batch = enc.collate([Waveform(tone, 16000), tone[:8000]])
+    assert batch["lengths"].tolist() == [8000, 8000]  # resampled to 8 kHz; the bare array is taken as 8 kHz

@@ -1,0 +1,329 @@
+"""The ``iemocap`` data set: IEMOCAP read from the official release layout.
+
+IEMOCAP is licensed; users bring their own copy and point ``root`` at the directory
+that holds ``Session1`` ... ``Session5``. Per session the loader reads::
+
+    SessionN/dialog/EmoEvaluation/<dialog>.txt     labels:  [6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5, 2.5, 2.5]
+    SessionN/dialog/transcriptions/<dialog>.txt    text:    Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.
+    SessionN/sentences/wav/<dialog>/<utterance>.wav
+
+Labels: ``merge`` (default ``{"exc": "hap"}``) renames labels first, then utterances whose
+label is not in ``classes`` (default neu, hap, ang, sad) are dropped and counted in
+``dropped``. The full release gives 5,531 utterances (hap 1,636, neu 1,708, ang 1,103,
+sad 1,084).
+
+Speakers: ``Ses01F`` is session 1's female speaker. An utterance's speaker is its
+session prefix plus the first letter of the last ``_`` part of its name, so
+``Ses01F_impro01_M012`` is spoken by ``Ses01M``. Speakers are ordered Ses01F, Ses01M,
+Ses02F, ... Ses05M.
+
+Protocols (``num_folds`` folds, ``splits(fold)``, fold 0 by default):
+
+- ``speaker10`` (the paper's): fold f tests speaker f, validates on speaker
+  (f + 1) % n and trains on the others (n = 10 speakers: 8 train / 1 val / 1 test).
+- ``session5`` (leave one session out): fold s tests both speakers of session s,
+  validates on the female speaker of the next session (cyclically) and trains on the
+  rest (3 sessions + the male speaker of the next session).
+
+With a subset of sessions (option ``sessions``), folds run over the speakers (or
+sessions) present: n = 2 x len(sessions) speakers, and fold f is the f-th present
+speaker in the order above; a fold beyond them is an error.
+
+Every check that can fail (missing session, transcription file, wav directory or wav
+file, an utterance without a transcript) fails when the data set is built, so no error
+waits for the middle of training. Audio is read lazily in ``__getitem__`` (in the
+DataLoader's workers) with :func:`multiturbo.audio.load_audio`. ``meta`` holds
+``utterance``, ``speaker``, ``session``, ``gender``, ``dialog``, ``emotion`` (the label
+before merging), ``start`` and ``end`` (seconds).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from pydantic import Field, field_validator, model_validator
+
+from multiturbo.audio import load_audio
+from multiturbo.dataset import Dataset, DatasetOptions, Sample, Splits
+from multiturbo.errors import DataError
+from multiturbo.hookspecs import Register, hookimpl
+
+from .fixture import write_mini_iemocap
+
+__all__ = ["IemocapDataset", "IemocapOptions", "IemocapSplit", "speaker_of", "write_mini_iemocap"]
+
+# [6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]
+LABEL_LINE = re.compile(r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\S+)\s+\[")
+# Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me.
+TEXT_LINE = re.compile(r"^(\S+)\s+\[[^\]]*\]:\s?(.*)$")
+SHOW_MAX = 5  # how many missing files an error lists
+
+
+def speaker_of(utterance: str) -> str:
+    """``Ses01F_impro01_M012`` -> ``Ses01M``: session prefix + gender letter of the last ``_`` part."""
+    return utterance[:5] + utterance.rsplit("_", 1)[-1][:1]
+
+
+class IemocapOptions(DatasetOptions):
+    root: Path = Field(description="Directory holding Session1 ... Session5 of the IEMOCAP release.")
+    protocol: Literal["speaker10", "session5"] = Field(
+        "speaker10", description="Folds by speaker (paper, 10 folds) or leave-one-session-out (5 folds)."
+    )
+    classes: list[str] = Field(
+        default_factory=lambda: ["neu", "hap", "ang", "sad"], min_length=2, description="Labels kept, in label order."
+    )
+    merge: dict[str, str] = Field(
+        default_factory=lambda: {"exc": "hap"}, description="Labels renamed before filtering (exc -> hap by default)."
+    )
+    modalities: list[Literal["audio", "text"]] = Field(
+        default_factory=lambda: ["audio", "text"], min_length=1, description="Inputs per item."
+    )
+    sessions: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5], min_length=1, description="Sessions to read (a subset: fewer folds)."
+    )
+
+    @field_validator("classes", "modalities", "sessions")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError(f"must not repeat a value, got {v}")
+        return v
+
+    @field_validator("sessions")
+    @classmethod
+    def _session_numbers(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= s <= 5 for s in v):
+            raise ValueError(f"IEMOCAP has sessions 1 to 5, got {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _merge_targets(self) -> "IemocapOptions":
+        bad = {k: t for k, t in self.merge.items() if t not in self.classes}
+        if bad:
+            raise ValueError(f"merge maps labels to classes that are not in `classes` {self.classes}: {bad}")
+        return self
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One labelled utterance, everything but its audio."""
+
+    wav: Path
+    text: str
+    label: int
+    meta: dict[str, Any]
+
+
+class IemocapSplit(Sequence[Sample]):
+    """A lazy split: labels and metadata in memory, audio read in ``__getitem__``."""
+
+    def __init__(self, items: Sequence[Utterance], modalities: Sequence[str]):
+        self._items = list(items)
+        self._modalities = tuple(modalities)
+        self.labels: list[int] = [u.label for u in self._items]
+        self.meta: list[dict[str, Any]] = [u.meta for u in self._items]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+    @overload
+    def __getitem__(self, i: slice) -> "IemocapSplit": ...
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return IemocapSplit(self._items[i], self._modalities)
+        u = self._items[i]
+        inputs: dict[str, Any] = {}
+        for m in self._modalities:
+            inputs[m] = load_audio(u.wav) if m == "audio" else u.text
+        return Sample(inputs=inputs, label=u.label, meta=u.meta)
+
+    def __repr__(self) -> str:
+        return f"IemocapSplit({len(self)} utterances)"
+
+
+def _read(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise DataError(f"Cannot read IEMOCAP file {path} ({exc}). Check its permissions.") from None
+
+
+def _listing(paths: Sequence[Any], total: int) -> str:
+    shown = ", ".join(str(p) for p in paths[:SHOW_MAX])
+    return shown + (f" ... ({total} in all)" if total > SHOW_MAX else f" ({total} in all)")
+
+
+class IemocapDataset(Dataset):
+    """IEMOCAP emotion classification (audio + text) with speaker or session folds (see the module docstring)."""
+
+    Options = IemocapOptions
+
+    def __init__(self, options: IemocapOptions, *, seed: int = 0):
+        super().__init__(options, seed=seed)
+        self.classes = list(options.classes)
+        self.modalities = tuple(options.modalities)
+        self.dropped: Counter[str] = Counter()  # labels (as written) of the utterances left out
+        self.utterances: list[Utterance] = self._scan()
+        self.counts: Counter[str] = Counter(self.classes[u.label] for u in self.utterances)
+        self.speakers: list[str] = [f"Ses0{s}{g}" for s in options.sessions for g in "FM"]
+        if options.protocol == "speaker10":
+            self.num_folds = len(self.speakers)
+            needed, what = 3, "speakers"
+        else:
+            self.num_folds = len(options.sessions)
+            needed, what = 2, "sessions"
+        if self.num_folds < needed:
+            raise DataError(
+                f"The IEMOCAP protocol {options.protocol!r} needs at least {needed} {what} (train, validation and "
+                f"test must be disjoint), but `sessions` is {options.sessions}. Add sessions."
+            )
+        self._cache: dict[int, Splits] = {}
+
+    # -- reading the release ------------------------------------------------------------------
+    def _scan(self) -> list[Utterance]:
+        o = self.options
+        root = Path(o.root).expanduser()
+        if not root.is_dir():
+            raise DataError(
+                f"The IEMOCAP root {root} does not exist or is not a directory. Set the data set option `root` "
+                f"to the directory that holds Session1 ... Session5 of your IEMOCAP copy."
+            )
+        need_text, need_audio = "text" in o.modalities, "audio" in o.modalities
+        merge, keep = o.merge, {c: i for i, c in enumerate(self.classes)}
+        out: list[Utterance] = []
+        missing_wavs: list[Path] = []
+        for s in o.sessions:
+            session = root / f"Session{s}"
+            if not session.is_dir():
+                present = sorted(p.name for p in root.glob("Session*") if p.is_dir())
+                raise DataError(
+                    f"The IEMOCAP session directory {session} does not exist (found: {present or 'none'}). "
+                    f"Restore it, or set the option `sessions` to the sessions you have."
+                )
+            emo_dir = session / "dialog" / "EmoEvaluation"
+            label_files = sorted(p for p in emo_dir.glob("*.txt") if not p.name.startswith("."))
+            if not label_files:
+                raise DataError(
+                    f"No label files {emo_dir}/*.txt in IEMOCAP session {s}. Check that {root} is an unpacked "
+                    f"IEMOCAP release (SessionN/dialog/EmoEvaluation/*.txt)."
+                )
+            for label_file in label_files:
+                dialog = label_file.stem
+                texts: dict[str, str] = {}
+                if need_text:
+                    text_file = session / "dialog" / "transcriptions" / f"{dialog}.txt"
+                    if not text_file.is_file():
+                        raise DataError(
+                            f"The IEMOCAP label file {label_file} has no matching transcription file {text_file}. "
+                            f"Restore the file, or drop the text modality (option `modalities`)."
+                        )
+                    for line in _read(text_file):
+                        m = TEXT_LINE.match(line.strip())
+                        if m:
+                            texts[m.group(1)] = m.group(2).strip()
+                wav_dir = session / "sentences" / "wav" / dialog
+                if need_audio and not wav_dir.is_dir():
+                    raise DataError(
+                        f"The IEMOCAP label file {label_file} has no matching wav directory {wav_dir}. "
+                        f"Restore the directory, or drop the audio modality (option `modalities`)."
+                    )
+                for line in _read(label_file):
+                    m = LABEL_LINE.match(line.strip())
+                    if not m:
+                        continue
+                    start, end, name, emotion = m.groups()
+                    label = merge.get(emotion, emotion)
+                    if label not in keep:
+                        self.dropped[emotion] += 1
+                        continue
+                    if need_text and name not in texts:
+                        raise DataError(
+                            f"The IEMOCAP utterance {name} has a label in {label_file} but no transcript line in "
+                            f"{session / 'dialog' / 'transcriptions' / f'{dialog}.txt'}. Restore the line, or drop "
+                            f"the text modality (option `modalities`)."
+                        )
+                    wav = wav_dir / f"{name}.wav"
+                    if need_audio and not wav.is_file():
+                        missing_wavs.append(wav)
+                    speaker = speaker_of(name)
+                    meta = {
+                        "utterance": name,
+                        "speaker": speaker,
+                        "session": s,
+                        "gender": speaker[-1],
+                        "dialog": dialog,
+                        "emotion": emotion,
+                        "start": float(start),
+                        "end": float(end),
+                    }
+                    out.append(Utterance(wav=wav, text=texts.get(name, ""), label=keep[label], meta=meta))
+        if missing_wavs:
+            raise DataError(
+                f"{len(missing_wavs)} labelled IEMOCAP utterance(s) have no wav file: "
+                f"{_listing(missing_wavs, len(missing_wavs))}. Restore the files from your IEMOCAP copy, or drop "
+                f"the audio modality (option `modalities`)."
+            )
+        if not out:
+            raise DataError(
+                f"No IEMOCAP utterance under {root} has a label in `classes` {self.classes} (after merge "
+                f"{dict(merge)}); labels seen: {dict(self.dropped)}. Check `classes` and `merge`."
+            )
+        out.sort(key=lambda u: u.meta["utterance"])
+        return out
+
+    # -- folds -------------------------------------------------------------------------------
+    def fold_speakers(self, fold: int) -> tuple[list[str], list[str], list[str]]:
+        """(train, val, test) speaker lists of ``fold``."""
+        o, asked = self.options, fold
+        try:
+            fold = operator.index(fold)
+        except TypeError:
+            fold = -1  # reported below
+        if not 0 <= fold < self.num_folds:
+            units = self.speakers if o.protocol == "speaker10" else [f"Session{s}" for s in o.sessions]
+            raise DataError(
+                f"IEMOCAP fold {asked!r} does not exist: protocol {o.protocol!r} with sessions {o.sessions} has "
+                f"{self.num_folds} folds (0 to {self.num_folds - 1}; fold f tests {units[0]}, {units[1]}, ... in "
+                f"this order). Ask for a fold in range, or add sessions."
+            )
+        if o.protocol == "speaker10":
+            n = len(self.speakers)
+            test, val = [self.speakers[fold]], [self.speakers[(fold + 1) % n]]
+        else:
+            sessions = o.sessions
+            s, nxt = sessions[fold], sessions[(fold + 1) % len(sessions)]
+            test, val = [f"Ses0{s}F", f"Ses0{s}M"], [f"Ses0{nxt}F"]
+        train = [sp for sp in self.speakers if sp not in test and sp not in val]
+        return train, val, test
+
+    def splits(self, fold: int | None = None) -> Splits:
+        """Train / validation / test of ``fold`` (default 0), speaker-disjoint; cached per fold."""
+        fold = 0 if fold is None else fold
+        train, val, test = self.fold_speakers(fold)
+        fold = operator.index(fold)
+        if fold not in self._cache:
+            parts = []
+            for speakers in (train, val, test):
+                chosen = set(speakers)
+                parts.append(IemocapSplit([u for u in self.utterances if u.meta["speaker"] in chosen], self.modalities))
+            for name, part, speakers in zip(("train", "validation", "test"), parts, (train, val, test)):
+                if len(part) == 0:
+                    raise DataError(
+                        f"IEMOCAP fold {fold}: the {name} split (speakers {speakers}) has no utterance with a label "
+                        f"in {self.classes}. Check the data under {self.options.root}."
+                    )
+            self._cache[fold] = Splits(train=parts[0], val=parts[1], test=parts[2])
+        return self._cache[fold]
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    register("iemocap", IemocapDataset)

@@ -1,0 +1,400 @@
+"""The ``manifest`` data set: your own data, listed in a CSV or JSONL file.
+
+Each row names one item's inputs and its label::
+
+    wav,transcript,speaker,label
+    clips/a.wav,I am fine,spk1,neu
+    clips/b.wav,Go away!,spk2,ang
+
+and the options say which column feeds which modality::
+
+    modalities:
+      audio: {column: wav, kind: audio}
+      text: {column: transcript, kind: text}
+
+Kinds: ``audio`` (a path, read with :func:`multiturbo.audio.load_audio`: a mono
+:class:`~multiturbo.audio.Waveform`), ``image`` (a path, read with Pillow and converted to
+RGB: grayscale is replicated to 3 channels, palette images are expanded, an alpha channel
+is dropped, not composited; a uint8 array [H, W, 3]) and ``text`` (the cell as a str; an
+empty cell is the empty string, which is allowed). Paths are relative to the manifest's
+directory (absolute paths are kept). Files are read lazily in ``__getitem__``, i.e. in the
+DataLoader's workers; that every audio and image file exists is checked when the data set
+is built.
+
+Format: ``.jsonl`` / ``.ndjson`` files hold one JSON object per line (blank lines are
+skipped); any other suffix is read as CSV with a header row (``format`` overrides the
+guess). Rows are numbered by their line in the file, as errors name them.
+
+Splits (exactly one way):
+
+- ``split_column``: each row says ``train``, ``val`` or ``test`` (``validation``,
+  ``valid`` and ``dev`` mean ``val``).
+- ``fold_column``: folds by value (values sorted; numbers numerically): fold f tests the
+  rows whose value is the f-th, validates on the (f + 1)-th (cyclically), trains on the
+  rest. ``num_folds`` is the number of values (at least 3).
+- otherwise random, reproducible from the constructor's ``seed``: ``test_fraction`` and
+  ``val_fraction`` of the rows, stratified by label; with ``group_column`` (e.g. a
+  speaker) whole groups are assigned instead, so no group is in two splits: groups are
+  shuffled by the seed, and each joins test (then val) while that brings the split's row
+  count closer to its target (a split with a fraction > 0 gets at least one group).
+
+``meta`` holds ``line`` (the row's line in the manifest) and the value of every column
+that is not an input or the label (speaker, split...).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import operator
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from multiturbo.audio import load_audio
+from multiturbo.dataset import Dataset, DatasetOptions, Sample, Splits
+from multiturbo.errors import DataError
+from multiturbo.hookspecs import Register, hookimpl
+from multiturbo.options import StrictModel
+
+__all__ = ["ManifestDataset", "ManifestOptions", "ManifestSplit", "ModalitySpec", "load_image"]
+
+Kind = Literal["audio", "text", "image"]
+SHOW_MAX = 5  # how many offending rows an error lists
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "dev": "val", "test": "test"}
+
+
+class ModalitySpec(StrictModel):
+    column: str = Field(description="The manifest column holding this modality's input.")
+    kind: Kind = Field(description="audio / image: a file path; text: the text itself.")
+
+
+class ManifestOptions(DatasetOptions):
+    path: Path = Field(description="The manifest file (CSV with a header row, or JSONL).")
+    modalities: dict[str, ModalitySpec] = Field(min_length=1, description="Modality name -> {column, kind}.")
+    label_column: str = Field("label", description="The column holding the class name.")
+    classes: list[str] | None = Field(None, min_length=2, description="Class names in label order (default: sorted).")
+    split_column: str | None = Field(None, description="A column with train / val / test per row.")
+    fold_column: str | None = Field(None, description="A column whose values are the folds.")
+    group_column: str | None = Field(None, description="Random splits keep each value of this column in one split.")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows (or groups) for validation.")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows (or groups) for testing.")
+    format: Literal["auto", "csv", "jsonl"] = Field("auto", description="auto: by suffix (.jsonl/.ndjson or CSV).")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"classes must not repeat a name, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "ManifestOptions":
+        if self.split_column and self.fold_column:
+            raise ValueError("set at most one of split_column and fold_column")
+        if self.group_column and (self.split_column or self.fold_column):
+            raise ValueError(
+                "group_column applies to random splits only; with split_column or fold_column the splits are "
+                "given by that column (remove group_column)"
+            )
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1, got {self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file as a uint8 array [H, W, 3] (Pillow; L/P/RGBA/... converted to RGB, alpha dropped)."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Image file {path} does not exist. Check the path (relative paths are resolved against the manifest).")
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))  # a writable copy (np.asarray of a PIL image is read-only)
+    except Exception as exc:  # PIL raises UnidentifiedImageError / OSError / ValueError
+        raise DataError(f"Image file {path} cannot be read ({type(exc).__name__}: {exc}). Replace or remove it.") from None
+
+
+LOADERS = {"audio": load_audio, "image": load_image}
+
+
+class ManifestSplit(Sequence[Sample]):
+    """A lazy split: labels and metadata in memory, files read in ``__getitem__``."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], kinds: dict[str, str]):
+        self._rows = list(rows)  # each: {"inputs": {modality: path or text}, "label": int, "meta": {...}}
+        self._kinds = kinds
+        self.labels: list[int] = [r["label"] for r in self._rows]
+        self.meta: list[dict[str, Any]] = [r["meta"] for r in self._rows]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+    @overload
+    def __getitem__(self, i: slice) -> "ManifestSplit": ...
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return ManifestSplit(self._rows[i], self._kinds)
+        r = self._rows[i]
+        inputs = {m: LOADERS[self._kinds[m]](v) if self._kinds[m] in LOADERS else v for m, v in r["inputs"].items()}
+        return Sample(inputs=inputs, label=r["label"], meta=r["meta"])
+
+    def __repr__(self) -> str:
+        return f"ManifestSplit({len(self)} rows)"
+
+
+def _rows_listing(lines: list[str], total: int) -> str:
+    return "; ".join(lines[:SHOW_MAX]) + (f"; ... ({total} in all)" if total > SHOW_MAX else f" ({total} in all)")
+
+
+def _cell(value: Any) -> str:
+    """A cell as text: None -> "", numbers as written (1.0 stays "1.0", 3 stays "3")."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def read_manifest(path: Path, fmt: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    """(column names, [(line number, row)]) of a CSV or JSONL manifest, with clear errors."""
+    if not path.is_file():
+        raise DataError(f"The manifest {path} does not exist. Set the data set option `path` to your CSV or JSONL file.")
+    if fmt == "auto":
+        fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "csv"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"Cannot read the manifest {path} ({exc}). Save it as UTF-8 text.") from None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if fmt == "csv":
+        reader = csv.reader(text.splitlines(keepends=True))
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise DataError(f"The manifest {path} is empty: it needs a header row and at least one row.")
+        header = [h.strip() for h in header]
+        dup = sorted(h for h, n in Counter(header).items() if n > 1)
+        if dup:
+            raise DataError(f"The manifest {path} repeats the column(s) {dup} in its header {header}. Rename them.")
+        for values in reader:
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                raise DataError(
+                    f"The manifest {path}, line {reader.line_num}, has {len(values)} fields but the header has "
+                    f"{len(header)} ({header}). Quote fields that contain commas."
+                )
+            rows.append((reader.line_num, dict(zip(header, values))))
+        columns = header
+    else:
+        columns, seen = [], set()
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+
+            def no_duplicates(pairs: list[tuple[str, Any]], n: int = n) -> dict[str, Any]:
+                keys = [k for k, _ in pairs]
+                dup = sorted(k for k, c in Counter(keys).items() if c > 1)
+                if dup:
+                    raise DataError(f"The manifest {path}, line {n}, repeats the key(s) {dup}. Keep one of each.")
+                return dict(pairs)
+
+            try:
+                row = json.loads(line, object_pairs_hook=no_duplicates)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"The manifest {path}, line {n}, is not valid JSON ({exc.msg}). Write one JSON object per line.") from None
+            if not isinstance(row, dict):
+                raise DataError(f"The manifest {path}, line {n}, is not a JSON object. Write one object per line.")
+            for k in row:
+                if k not in seen:
+                    seen.add(k)
+                    columns.append(k)
+            rows.append((n, row))
+    if not rows:
+        raise DataError(f"The manifest {path} has no rows. Add one row per item.")
+    return columns, rows
+
+
+def _sort_key(value: str) -> tuple:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+class ManifestDataset(Dataset):
+    """Items listed in a CSV / JSONL manifest (see the module docstring)."""
+
+    Options = ManifestOptions
+
+    def __init__(self, options: ManifestOptions, *, seed: int = 0):
+        super().__init__(options, seed=seed)
+        o = options
+        self.path = Path(o.path).expanduser()
+        self.modalities = tuple(o.modalities)
+        self._kinds = {m: spec.kind for m, spec in o.modalities.items()}
+        columns, raw = read_manifest(self.path, o.format)
+
+        wanted = {f"modalities.{m}.column": spec.column for m, spec in o.modalities.items()}
+        wanted["label_column"] = o.label_column
+        for option in ("split_column", "fold_column", "group_column"):
+            if getattr(o, option):
+                wanted[option] = getattr(o, option)
+        missing = {opt: col for opt, col in wanted.items() if col not in columns}
+        if missing:
+            named = ", ".join(f"{col!r} (option {opt})" for opt, col in missing.items())
+            raise DataError(f"The manifest {self.path} has no column {named}. Its columns are: {columns}.")
+
+        # Labels.
+        label_of = [(n, _cell(row.get(o.label_column)).strip()) for n, row in raw]
+        blank = [f"line {n}" for n, v in label_of if not v]
+        if blank:
+            raise DataError(
+                f"The manifest {self.path} has rows with an empty label (column {o.label_column!r}): "
+                f"{_rows_listing(blank, len(blank))}. Fill in the labels or remove the rows."
+            )
+        self.classes = list(o.classes) if o.classes is not None else sorted({v for _, v in label_of})
+        if o.classes is None and len(self.classes) < 2:
+            raise DataError(
+                f"The manifest {self.path} has a single label {self.classes}; classification needs at least 2 classes."
+            )
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown = [f"line {n}: {v!r}" for n, v in label_of if v not in index]
+        if unknown:
+            raise DataError(
+                f"The manifest {self.path} has labels outside `classes` {self.classes}: "
+                f"{_rows_listing(unknown, len(unknown))}. Add them to `classes` or remove the rows."
+            )
+
+        # Inputs; files must exist now, not in the middle of training.
+        base = self.path.parent
+        input_columns = {spec.column for spec in o.modalities.values()}
+        rows, absent = [], []
+        for (n, row), (_, label) in zip(raw, label_of):
+            inputs: dict[str, Any] = {}
+            for m, spec in o.modalities.items():
+                value = _cell(row.get(spec.column))
+                if spec.kind != "text":
+                    p = Path(value.strip()).expanduser()
+                    file = p if p.is_absolute() else base / p
+                    if not value.strip() or not file.is_file():
+                        absent.append(f"line {n}: {spec.column}={value!r}")
+                    inputs[m] = file
+                else:
+                    inputs[m] = value
+            meta = {"line": n, **{k: v for k, v in row.items() if k not in input_columns and k != o.label_column}}
+            rows.append({"inputs": inputs, "label": index[label], "meta": meta})
+        if absent:
+            raise DataError(
+                f"The manifest {self.path} names files that do not exist (paths are relative to {base}): "
+                f"{_rows_listing(absent, len(absent))}. Fix the paths or remove the rows."
+            )
+        self.rows = rows
+        self._folds: list[str] = []
+        if o.fold_column:
+            self._folds = sorted({_cell(r["meta"][o.fold_column]) for r in rows}, key=_sort_key)
+            if len(self._folds) < 3:
+                raise DataError(
+                    f"The fold column {o.fold_column!r} of {self.path} has {len(self._folds)} value(s) "
+                    f"{self._folds}; folds need at least 3 (test, validation, train)."
+                )
+            self.num_folds = len(self._folds)
+        self._cache: dict[int, Splits] = {}
+
+    # -- splits ------------------------------------------------------------------------------
+    def _assign(self, fold: int) -> list[str]:
+        """'train' / 'val' / 'test' per row."""
+        o, rows = self.options, self.rows
+        if o.split_column:
+            out, bad = [], []
+            for r in rows:
+                v = _cell(r["meta"][o.split_column]).strip().lower()
+                out.append(SPLIT_NAMES.get(v, ""))
+                if v not in SPLIT_NAMES:
+                    bad.append(f"line {r['meta']['line']}: {r['meta'][o.split_column]!r}")
+            if bad:
+                raise DataError(
+                    f"The split column {o.split_column!r} of {self.path} must hold train, val or test: "
+                    f"{_rows_listing(bad, len(bad))}."
+                )
+            return out
+        if o.fold_column:
+            n = len(self._folds)
+            test, val = self._folds[fold], self._folds[(fold + 1) % n]
+            values = [_cell(r["meta"][o.fold_column]) for r in rows]
+            return ["test" if v == test else "val" if v == val else "train" for v in values]
+        rng = np.random.default_rng(self.seed)
+        out = ["train"] * len(rows)
+        if o.group_column:
+            groups: dict[str, list[int]] = {}
+            for i, r in enumerate(rows):
+                groups.setdefault(_cell(r["meta"][o.group_column]), []).append(i)
+            names = sorted(groups, key=_sort_key)
+            order = [names[k] for k in rng.permutation(len(names))]
+            n_test, n_val = self._targets(len(rows))
+            target, counts = {"test": n_test, "val": n_val}, {"test": 0, "val": 0}
+
+            def takes(split: str, size: int) -> bool:
+                """A group joins a split while that brings the split closer to its target (one at least)."""
+                t, c = target[split], counts[split]
+                return t > 0 and (c == 0 or abs(c + size - t) < abs(c - t))
+
+            for g in order:  # whole groups, in the seed's order: test first, then val; the rest trains
+                size = len(groups[g])
+                split = "test" if takes("test", size) else "val" if takes("val", size) else "train"
+                if split != "train":
+                    counts[split] += size
+                for i in groups[g]:
+                    out[i] = split
+        else:
+            by_class: dict[int, list[int]] = {}
+            for i, r in enumerate(rows):
+                by_class.setdefault(r["label"], []).append(i)
+            for label in sorted(by_class):
+                members = [by_class[label][k] for k in rng.permutation(len(by_class[label]))]
+                n_test, n_val = round(len(members) * o.test_fraction), round(len(members) * o.val_fraction)
+                for k, i in enumerate(members):
+                    out[i] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+        return out
+
+    def _targets(self, n: int) -> tuple[int, int]:
+        o = self.options
+        n_test = max(1, round(n * o.test_fraction)) if o.test_fraction > 0 else 0
+        n_val = max(1, round(n * o.val_fraction)) if o.val_fraction > 0 else 0
+        return n_test, n_val
+
+    def splits(self, fold: int | None = None) -> Splits:
+        """Train / validation / test (of ``fold`` when ``fold_column`` is set; default 0); cached."""
+        fold = 0 if fold is None else fold
+        try:
+            f = operator.index(fold)
+        except TypeError:
+            f = -1
+        if not 0 <= f < self.num_folds:
+            where = f"values of {self.options.fold_column!r}: {self._folds}" if self._folds else "no fold_column"
+            raise DataError(
+                f"Manifest fold {fold!r} does not exist: the data set has {self.num_folds} fold(s) ({where}). "
+                f"Ask for a fold from 0 to {self.num_folds - 1}."
+            )
+        if f not in self._cache:
+            assign = self._assign(f)
+            parts = {s: ManifestSplit([r for r, a in zip(self.rows, assign) if a == s], self._kinds) for s in ("train", "val", "test")}
+            if len(parts["train"]) == 0:
+                raise DataError(
+                    f"The manifest {self.path} leaves no row to train on (fold {f}). Lower val_fraction / "
+                    f"test_fraction, or add rows (or groups)."
+                )
+            self._cache[f] = Splits(train=parts["train"], val=parts["val"], test=parts["test"])
+        return self._cache[f]
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    register("manifest", ManifestDataset)

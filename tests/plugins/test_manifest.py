@@ -1,0 +1,280 @@
+"""Tests of the manifest data set plugin (CSV / JSONL files listing the user's own data)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydantic
+import pytest
+import soundfile as sf
+from PIL import Image
+
+import multiturbo_manifest
+from multiturbo.audio import Waveform
+from multiturbo.dataset import Dataset, Sample
+from multiturbo.errors import DataError
+from multiturbo.plugins import get_plugin_manager, get_registries, plugin_registered
+from multiturbo_manifest import ManifestDataset
+
+AUDIO_TEXT = {"audio": {"column": "wav", "kind": "audio"}, "text": {"column": "transcript", "kind": "text"}}
+LABELS = ["neu", "hap", "ang"]
+
+
+def write_csv(path: Path, rows: list[dict], header: list[str] | None = None) -> Path:
+    header = header or list(rows[0])
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            w.writerow([r.get(h, "") for h in header])
+    return path
+
+
+@pytest.fixture
+def data(tmp_path) -> tuple[Path, list[dict]]:
+    """30 rows: 6 speakers x 5 clips, labels cycling over 3 classes, wavs in clips/."""
+    (tmp_path / "clips").mkdir()
+    rows = []
+    for i in range(30):
+        wav = f"clips/{i:02d}.wav"
+        sf.write(str(tmp_path / wav), np.full(800, 0.01 * (i % 7), np.float32), 8000)
+        rows.append({"wav": wav, "transcript": f"utterance {i}", "speaker": f"spk{i // 5}",
+                     "session": str(i // 10 + 1), "split": ["train", "train", "val", "test", "train"][i % 5],
+                     "label": LABELS[i % 3]})
+    return tmp_path, rows
+
+
+def make(path: Path, seed: int = 0, **options) -> ManifestDataset:
+    options.setdefault("modalities", AUDIO_TEXT)
+    return ManifestDataset(ManifestDataset.Options(path=path, **options), seed=seed)
+
+
+def lines(split) -> list[int]:
+    return [m["line"] for m in split.meta]
+
+
+def test_csv_classes_items_and_lazy_audio(data, monkeypatch):
+    root, rows = data
+    ds = make(write_csv(root / "m.csv", rows), split_column="split")
+    assert isinstance(ds, Dataset) and ds.num_folds == 1
+    assert ds.classes == ["ang", "hap", "neu"]  # sorted unique labels
+    assert ds.modalities == ("audio", "text")
+    s = ds.splits()
+    assert (len(s.train), len(s.val), len(s.test)) == (18, 6, 6)
+    assert s.test.meta[0] == {"line": 5, "speaker": "spk0", "session": "1", "split": "test"}
+    x = s.test[0]
+    assert isinstance(x, Sample) and x.label == ds.classes.index("neu") == s.test.labels[0]
+    assert isinstance(x.inputs["audio"], Waveform) and x.inputs["audio"].samples.shape == (800,)
+    assert x.inputs["text"] == "utterance 3"
+
+    calls = []
+    monkeypatch.setattr(multiturbo_manifest, "LOADERS", {"audio": lambda p: calls.append(p) or "w", "image": None})
+    lazy = make(root / "m.csv", split_column="split").splits().train
+    assert calls == [] and len(lazy.labels) == 18
+    assert lazy[1].inputs["audio"] == "w" and calls == [root / "clips/01.wav"]  # relative to the manifest
+    assert len(lazy[2:5]) == 3 and lazy[2:5].labels == lazy.labels[2:5]
+
+
+def test_jsonl_with_given_classes_and_absolute_paths(data):
+    root, rows = data
+    path = root / "sub" / "m.jsonl"
+    path.parent.mkdir()
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "wav": str(root / r["wav"]), "session": int(r["session"])}) + "\n\n")
+    ds = make(path, classes=["neu", "hap", "ang", "sad"], split_column="split")
+    assert ds.classes == ["neu", "hap", "ang", "sad"]
+    assert Counter(ds.splits().train.labels) == Counter({0: 6, 1: 6, 2: 6})
+    assert ds.splits().train.meta[0]["session"] == 1 and ds.splits().train.meta[0]["line"] == 1
+    assert ds.splits().train[0].inputs["audio"].sample_rate == 8000
+
+
+def test_random_splits_are_stratified_and_follow_the_seed(data):
+    root, rows = data
+    path = write_csv(root / "m.csv", rows)
+    a, b, c = (make(path, seed=s, val_fraction=0.2, test_fraction=0.2).splits() for s in (1, 1, 2))
+    assert (len(a.train), len(a.val), len(a.test)) == (18, 6, 6)
+    for split in (a.val, a.test):
+        assert Counter(split.labels) == Counter({0: 2, 1: 2, 2: 2})
+    assert lines(a.test) == lines(b.test) and lines(a.test) != lines(c.test)
+    assert sorted(lines(a.train) + lines(a.val) + lines(a.test)) == list(range(2, 32))
+
+
+def test_group_splits_keep_each_group_in_one_split(data):
+    root, rows = data
+    path = write_csv(root / "m.csv", rows)
+    seen = set()
+    for seed in range(5):
+        s = make(path, seed=seed, group_column="speaker", val_fraction=0.2, test_fraction=0.2).splits()
+        groups = [{m["speaker"] for m in split.meta} for split in (s.train, s.val, s.test)]
+        assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+        assert (len(groups[1]), len(groups[2])) == (1, 1) and len(s.train) == 20  # 5 rows each, closest to 6
+        seen.add(tuple(sorted(groups[2])))
+    assert len(seen) > 1  # the seed picks the groups
+
+
+def test_fold_column(data):
+    root, rows = data
+    ds = make(write_csv(root / "m.csv", rows), fold_column="session")
+    assert ds.num_folds == 3
+    for f, (test, val) in enumerate([("1", "2"), ("2", "3"), ("3", "1")]):
+        s = ds.splits(f)
+        assert {m["session"] for m in s.test.meta} == {test} and {m["session"] for m in s.val.meta} == {val}
+        assert len(s.train) == len(s.val) == len(s.test) == 10
+    assert ds.splits() is ds.splits(0)
+    with pytest.raises(DataError, match=r"fold 3 does not exist.*3 fold\(s\).*\['1', '2', '3'\]"):
+        ds.splits(3)
+    with pytest.raises(DataError, match="at least 3"):
+        make(write_csv(root / "two.csv", [r for r in rows if r["session"] != "3"]), fold_column="session")
+
+
+def test_images_are_loaded_as_rgb_arrays(tmp_path):
+    modes = {"L": 128, "RGBA": (10, 20, 30, 0), "RGB": (1, 2, 3), "P": 5}
+    rows = []
+    for i, (mode, colour) in enumerate(modes.items()):
+        Image.new(mode, (6, 4), colour).save(tmp_path / f"{i}.png")
+        rows.append({"img": f"{i}.png", "caption": "", "label": "ab"[i % 2]})
+    mods = {"image": {"column": "img", "kind": "image"}, "text": {"column": "caption", "kind": "text"}}
+    ds = make(write_csv(tmp_path / "m.csv", rows), modalities=mods, test_fraction=0.0, val_fraction=0.0)
+    items = ds.splits().train
+    assert len(items) == 4
+    by_line = {m["line"]: items[i] for i, m in enumerate(items.meta)}
+    for line, x in by_line.items():
+        assert x.inputs["image"].dtype == np.uint8 and x.inputs["image"].shape == (4, 6, 3)
+        assert x.inputs["text"] == ""  # empty text is allowed
+    assert (by_line[2].inputs["image"] == 128).all()  # L: gray replicated
+    assert (by_line[3].inputs["image"] == [10, 20, 30]).all()  # RGBA: alpha dropped
+    (tmp_path / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"0.png cannot be read"):
+        [items[i] for i in range(4)]
+
+
+def test_missing_manifest_column_and_empty_files(data, tmp_path):
+    root, rows = data
+    with pytest.raises(DataError, match="does not exist.*option `path`"):
+        make(root / "none.csv")
+    path = write_csv(root / "m.csv", rows)
+    with pytest.raises(DataError, match=r"no column 'text' \(option modalities.text.column\).*columns are: \['wav', 'transcript'"):
+        make(path, modalities={**AUDIO_TEXT, "text": {"column": "text", "kind": "text"}})
+    with pytest.raises(DataError, match=r"no column 'emotion' \(option label_column\)"):
+        make(path, label_column="emotion")
+    (root / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        make(root / "empty.csv")
+    (root / "header.csv").write_text("wav,transcript,label\n")
+    with pytest.raises(DataError, match="has no rows"):
+        make(root / "header.csv")
+    (root / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="has no rows"):
+        make(root / "empty.jsonl")
+
+
+def test_duplicate_header_and_malformed_rows(data):
+    root, rows = data
+    (root / "dup.csv").write_text("wav,transcript,label,label\nclips/00.wav,hi,neu,hap\n")
+    with pytest.raises(DataError, match=r"repeats the column\(s\) \['label'\]"):
+        make(root / "dup.csv")
+    (root / "dup.jsonl").write_text('{"wav": "clips/00.wav", "transcript": "a", "label": "x", "label": "y"}\n')
+    with pytest.raises(DataError, match=r"line 1, repeats the key\(s\) \['label'\]"):
+        make(root / "dup.jsonl")
+    (root / "ragged.csv").write_text("wav,transcript,label\nclips/00.wav,hi,neu\nclips/01.wav,a, b,hap\n")
+    with pytest.raises(DataError, match="line 3, has 4 fields but the header has 3"):
+        make(root / "ragged.csv")
+    (root / "bad.jsonl").write_text('{"wav": "clips/00.wav"}\n{oops\n')
+    with pytest.raises(DataError, match="line 2, is not valid JSON"):
+        make(root / "bad.jsonl")
+
+
+def test_labels_outside_classes_and_empty_labels(data):
+    root, rows = data
+    path = write_csv(root / "m.csv", rows)
+    with pytest.raises(DataError, match=r"outside `classes` \['neu', 'hap'\]: line 4: 'ang'; line 7: 'ang'.*\(10 in all\)"):
+        make(path, classes=["neu", "hap"])
+    rows[4]["label"] = ""
+    with pytest.raises(DataError, match="empty label .*line 6"):
+        make(write_csv(root / "m2.csv", rows))
+    with pytest.raises(DataError, match="single label"):
+        make(write_csv(root / "m3.csv", [dict(r, label="neu") for r in rows]))
+
+
+def test_missing_audio_files_are_reported_at_construction(data):
+    root, rows = data
+    for i in range(7):
+        (root / f"clips/{i:02d}.wav").unlink()
+    rows[20]["wav"] = ""
+    with pytest.raises(DataError, match=r"files that do not exist.*line 2: wav='clips/00.wav'.*\(8 in all\)") as err:
+        make(write_csv(root / "m.csv", rows))
+    assert str(err.value).count("line ") == 5  # the first few rows, then the count
+    assert len(make(root / "m.csv", modalities={"text": AUDIO_TEXT["text"]}).rows) == 30  # text only: no files needed
+
+
+def test_bad_split_values(data):
+    root, rows = data
+    rows[3]["split"] = "holdout"
+    rows[4]["split"] = "Validation"
+    ds = make(write_csv(root / "m.csv", rows), split_column="split")
+    with pytest.raises(DataError, match=r"must hold train, val or test: line 5: 'holdout' \(1 in all\)"):
+        ds.splits()
+
+
+def test_too_few_rows_to_train(tmp_path):
+    write_csv(tmp_path / "m.csv", [{"t": "a", "label": "x", "g": "1"}, {"t": "b", "label": "y", "g": "2"}])
+    with pytest.raises(DataError, match="no row to train on"):
+        make(tmp_path / "m.csv", modalities={"text": {"column": "t", "kind": "text"}}, group_column="g",
+             val_fraction=0.3, test_fraction=0.3).splits()
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"modalities": {}}, "modalities"),
+        ({"modalities": {"a": {"column": "x", "kind": "video"}}}, "kind"),
+        ({"modalities": {"a": {"column": "x", "kind": "text", "extra": 1}}}, "extra"),
+        ({"split_column": "s", "fold_column": "f"}, "at most one"),
+        ({"group_column": "g", "split_column": "s"}, "random splits only"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "< 1"),
+        ({"classes": ["a", "a"]}, "must not repeat"),
+        ({"format": "xml"}, "format"),
+    ],
+)
+def test_bad_options_are_rejected(options, match):
+    options.setdefault("modalities", AUDIO_TEXT)
+    with pytest.raises(pydantic.ValidationError, match=match):
+        ManifestDataset.Options(path="m.csv", **options)
+
+
+def test_registers_as_manifest():
+    if get_plugin_manager().is_registered(multiturbo_manifest):  # listed in FIRST_PARTY_PLUGINS
+        ctx = contextlib.nullcontext()
+    else:
+        ctx = plugin_registered(multiturbo_manifest, "manifest-test")
+    with ctx:
+        assert get_registries().datasets.get("manifest") is ManifestDataset
+
+
+def test_the_example_in_the_docs_loads(tmp_path):
+    import re
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "datasets.md").read_text()
+    manifest = text[text.index("## Manifest"):]
+    csv_text = re.search(r"```csv\n(.*?)```", manifest, re.S).group(1)
+    options = yaml.safe_load(re.search(r"```yaml\n(.*?)```", manifest, re.S).group(1))["data"]["options"]
+    path = tmp_path / options.pop("path")
+    path.parent.mkdir(parents=True)
+    path.write_text(csv_text)
+    (path.parent / "clips").mkdir()
+    for i in (1, 2, 3):
+        sf.write(str(path.parent / f"clips/000{i}.wav"), np.zeros(160, np.float32), 16000)
+    options["val_fraction"] = 0.0  # 3 rows: a test group and a train group
+    ds = ManifestDataset(ManifestDataset.Options(path=path, **options), seed=0)
+    assert ds.classes == ["ang", "hap", "neu"] and len(ds.rows) == 3
+    s = ds.splits()
+    assert {m["speaker"] for m in s.test.meta}.isdisjoint(m["speaker"] for m in s.train.meta)
+    assert ds.rows[2]["inputs"]["text"] == ""
