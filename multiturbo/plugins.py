@@ -33,6 +33,7 @@ NO_EXTERNAL_ENV = "MULTITURBO_NO_EXTERNAL_PLUGINS"
 # First-party plugins, imported by name so the core never imports a concrete encoder or data set.
 FIRST_PARTY_PLUGINS: tuple[str, ...] = (
     "multiturbo_basic_encoders",
+    "multiturbo_hf",
     "multiturbo_synthetic",
     "multiturbo_iemocap",
     "multiturbo_manifest",

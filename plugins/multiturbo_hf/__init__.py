@@ -1,0 +1,27 @@
+"""Hugging Face encoders: pretrained transformers models loaded with ``from_pretrained``.
+
+- ``hf_audio``: wav2vec2, HuBERT, WavLM (AutoFeatureExtractor + AutoModel), pooled over valid frames.
+- ``hf_whisper``: the Whisper encoder on unpadded log-mel frames (no 30 s padding), pooled over valid frames.
+- ``hf_text``: BERT, RoBERTa, MiniLM, DistilBERT, GPT-2... (AutoTokenizer + AutoModel), pooled over valid tokens.
+
+``model`` is a hub id or a local directory written by ``save_pretrained``. Offline, use a local
+directory, or set ``local_files_only: true`` (and HF_HUB_OFFLINE=1) to use the local cache.
+``dropout`` overrides the model's hidden and attention dropout (Turbo's K views come from it;
+the paper uses 0.2). ``output_dim`` is the model's hidden size.
+"""
+
+from __future__ import annotations
+
+from multiturbo.hookspecs import Register, hookimpl
+
+from .audio import HFAudio, HFWhisper
+from .text import HFText
+
+__all__ = ["HFAudio", "HFWhisper", "HFText", "register_encoders"]
+
+
+@hookimpl
+def register_encoders(register: Register) -> None:
+    register("hf_audio", HFAudio)
+    register("hf_whisper", HFWhisper)
+    register("hf_text", HFText)

@@ -1,0 +1,95 @@
+"""``hf_text``: a Hugging Face text encoder (BERT, RoBERTa, MiniLM, DistilBERT... and GPT-2).
+
+Raw input: a string.
+
+    collate:  list of B strings -> tokenizer (right padding, truncation to max_tokens)
+              -> {"input_ids": [B, L], "attention_mask": [B, L], and "token_type_ids" [B, L] if the tokenizer makes them}
+    forward:  AutoModel(**batch).last_hidden_state     [B, L, hidden]
+              -> pooling over valid tokens             [B, hidden]   (output_dim = hidden size)
+
+Pooling: "mean" (masked mean; what sentence-transformers' MiniLM was trained with), "cls"
+(first token; BERT-style models), "last" (last non-padding token; use it for GPT-2 and other
+decoders, whose last token is the only one that has seen the whole text).
+
+GPT-2 has no padding token: the end-of-text token is used for padding (it is masked out, so its
+value does not matter). An empty string is valid: encoder tokenizers give [CLS] [SEP]; when a
+tokenizer gives no token at all (GPT-2), the item gets one end-of-text token, so every item has
+at least one valid position and pooling never divides by zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from multiturbo.encoder import Encoder
+from multiturbo.errors import DataError
+
+from ._common import HFOptions, freeze, load, load_config, pool
+
+
+class HFTextOptions(HFOptions):
+    max_tokens: int = Field(128, ge=1, description="Texts are cut to this many tokens (special tokens included).")
+
+
+class HFText(Encoder):
+    """AutoTokenizer + AutoModel + pooling over valid tokens."""
+
+    Options = HFTextOptions
+
+    def __init__(self, options: HFTextOptions):
+        super().__init__(options)
+        from transformers import AutoModel, AutoTokenizer
+
+        config = load_config("hf_text", options)
+        self.tokenizer = load("tokenizer", "hf_text", options, AutoTokenizer)
+        self.model = load("weights", "hf_text", options, AutoModel, config=config)
+        tok = self.tokenizer
+        if tok.pad_token is None:  # GPT-2 and other decoders
+            if tok.eos_token is not None:
+                tok.pad_token = tok.eos_token
+            elif tok.unk_token is not None:
+                tok.pad_token = tok.unk_token
+            else:  # a new token: its embedding row is never used (padding is masked), but must exist
+                tok.add_special_tokens({"pad_token": "<|pad|>"})
+                self.model.resize_token_embeddings(len(tok))
+        tok.padding_side = "right"
+        if getattr(self.model.config, "pad_token_id", None) is None:
+            self.model.config.pad_token_id = tok.pad_token_id
+        # the id an empty text gets when the tokenizer makes no token for it
+        self.empty_id = next(i for i in (tok.eos_token_id, tok.bos_token_id, tok.cls_token_id, tok.unk_token_id, tok.pad_token_id) if i is not None)
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.max_length = min(options.max_tokens, limit) if limit else options.max_tokens
+        self.output_dim = int(config.hidden_size)
+        freeze(self.model, options.freeze, "hf_text", None)
+
+    def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
+        """B strings -> tokenizer output, each [B, L] (L = longest item, at most max_tokens)."""
+        if len(raw) == 0:
+            raise DataError("The hf_text encoder got an empty batch. Pass at least one text.")
+        for i, text in enumerate(raw):
+            if not isinstance(text, str):
+                raise DataError(
+                    f"The hf_text encoder expects a string for every item, but item {i} of the batch is a "
+                    f"{type(text).__name__}. Make the data set return the transcript as text."
+                )
+        batch = dict(self.tokenizer(list(raw), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"))
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        empty = mask.sum(1) == 0
+        if empty.any():  # a tokenizer that gives no token for "" (GPT-2): one end-of-text token instead
+            if ids.shape[1] == 0:
+                batch = {k: torch.zeros(len(raw), 1, dtype=v.dtype) for k, v in batch.items()}
+                batch["input_ids"].fill_(self.tokenizer.pad_token_id)
+                ids, mask = batch["input_ids"], batch["attention_mask"]
+            ids[empty, 0] = self.empty_id
+            mask[empty, 0] = 1
+        return batch
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Tokenizer output [B, L] each -> [B, hidden]."""
+        hidden = self.model(**batch).last_hidden_state  # [B, L, hidden]
+        return pool(hidden, batch["attention_mask"], self.options.pooling)

