@@ -1,0 +1,100 @@
+"""Tiny Hugging Face models built from configs and saved to a directory (no hub access).
+
+Shared by the HF encoder tests and the encoder contract test; every model loads back through an
+encoder's ``model`` option exactly as a user's local directory would.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import transformers
+
+RATE = 16000
+WORDS = ["hello", "world", "the", "a", "short", "long", "sentence", "text", "is", "this", "much", "more", "padding", "one", "two"]
+
+# wav2vec2-family tiny config. feat_extract_norm="layer" (per-frame LayerNorm): see
+# test_group_norm_models_are_not_padding_invariant for the "group" variant.
+CONV = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
+    conv_stride=(5, 4), conv_kernel=(10, 8), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True, layerdrop=0.0,
+)
+
+
+def _save_audio(path: Path, config_cls, model_cls, return_attention_mask=True, **extra) -> str:
+    torch.manual_seed(0)
+    model_cls(config_cls(**{**CONV, **extra})).save_pretrained(path)
+    transformers.Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=RATE, padding_value=0.0, do_normalize=True, return_attention_mask=return_attention_mask
+    ).save_pretrained(path)
+    return str(path)
+
+
+def _save_whisper(path: Path) -> str:
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(
+        d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=37, decoder_ffn_dim=37, num_mel_bins=80, max_source_positions=1500, max_target_positions=32,
+        vocab_size=100, decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    transformers.WhisperModel(config).save_pretrained(path)
+    transformers.WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
+    return str(path)
+
+
+def _save_bert(path: Path) -> str:
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ",", ".", "!"]) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    tok.save_pretrained(path)
+    config = transformers.BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(config).save_pretrained(path)
+    return str(path)
+
+
+def _save_gpt2(path: Path) -> str:
+    """A tiny byte-level BPE trained in memory (GPT-2's tokenizer type) and a tiny GPT-2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator([" ".join(WORDS)] * 10, trainer)
+    eos = "<|endoftext|>"
+    tok = transformers.GPT2TokenizerFast(tokenizer_object=bpe, eos_token=eos, bos_token=eos, unk_token=eos)
+    assert tok.pad_token is None  # like the real GPT-2
+    tok.save_pretrained(path)
+    config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    transformers.GPT2Model(config).save_pretrained(path)
+    return str(path)
+
+
+def build_tiny_models(root: Path, audio_overrides: dict | None = None) -> dict[str, str]:
+    """Save every tiny model under ``root``; returns their directories by family.
+
+    ``audio_overrides`` replace entries of CONV for the wav2vec2-family models (e.g. the real
+    7-layer conv stack with 320x downsampling, for benchmarks)."""
+    t = transformers
+    a = audio_overrides or {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "wav2vec2": _save_audio(root / "wav2vec2", t.Wav2Vec2Config, t.Wav2Vec2Model, **a),
+            "hubert": _save_audio(root / "hubert", t.HubertConfig, t.HubertModel, **a),
+            "wavlm": _save_audio(root / "wavlm", t.WavLMConfig, t.WavLMModel, num_buckets=16, max_bucket_distance=32, **a),
+            "whisper": _save_whisper(root / "whisper"),
+            "bert": _save_bert(root / "bert"),
+            "gpt2": _save_gpt2(root / "gpt2"),
+        }
