@@ -9,9 +9,9 @@ modality (whatever that modality's encoder collates), an integer label and metad
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from .options import StrictModel
 
@@ -32,6 +32,40 @@ class Splits:
     train: Sequence[Sample]
     val: Sequence[Sample]
     test: Sequence[Sample]
+
+
+R = TypeVar("R")
+
+
+class LazySplit(Sequence[Sample], Generic[R]):
+    """A split whose samples are built on access from light records, so files are read in
+    DataLoader workers; ``labels`` and ``meta`` are known without loading anything.
+
+    ``load(record) -> Sample``, ``label(record) -> int`` and ``meta(record) -> dict`` should be
+    picklable (module-level functions, functools.partial, operator.itemgetter/attrgetter) so that
+    DataLoader workers can be spawned.
+    """
+
+    def __init__(self, records: Sequence[R], load: Callable[[R], Sample], label: Callable[[R], int], meta: Callable[[R], Mapping[str, Any]]):
+        self._records = list(records)
+        self._load, self._label, self._meta = load, label, meta
+        self.labels: list[int] = [label(r) for r in self._records]
+        self.meta: list[Mapping[str, Any]] = [meta(r) for r in self._records]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+    @overload
+    def __getitem__(self, i: slice) -> "LazySplit[R]": ...
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return LazySplit(self._records[i], self._load, self._label, self._meta)
+        return self._load(self._records[i])
+
+    def __repr__(self) -> str:
+        return f"LazySplit({len(self)} items)"
 
 
 class DatasetOptions(StrictModel):

@@ -101,6 +101,12 @@ class _AudioBase(Encoder):
     Options = HFAudioOptions
     name = "hf_audio"
 
+    def __init__(self, options: HFAudioOptions):
+        super().__init__(options)
+        if options.pooling == "cls":
+            raise ConfigError(["pooling: 'cls' is not defined for audio models (they have no class token); use 'mean' or 'last'."])
+        self.cut_items = 0  # items cut to max_seconds, over this encoder's lifetime
+
     def _cut(self, raw: Sequence[Any], rate: int, min_samples: int = 1) -> list[np.ndarray]:
         if len(raw) == 0:
             raise DataError(f"The {self.name} encoder got an empty batch. Pass at least one waveform.")
@@ -127,8 +133,6 @@ class HFAudio(_AudioBase):
         super().__init__(options)
         from transformers import AutoFeatureExtractor, AutoModel
 
-        if options.pooling == "cls":
-            raise ConfigError(["pooling: 'cls' is not defined for audio models (they have no class token); use 'mean' or 'last'."])
         config = load_config("hf_audio", options)
         self.extractor = load("feature extractor", "hf_audio", options, AutoFeatureExtractor)
         self.model = load("weights", "hf_audio", options, AutoModel, config=config)
@@ -140,7 +144,6 @@ class HFAudio(_AudioBase):
         self.rate = int(self.extractor.sampling_rate)
         self.use_mask = bool(getattr(self.extractor, "return_attention_mask", False))
         self.output_dim = int(config.hidden_size)
-        self.cut_items = 0
         # the shortest input the conv stack accepts: one output frame
         self.min_samples = 1
         while int(self.model._get_feat_extract_output_lengths(torch.tensor(self.min_samples))) < 1:
@@ -186,8 +189,6 @@ class HFWhisper(_AudioBase):
         super().__init__(options)
         from transformers import AutoFeatureExtractor, AutoModel
 
-        if options.pooling == "cls":
-            raise ConfigError(["pooling: 'cls' is not defined for audio models (they have no class token); use 'mean' or 'last'."])
         config = load_config("hf_whisper", options)
         self.extractor = load("feature extractor", "hf_whisper", options, AutoFeatureExtractor)
         model = load("weights", "hf_whisper", options, AutoModel, config=config)
@@ -198,7 +199,6 @@ class HFWhisper(_AudioBase):
         self.hop = int(self.extractor.hop_length)
         self.max_frames = 2 * self.model.embed_positions.num_embeddings
         self.output_dim = int(config.d_model)
-        self.cut_items = 0
         freeze(self.model, options.freeze, "hf_whisper", [self.model.conv1, self.model.conv2])
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:

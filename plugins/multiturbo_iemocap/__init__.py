@@ -43,20 +43,22 @@ import operator
 import re
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
+from operator import attrgetter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from multiturbo.audio import load_audio
-from multiturbo.dataset import Dataset, DatasetOptions, Sample, Splits
+from multiturbo.dataset import Dataset, DatasetOptions, LazySplit, Sample, Splits
 from multiturbo.errors import DataError
 from multiturbo.hookspecs import Register, hookimpl
 
 from .fixture import write_mini_iemocap
 
-__all__ = ["IemocapDataset", "IemocapOptions", "IemocapSplit", "speaker_of", "write_mini_iemocap"]
+__all__ = ["IemocapDataset", "IemocapOptions", "iemocap_split", "speaker_of", "write_mini_iemocap"]
 
 # [6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]
 LABEL_LINE = re.compile(r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\S+)\s+\[")
@@ -120,33 +122,14 @@ class Utterance:
     meta: dict[str, Any]
 
 
-class IemocapSplit(Sequence[Sample]):
-    """A lazy split: labels and metadata in memory, audio read in ``__getitem__``."""
+def _load_utterance(modalities: tuple[str, ...], u: "Utterance") -> Sample:
+    """The sample of one utterance: audio read from its wav file, text its transcript."""
+    return Sample(inputs={m: load_audio(u.wav) if m == "audio" else u.text for m in modalities}, label=u.label, meta=u.meta)
 
-    def __init__(self, items: Sequence[Utterance], modalities: Sequence[str]):
-        self._items = list(items)
-        self._modalities = tuple(modalities)
-        self.labels: list[int] = [u.label for u in self._items]
-        self.meta: list[dict[str, Any]] = [u.meta for u in self._items]
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @overload
-    def __getitem__(self, i: int) -> Sample: ...
-    @overload
-    def __getitem__(self, i: slice) -> "IemocapSplit": ...
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return IemocapSplit(self._items[i], self._modalities)
-        u = self._items[i]
-        inputs: dict[str, Any] = {}
-        for m in self._modalities:
-            inputs[m] = load_audio(u.wav) if m == "audio" else u.text
-        return Sample(inputs=inputs, label=u.label, meta=u.meta)
-
-    def __repr__(self) -> str:
-        return f"IemocapSplit({len(self)} utterances)"
+def iemocap_split(items: Sequence["Utterance"], modalities: Sequence[str]) -> LazySplit:
+    """A lazy split of utterances: audio is read on access, labels and meta are known up front."""
+    return LazySplit(items, partial(_load_utterance, tuple(modalities)), attrgetter("label"), attrgetter("meta"))
 
 
 def _read(path: Path) -> list[str]:
@@ -313,7 +296,7 @@ class IemocapDataset(Dataset):
             parts = []
             for speakers in (train, val, test):
                 chosen = set(speakers)
-                parts.append(IemocapSplit([u for u in self.utterances if u.meta["speaker"] in chosen], self.modalities))
+                parts.append(iemocap_split([u for u in self.utterances if u.meta["speaker"] in chosen], self.modalities))
             for name, part, speakers in zip(("train", "validation", "test"), parts, (train, val, test)):
                 if len(part) == 0:
                     raise DataError(

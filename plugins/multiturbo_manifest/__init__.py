@@ -49,19 +49,21 @@ import json
 import operator
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from multiturbo.audio import load_audio
-from multiturbo.dataset import Dataset, DatasetOptions, Sample, Splits
+from multiturbo.dataset import Dataset, DatasetOptions, LazySplit, Sample, Splits
 from multiturbo.errors import DataError
 from multiturbo.hookspecs import Register, hookimpl
 from multiturbo.options import StrictModel
 
-__all__ = ["ManifestDataset", "ManifestOptions", "ManifestSplit", "ModalitySpec", "load_image"]
+__all__ = ["ManifestDataset", "ManifestOptions", "manifest_split", "ModalitySpec", "load_image"]
 
 Kind = Literal["audio", "text", "image"]
 SHOW_MAX = 5  # how many offending rows an error lists
@@ -125,31 +127,15 @@ def load_image(path: str | Path) -> np.ndarray:
 LOADERS = {"audio": load_audio, "image": load_image}
 
 
-class ManifestSplit(Sequence[Sample]):
-    """A lazy split: labels and metadata in memory, files read in ``__getitem__``."""
+def _load_row(kinds: dict[str, str], r: dict[str, Any]) -> Sample:
+    """The sample of one manifest row: audio and image files read, text as given."""
+    inputs = {m: LOADERS[kinds[m]](v) if kinds[m] in LOADERS else v for m, v in r["inputs"].items()}
+    return Sample(inputs=inputs, label=r["label"], meta=r["meta"])
 
-    def __init__(self, rows: Sequence[dict[str, Any]], kinds: dict[str, str]):
-        self._rows = list(rows)  # each: {"inputs": {modality: path or text}, "label": int, "meta": {...}}
-        self._kinds = kinds
-        self.labels: list[int] = [r["label"] for r in self._rows]
-        self.meta: list[dict[str, Any]] = [r["meta"] for r in self._rows]
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    @overload
-    def __getitem__(self, i: int) -> Sample: ...
-    @overload
-    def __getitem__(self, i: slice) -> "ManifestSplit": ...
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return ManifestSplit(self._rows[i], self._kinds)
-        r = self._rows[i]
-        inputs = {m: LOADERS[self._kinds[m]](v) if self._kinds[m] in LOADERS else v for m, v in r["inputs"].items()}
-        return Sample(inputs=inputs, label=r["label"], meta=r["meta"])
-
-    def __repr__(self) -> str:
-        return f"ManifestSplit({len(self)} rows)"
+def manifest_split(rows: Sequence[dict[str, Any]], kinds: dict[str, str]) -> LazySplit:
+    """A lazy split of manifest rows ({"inputs": {modality: path or text}, "label": int, "meta": {...}})."""
+    return LazySplit(rows, partial(_load_row, kinds), itemgetter("label"), itemgetter("meta"))
 
 
 def _rows_listing(lines: list[str], total: int) -> str:
@@ -385,7 +371,7 @@ class ManifestDataset(Dataset):
             )
         if f not in self._cache:
             assign = self._assign(f)
-            parts = {s: ManifestSplit([r for r, a in zip(self.rows, assign) if a == s], self._kinds) for s in ("train", "val", "test")}
+            parts = {s: manifest_split([r for r, a in zip(self.rows, assign) if a == s], self._kinds) for s in ("train", "val", "test")}
             if len(parts["train"]) == 0:
                 raise DataError(
                     f"The manifest {self.path} leaves no row to train on (fold {f}). Lower val_fraction / "
