@@ -9,18 +9,6 @@ from torch import Tensor, nn
 from multiturbo.errors import DataError
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
-    """Mean of ``x`` over ``dim`` counting only positions where ``mask`` is True.
-
-    x: [B, ..., L, ...]; mask: broadcastable to x (bool). Positions masked out do not
-    contribute, so padding never changes an item's result.
-    """
-    mask = mask.to(x.dtype)
-    total = (x * mask).sum(dim)
-    count = mask.expand_as(x).sum(dim).clamp_min(1.0)
-    return total / count
-
-
 class ChannelNorm(nn.Module):
     """LayerNorm over the channels of a [B, C, H, W] map, independently at every position.
 

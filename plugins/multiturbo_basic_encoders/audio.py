@@ -30,8 +30,9 @@ from torch import Tensor, nn
 from multiturbo.audio import Waveform, to_rate
 from multiturbo.encoder import Encoder, EncoderOptions
 from multiturbo.errors import DataError
+from multiturbo.pooling import masked_mean
 
-from ._layers import ChannelNorm, as_float_array, masked_mean
+from ._layers import ChannelNorm, as_float_array
 
 
 def mel_filterbank(

@@ -25,8 +25,7 @@ from torch import Tensor, nn
 
 from multiturbo.encoder import Encoder, EncoderOptions
 from multiturbo.errors import DataError
-
-from ._layers import masked_mean
+from multiturbo.pooling import masked_mean
 
 PAD, EMPTY = 0, 1
 _WORD = re.compile(r"\w+")

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from multiturbo.encoder import EncoderOptions
 from multiturbo.errors import ConfigError
+from multiturbo.pooling import masked_mean
 
 # Config keys that hold dropout probabilities, across the families we support
 # (BERT/RoBERTa/MiniLM, GPT-2, wav2vec2/HuBERT/WavLM, Whisper, DistilBERT...).
@@ -37,12 +38,6 @@ class HFOptions(EncoderOptions):
     local_files_only: bool = Field(False, description="Never contact the hub (set HF_HUB_OFFLINE=1 as well for a fully offline run).")
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """x [B, L, D], mask [B, L] -> [B, D]: mean over valid positions (an all-padding row gives zeros, not NaN)."""
-    m = mask.to(x.dtype)[..., None]
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
 def last_valid(x: Tensor, mask: Tensor) -> Tensor:
     """x [B, L, D], mask [B, L] -> [B, D]: the last valid position (right or left padding)."""
     positions = torch.arange(mask.shape[1], device=mask.device)
@@ -53,7 +48,7 @@ def last_valid(x: Tensor, mask: Tensor) -> Tensor:
 def pool(x: Tensor, mask: Tensor, how: str) -> Tensor:
     """Pool hidden states x [B, L, D] over valid positions (mask [B, L]) -> [B, D]."""
     if how == "mean":
-        return masked_mean(x, mask)
+        return masked_mean(x, mask[..., None], dim=1)
     if how == "cls":
         return x[:, 0]
     if how == "last":
