@@ -60,6 +60,33 @@ def _looks_like_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
+def _not_available_locally(exc: BaseException) -> bool:
+    """Whether the hub client failed because the files are not on disk and it could not (or must
+    not) download them: offline mode, local_files_only, or no network."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
 def load(what: str, encoder: str, options: HFOptions, loader: Any, **kwargs: Any) -> Any:
     """``loader.from_pretrained(options.model, ...)`` with a ConfigError naming the model and the fix on failure."""
     name = options.model
@@ -73,6 +100,21 @@ def load(what: str, encoder: str, options: HFOptions, loader: Any, **kwargs: Any
     try:
         return loader.from_pretrained(os.path.expanduser(name), local_files_only=options.local_files_only, **kwargs)
     except Exception as exc:  # OSError, ValueError, HFValidationError, EnvironmentError... from the hub client
+        if not os.path.isdir(os.path.expanduser(name)) and _not_available_locally(exc):
+            why = (
+                "downloads are off (HF_HUB_OFFLINE=1)" if _hub_offline()
+                else "downloads are off (local_files_only: true)" if options.local_files_only
+                else "it could not be downloaded (no network?)"
+            )
+            raise ConfigError(
+                [
+                    f"model: the {encoder} encoder cannot load {name!r}: it is not a local directory, the Hugging Face "
+                    f"cache ({_hub_cache()}) does not hold its {what}, and {why}. Either download the model "
+                    f"into that cache on a machine with network access (`hf download {name}`, or one run with "
+                    f"HF_HUB_OFFLINE unset; HF_HUB_CACHE chooses the folder, which can be copied to an offline machine), "
+                    f"or set `model` to a local directory written by save_pretrained."
+                ]
+            ) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             [

@@ -5,20 +5,24 @@ a bare 1-D float array already at that rate. Items longer than ``max_seconds`` a
 encoder counts them (``cut_items``, over its lifetime) and warns once per batch that had cuts.
 
 hf_audio
-    collate:  B waveforms -> feature extractor (per-item normalisation over the item's own
-              samples, zero padding) -> {"input_values": [B, T], "attention_mask": [B, T]}
-    forward:  AutoModel -> last_hidden_state [B, F, hidden]; the valid frames of each item come
-              from its sample count through the model's conv arithmetic
-              (``_get_feat_extract_output_lengths``) -> pooling over valid frames [B, hidden]
+    collate:  B waveforms -> the feature extractor on EACH ITEM ALONE (its normalisation to zero
+              mean and unit variance over the item's own samples), zero padding to the longest
+              -> {"input_values": [B, T], "attention_mask": [B, T]}
+    forward:  AutoModel(input_values, attention_mask) -> last_hidden_state [B, F, hidden]; the
+              valid frames of each item come from its sample count through the model's conv
+              arithmetic (``_get_feat_extract_output_lengths``) -> pooling over valid frames
+              [B, hidden]
 
-    The sample mask is passed to the model only when its feature extractor says the model was
-    trained with one (``return_attention_mask=True``: wav2vec2-large-lv60, HuBERT-large, WavLM...).
+    The model always gets the sample mask, so padded frames are masked out of its Transformer.
     Models whose first conv layer uses GroupNorm over time (``feat_extract_norm="group"``:
-    wav2vec2-base, HuBERT-base) were trained on zero-padded batches without a mask, as the
-    Hugging Face docs advise; their GroupNorm statistics span the padded length, so for them an
-    item's vector DOES change slightly with the padding around it (pooling still uses only the
-    valid frames). Models with ``feat_extract_norm="layer"`` get the mask and are exactly
-    padding-invariant (tested).
+    wav2vec2-base, HuBERT-base, WavLM-base) would otherwise normalise over the padded length:
+    for them that first layer runs per item on the item's own samples (the padded tail of its
+    output is zeros), and the later conv layers, which are local and unnormalised, run batched;
+    each valid output frame sees only the item's samples. With both, an item's vector is the
+    vector the model computes for the item alone, whatever the batch around it (tested, for
+    "group" and "layer" models). Cost: one small conv call per item; measured on the tiny
+    wav2vec2 "group" model with the real 7-layer conv stack (benchmarks/bench_encoders.py) it
+    is within the noise of the batched call (see docs/encoders.md).
 
     Training-time noise besides dropout comes with the model's config and is kept: SpecAugment
     (``mask_time_prob``, drawn per item) and LayerDrop (``layerdrop``, drawn once per forward,
@@ -53,7 +57,9 @@ hf_whisper
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -142,8 +148,10 @@ class HFAudio(_AudioBase):
                  f"(wav2vec2, HuBERT, WavLM). Use hf_whisper for Whisper and hf_text for text models."]
             )
         self.rate = int(self.extractor.sampling_rate)
-        self.use_mask = bool(getattr(self.extractor, "return_attention_mask", False))
         self.output_dim = int(config.hidden_size)
+        # feat_extract_norm="group": the first conv layer normalises over time, so it runs per item
+        layers = getattr(getattr(self.model, "feature_extractor", None), "conv_layers", None)
+        self.first_conv_per_item = bool(layers) and isinstance(getattr(layers[0], "layer_norm", None), nn.GroupNorm)
         # the shortest input the conv stack accepts: one output frame
         self.min_samples = 1
         while int(self.model._get_feat_extract_output_lengths(torch.tensor(self.min_samples))) < 1:
@@ -159,20 +167,56 @@ class HFAudio(_AudioBase):
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B waveforms -> {"input_values": [B, T] float, "attention_mask": [B, T] long}."""
         waves = self._cut(raw, self.rate, self.min_samples)
-        # return_attention_mask=True also makes the extractor normalise each item over its own samples only
-        out = self.extractor(waves, sampling_rate=self.rate, padding=True, return_attention_mask=True, return_tensors="pt")
-        values = out["input_values"].to(torch.float32)
-        mask = out["attention_mask"].long()
-        values = values * mask  # zero padding, whatever the extractor's padding_value
-        return {"input_values": values, "attention_mask": mask}
+        # each item alone: the extractor's normalisation sees only the item's own samples
+        values = [self.extractor(w, sampling_rate=self.rate, return_tensors="np")["input_values"][0] for w in waves]
+        lengths = [len(v) for v in values]
+        batch = torch.zeros(len(values), max(lengths), dtype=torch.float32)
+        mask = torch.zeros(len(values), max(lengths), dtype=torch.long)
+        for i, v in enumerate(values):
+            batch[i, : len(v)] = torch.from_numpy(np.asarray(v, dtype=np.float32))
+            mask[i, : len(v)] = 1
+        return {"input_values": batch, "attention_mask": mask}
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """{"input_values": [B, T], "attention_mask": [B, T]} -> [B, hidden]."""
         values, mask = batch["input_values"], batch["attention_mask"]
-        hidden = self.model(values, attention_mask=mask if self.use_mask else None).last_hidden_state  # [B, F, hidden]
-        frames = self.model._get_feat_extract_output_lengths(mask.sum(1)).long()  # [B]
+        lengths = mask.sum(1)  # [B] samples
+        with self._first_conv_per_item(lengths):
+            hidden = self.model(values, attention_mask=mask).last_hidden_state  # [B, F, hidden]
+        frames = self.model._get_feat_extract_output_lengths(lengths).long()  # [B]
         frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]  # [B, F]
         return pool(hidden, frame_mask, self.options.pooling)
+
+    @contextmanager
+    def _first_conv_per_item(self, lengths: Tensor) -> Iterator[None]:
+        """For "group" models, let the model's feature encoder run its first layer per item while inside."""
+        if not self.first_conv_per_item:
+            yield
+            return
+        encoder = self.model.feature_extractor
+        encoder.forward = partial(_conv_features_per_item, encoder.conv_layers, lengths)  # an instance attribute
+        try:
+            yield
+        finally:
+            del encoder.forward  # back to the class's forward
+
+
+def _conv_features_per_item(layers: nn.ModuleList, lengths: Tensor, input_values: Tensor) -> Tensor:
+    """The wav2vec2 feature encoder, [B, T] samples -> [B, C, F] frames, with its first layer
+    (conv + GroupNorm over time + activation) applied to each item's own samples only.
+
+    The first layer's output for item i is what the item alone gives, followed by zeros; the
+    remaining layers are plain strided convs, so every frame within the item's length
+    (``_get_feat_extract_output_lengths``) depends only on the item's samples."""
+    first = layers[0]
+    x = input_values[:, None]  # [B, 1, T]
+    items = [first(x[i : i + 1, :, : int(n)]) for i, n in enumerate(lengths.tolist())]  # [1, C, F0_i] each
+    conv = first.conv  # the frame count the whole padded length gives, as in the batched encoder
+    frames = (x.shape[-1] + 2 * conv.padding[0] - conv.dilation[0] * (conv.kernel_size[0] - 1) - 1) // conv.stride[0] + 1
+    hidden = torch.cat([nn.functional.pad(h, (0, frames - h.shape[-1])) for h in items])  # [B, C, F0]
+    for layer in layers[1:]:
+        hidden = layer(hidden)
+    return hidden
 
 
 class HFWhisperOptions(HFAudioOptions):

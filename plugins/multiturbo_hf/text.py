@@ -2,7 +2,9 @@
 
 Raw input: a string.
 
-    collate:  list of B strings -> tokenizer (right padding, truncation to max_tokens)
+    collate:  list of B strings -> tokenizer (right padding, truncation to max_tokens; cut items
+              are counted in ``cut_items`` over the encoder's lifetime, and a warning per batch
+              says how many, as for audio cut to max_seconds)
               -> {"input_ids": [B, L], "attention_mask": [B, L], and "token_type_ids" [B, L] if the tokenizer makes them}
     forward:  AutoModel(**batch).last_hidden_state     [B, L, hidden]
               -> pooling over valid tokens             [B, hidden]   (output_dim = hidden size)
@@ -29,7 +31,7 @@ from torch import Tensor
 from multiturbo.encoder import Encoder
 from multiturbo.errors import DataError
 
-from ._common import HFOptions, freeze, load, load_config, pool
+from ._common import HFOptions, freeze, load, load_config, pool, warn_cut
 
 
 class HFTextOptions(HFOptions):
@@ -64,6 +66,7 @@ class HFText(Encoder):
         self.empty_id = next(i for i in (tok.eos_token_id, tok.bos_token_id, tok.cls_token_id, tok.unk_token_id, tok.pad_token_id) if i is not None)
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_length = min(options.max_tokens, limit) if limit else options.max_tokens
+        self.cut_items = 0  # texts cut to max_length tokens, over this encoder's lifetime
         self.output_dim = int(config.hidden_size)
         freeze(self.model, options.freeze, "hf_text", None)
 
@@ -79,6 +82,7 @@ class HFText(Encoder):
                 )
         batch = dict(self.tokenizer(list(raw), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"))
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        self._count_cuts(raw, mask.sum(1))
         empty = mask.sum(1) == 0
         if empty.any():  # a tokenizer that gives no token for "" (GPT-2): one end-of-text token instead
             if ids.shape[1] == 0:
@@ -88,6 +92,17 @@ class HFText(Encoder):
             ids[empty, 0] = self.empty_id
             mask[empty, 0] = 1
         return batch
+
+    def _count_cuts(self, raw: Sequence[str], lengths: Tensor) -> None:
+        """Count and warn about the texts that truncation cut: those at the limit that have more tokens."""
+        full = [text for text, n in zip(raw, lengths.tolist()) if n >= self.max_length]
+        if full:  # one more token allowed tells whether a text at the limit was cut
+            longer = self.tokenizer(full, truncation=True, max_length=self.max_length + 1)["input_ids"]
+            cut = sum(len(ids) > self.max_length for ids in longer)
+            self.cut_items += cut
+            limit = f"max_tokens = {self.options.max_tokens}" if self.max_length == self.options.max_tokens else (
+                f"{self.max_length} tokens (the model's position limit; max_tokens = {self.options.max_tokens})")
+            warn_cut("hf_text", cut, len(raw), limit)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Tokenizer output [B, L] each -> [B, hidden]."""

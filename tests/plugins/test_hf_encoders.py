@@ -27,14 +27,14 @@ from multiturbo.plugins import get_plugin_manager, plugin_registered  # noqa: E4
 import multiturbo_hf  # noqa: E402
 from multiturbo_hf import HFAudio, HFText, HFWhisper  # noqa: E402
 
-from tiny_hf import CONV, RATE, WORDS, build_tiny_models  # noqa: E402
-from tiny_hf import _save_audio  # noqa: E402
+from tiny_hf import RATE, WORDS, build_group_norm_models, build_tiny_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
     """Directories of the tiny models, by family."""
-    return build_tiny_models(tmp_path_factory.mktemp("hf_models"))
+    root = tmp_path_factory.mktemp("hf_models")
+    return {**build_tiny_models(root), **build_group_norm_models(root)}
 
 
 _rng = np.random.default_rng(0)
@@ -46,11 +46,12 @@ FAMILIES = {
     "wav2vec2": (HFAudio, AUDIO),
     "hubert": (HFAudio, AUDIO),
     "wavlm": (HFAudio, AUDIO),
+    "wav2vec2_group": (HFAudio, AUDIO),  # feat_extract_norm="group": wav2vec2-base, HuBERT-base
+    "hubert_group": (HFAudio, AUDIO),
     "whisper": (HFWhisper, AUDIO),
     "bert": (HFText, TEXT),
     "gpt2": (HFText, TEXT),
 }
-POOLINGS = {"wav2vec2": "mean", "hubert": "last", "wavlm": "mean", "whisper": "mean", "bert": "cls", "gpt2": "last"}
 
 
 def build(models, family: str, **overrides) -> Encoder:
@@ -114,7 +115,8 @@ def test_dropout_option_sets_the_model_config(models, family):
     enc = build(models, family, dropout=0.3)
     config = enc.model.config
     keys = {"wav2vec2": ["hidden_dropout", "attention_dropout"], "hubert": ["hidden_dropout", "attention_dropout"],
-            "wavlm": ["hidden_dropout", "attention_dropout"], "whisper": ["dropout", "attention_dropout"],
+            "wavlm": ["hidden_dropout", "attention_dropout"], "wav2vec2_group": ["hidden_dropout", "attention_dropout"],
+            "hubert_group": ["hidden_dropout", "attention_dropout"], "whisper": ["dropout", "attention_dropout"],
             "bert": ["hidden_dropout_prob", "attention_probs_dropout_prob"], "gpt2": ["resid_pdrop", "attn_pdrop"]}[family]
     assert all(getattr(config, k) == 0.3 for k in keys)
     kept = build(models, family, dropout=None)
@@ -130,11 +132,11 @@ def test_freeze_all(models, family):
     assert not torch.allclose(enc(batch), enc(batch))  # frozen weights, dropout still on
 
 
-@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm", "whisper"])
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm", "wav2vec2_group", "hubert_group", "whisper"])
 def test_freeze_feature_encoder(models, family):
     enc = build(models, family, freeze="feature_encoder")
     if family != "whisper":
-        assert enc.use_mask  # feat_extract_norm="layer" models get the attention mask
+        assert enc.first_conv_per_item == family.endswith("_group")
     frozen = {n for n, p in enc.named_parameters() if not p.requires_grad}
     assert frozen and any(p.requires_grad for p in enc.parameters())
     prefix = ("model.conv1", "model.conv2") if family == "whisper" else ("model.feature_extractor",)
@@ -245,10 +247,30 @@ def test_gpt2_gets_a_pad_token_and_right_padding(models):
     assert mask[0, 0] == 1 and mask[0, -1] == 0  # right padding
 
 
-def test_text_is_cut_to_max_tokens(models):
-    enc = build(models, "bert", max_tokens=5)
-    batch = enc.collate([" ".join(WORDS)])
-    assert batch["input_ids"].shape == (1, 5)
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_text_cut_to_max_tokens_is_counted_and_warned(models, family):
+    enc = build(models, family, max_tokens=5)
+    long = " ".join(WORDS)
+    with pytest.warns(UserWarning, match=r"hf_text: cut 2 of 3 items of this batch to max_tokens = 5\."):
+        batch = enc.collate([long, "hello", long])
+    assert batch["input_ids"].shape == (3, 5) and batch["attention_mask"].sum(1).tolist() == [5, 1 if family == "gpt2" else 3, 5]
+    assert enc.cut_items == 2
+    # a text of exactly max_tokens tokens is not cut: no warning, no count
+    exact = next(" ".join(WORDS[:n]) for n in range(1, len(WORDS)) if len(enc.tokenizer(" ".join(WORDS[:n]))["input_ids"]) == 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert enc.collate([exact, "hello"])["attention_mask"].sum(1)[0] == 5
+    assert enc.cut_items == 2
+    with pytest.warns(UserWarning, match="cut 1 of 1 items"):
+        enc.collate([long])
+    assert enc.cut_items == 3  # over the encoder's lifetime
+
+
+def test_text_cut_at_the_model_position_limit_says_so(models):
+    enc = build(models, "bert", max_tokens=100)  # the tiny BERT has 64 positions
+    with pytest.warns(UserWarning, match="cut 1 of 2 items of this batch to 64 tokens \\(the model's position limit; max_tokens = 100\\)"):
+        batch = enc.collate([" ".join(WORDS * 5), "hello"])
+    assert batch["input_ids"].shape == (2, 64) and enc.cut_items == 1
 
 
 # -- audio specifics ---------------------------------------------------------------------
@@ -299,22 +321,113 @@ def test_whisper_matches_the_transformers_encoder_on_a_full_30s_window(models):
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_group_norm_models_are_not_padding_invariant(models, tmp_path):
-    """Documented limitation: feat_extract_norm="group" (wav2vec2-base, HuBERT-base) normalises over
-    the padded length in its first conv layer, so padding changes an item's vector. The valid-frame
-    pooling still holds; this test pins the behaviour so a change is noticed."""
-    t = transformers
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = _save_audio(tmp_path / "w2v_group", t.Wav2Vec2Config, t.Wav2Vec2Model, return_attention_mask=False,
-                           feat_extract_norm="group", do_stable_layer_norm=False)
-        enc = HFAudio(HFAudio.Options(model=path)).eval()
-    assert enc.use_mask is False  # trained without a mask: the model gets none (Hugging Face's advice)
+@pytest.mark.parametrize("family", ["wav2vec2_group", "hubert_group"])
+def test_group_norm_models_give_an_item_the_vector_it_has_alone(models, family):
+    """feat_extract_norm="group" (wav2vec2-base, HuBERT-base) normalises over time in its first conv
+    layer: run on the padded batch it would leak the padding into every frame. hf_audio runs that
+    layer per item, so an item padded in a longer batch gets exactly what the model gives it alone."""
+    enc = build(models, family).eval()
+    assert enc.first_conv_per_item
     short, long = AUDIO
+    alone_batch, padded_batch = enc.collate([short]), enc.collate([long, short, long])
+    # the waveform normalisation (zero mean, unit variance) is over the item's own samples
+    torch.testing.assert_close(padded_batch["input_values"][1, : len(short)], alone_batch["input_values"][0])
+    assert padded_batch["input_values"][1, len(short) :].abs().sum() == 0
     with torch.no_grad():
-        alone = enc(enc.collate([short]))[0]
-        padded = enc(enc.collate([long, short]))[1]
-    assert not torch.allclose(alone, padded, atol=1e-3)
+        alone = enc(alone_batch)[0]
+        padded = enc(padded_batch)[1]
+        reference = enc.model(alone_batch["input_values"]).last_hidden_state[0].mean(0)  # transformers, item alone
+        leaky = enc.model(padded_batch["input_values"]).last_hidden_state[1]  # transformers on the padded batch
+    torch.testing.assert_close(alone, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+    frames = int(enc.model._get_feat_extract_output_lengths(torch.tensor(len(short))))
+    assert not torch.allclose(leaky[:frames].mean(0), alone, atol=1e-3)  # the leak this guards against
+    assert "forward" not in vars(enc.model.feature_extractor)  # the per-item override is gone after the call
+
+
+@pytest.mark.parametrize("family", ["wav2vec2_group", "hubert_group"])
+def test_group_norm_models_train_with_a_frozen_feature_encoder(models, family):
+    """Per-item first conv layer in training: dropout views differ, gradients reach the Transformer
+    and the feature encoder when it is trainable, and not when it is frozen."""
+    for how in ("none", "feature_encoder"):
+        enc = build(models, family, freeze=how).train()
+        batch = enc.collate(list(AUDIO))
+        out = enc(batch)
+        assert not torch.allclose(out, enc(batch))
+        out.sum().backward()
+        conv_has_grad = [p.grad is not None and p.grad.abs().sum() > 0 for p in enc.model.feature_extractor.parameters()]
+        assert any(conv_has_grad) == (how == "none")
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.model.encoder.parameters())
+
+
+# -- loading by hub id, offline -------------------------------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _put_in_hub_cache(cache: Path, repo_id: str, directory: str) -> Path:
+    """Lay ``directory`` out as the hub client caches a download of ``repo_id`` at ``COMMIT``:
+    models--<org>--<name>/blobs/<hash>, snapshots/<commit>/<file> -> ../../blobs/<hash>, and
+    refs/main holding the commit hash."""
+    import hashlib
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / COMMIT
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in sorted(Path(directory).iterdir()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return snapshot
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty hub cache and offline mode. huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE into
+    its constants when imported, so those are patched too (setting the environment alone is not enough)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize("family, repo_id", [("bert", "some-org/tiny-bert"), ("wav2vec2", "some-org/tiny-wav2vec2")])
+def test_hub_id_loads_from_the_local_cache_offline(models, offline_hub, family, repo_id):
+    from huggingface_hub import try_to_load_from_cache
+
+    snapshot = _put_in_hub_cache(offline_hub, repo_id, models[family])
+    assert try_to_load_from_cache(repo_id, "config.json") == str(snapshot / "config.json")  # the client's own lookup
+    by_id = build(models, family, model=repo_id).eval()
+    by_dir = build(models, family).eval()
+    assert by_id.model.name_or_path == repo_id
+    raw = list(FAMILIES[family][1])
+    with torch.no_grad():
+        torch.testing.assert_close(by_id(by_id.collate(raw)), by_dir(by_dir.collate(raw)))
+
+
+@pytest.mark.parametrize("cls", [HFAudio, HFWhisper, HFText])
+@pytest.mark.parametrize("local_files_only", [False, True])
+def test_hub_id_not_in_the_cache_offline_names_it_and_the_fix(offline_hub, tmp_path, cls, local_files_only):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}")
+    _put_in_hub_cache(offline_hub, "some-org/other-model", str(tmp_path / "other"))  # a cache that is not empty
+    with pytest.raises(ConfigError) as info:
+        cls(cls.Options(model="some-org/not-here", local_files_only=local_files_only))
+    (line,) = info.value.lines  # one paragraph
+    assert "\n" not in line and "Traceback" not in line
+    assert "'some-org/not-here'" in line and str(offline_hub) in line
+    assert "downloads are off (HF_HUB_OFFLINE=1)" in line
+    assert "`hf download some-org/not-here`" in line  # the fix: download it into the cache when online...
+    assert "set `model` to a local directory written by save_pretrained" in line  # ... or point at a directory
 
 
 # -- registration and real weights -------------------------------------------------------

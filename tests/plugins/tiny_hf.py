@@ -15,8 +15,8 @@ import transformers
 RATE = 16000
 WORDS = ["hello", "world", "the", "a", "short", "long", "sentence", "text", "is", "this", "much", "more", "padding", "one", "two"]
 
-# wav2vec2-family tiny config. feat_extract_norm="layer" (per-frame LayerNorm): see
-# test_group_norm_models_are_not_padding_invariant for the "group" variant.
+# wav2vec2-family tiny config. feat_extract_norm="layer" (per-frame LayerNorm, wav2vec2-large-lv60,
+# WavLM); build_group_norm_models makes the "group" variant (wav2vec2-base, HuBERT-base).
 CONV = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
     conv_stride=(5, 4), conv_kernel=(10, 8), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
@@ -48,8 +48,9 @@ def _save_whisper(path: Path) -> str:
 def _save_bert(path: Path) -> str:
     torch.manual_seed(0)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ",", ".", "!"]) + "\n")
-    tok = transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ",", ".", "!"]
+    tok = transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})  # (transformers 5 ignores vocab_file=)
+    assert len(tok) == len(vocab)
     tok.save_pretrained(path)
     config = transformers.BertConfig(
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
@@ -79,6 +80,23 @@ def _save_gpt2(path: Path) -> str:
     config = transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64)
     transformers.GPT2Model(config).save_pretrained(path)
     return str(path)
+
+
+# wav2vec2-base / HuBERT-base style: GroupNorm over time in the first conv layer, post-LayerNorm
+# Transformer, and a feature extractor that does not ask for an attention mask.
+GROUP = dict(feat_extract_norm="group", do_stable_layer_norm=False)
+
+
+def build_group_norm_models(root: Path, audio_overrides: dict | None = None) -> dict[str, str]:
+    """Tiny feat_extract_norm="group" wav2vec2 and HuBERT models under ``root``, by family."""
+    t = transformers
+    a = {**GROUP, **(audio_overrides or {})}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "wav2vec2_group": _save_audio(root / "wav2vec2_group", t.Wav2Vec2Config, t.Wav2Vec2Model, return_attention_mask=False, **a),
+            "hubert_group": _save_audio(root / "hubert_group", t.HubertConfig, t.HubertModel, return_attention_mask=False, **a),
+        }
 
 
 def build_tiny_models(root: Path, audio_overrides: dict | None = None) -> dict[str, str]:
