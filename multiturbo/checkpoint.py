@@ -1,15 +1,23 @@
-"""Weights as safetensors (no pickle), written atomically (temporary file, then rename)."""
+"""Weights and training checkpoints as safetensors (no pickle), written atomically
+(temporary file, then rename)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_model, save_model
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
+
+from .errors import MultiturboError
 
 
 def _atomic(path: Path, write) -> None:
@@ -48,3 +56,168 @@ def write_json(path: str | Path, data: Any) -> None:
 
     text = json.dumps(clean(data), indent=2)
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+
+
+# -- training checkpoints -------------------------------------------------------------------------
+#
+# One safetensors file holds everything needed to continue a run bit for bit: the model's
+# state, the optimizer's state (and a scheduler's / grad scaler's, when there is one), every
+# RNG state, and the loop's position and bookkeeping. Tensors are stored as safetensors
+# tensors; everything else (the structure of the state dicts, numbers, the loop state) is
+# JSON in the file's metadata. Nothing is pickled; loading never runs code.
+
+CHECKPOINT_FORMAT = "multiturbo-checkpoint/1"
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON-able copy of ``obj`` where each tensor is moved into ``tensors`` and replaced by
+    ``{"__tensor__": key}``; dicts with non-str keys and tuples are tagged so they round-trip."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        wide = obj.astype(np.int64) if obj.dtype.kind == "u" else obj  # torch/safetensors lack most unsigned types
+        return {"__ndarray__": _flatten(torch.from_numpy(np.ascontiguousarray(wide).copy()), prefix, tensors), "dtype": str(obj.dtype)}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {"__dict__": {k: _flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}}
+        return {"__items__": [[k, _flatten(v, f"{prefix}.{i}", tensors)] for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    raise TypeError(f"Cannot store a {type(obj).__name__} in a checkpoint (at {prefix}).")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return _unflatten(obj["__ndarray__"], tensors).numpy().astype(obj["dtype"])
+        if "__dict__" in obj:
+            return {k: _unflatten(v, tensors) for k, v in obj["__dict__"].items()}
+        if "__items__" in obj:
+            return {k: _unflatten(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+        raise ValueError(f"Unknown checkpoint structure {sorted(obj)}")
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state: Python ``random``, NumPy's global RNG, torch CPU, and CUDA if available."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.to(torch.uint8) for t in cuda])
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    loop_state: dict[str, Any],
+    *,
+    scheduler: Any = None,
+    scaler: Any = None,
+) -> None:
+    """Write a training checkpoint atomically (see the section comment above for its contents).
+
+    ``loop_state`` is the training loop's JSON-able state (epoch, batch, step, early stopping...).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    structure = {
+        "model": _flatten(model.state_dict(), "model", tensors),
+        "optimizer": _flatten(optimizer.state_dict(), "optimizer", tensors) if optimizer is not None else None,
+        "scheduler": _flatten(scheduler.state_dict(), "scheduler", tensors) if scheduler is not None else None,
+        "scaler": _flatten(scaler.state_dict(), "scaler", tensors) if scaler is not None else None,
+        "rng": _flatten(rng_state(), "rng", tensors),
+    }
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "structure": json.dumps(structure),
+        "loop": json.dumps(loop_state),
+    }
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: state dicts (tensors on the CPU) and the loop's state."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    scheduler: dict[str, Any] | None
+    scaler: dict[str, Any] | None
+    rng: dict[str, Any]
+    loop: dict[str, Any]
+
+
+def read_checkpoint_loop_state(path: str | Path) -> dict[str, Any]:
+    """Only the loop state of a checkpoint (cheap: reads the header)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise MultiturboError(f"{path} is not a multiturbo training checkpoint (format {meta.get('format')!r}).")
+    return json.loads(meta["loop"])
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (safetensors + JSON; no code runs)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise MultiturboError(f"The checkpoint {path} cannot be read ({type(exc).__name__}: {exc}).") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise MultiturboError(f"{path} is not a multiturbo training checkpoint (format {meta.get('format')!r}).")
+    s = {k: _unflatten(v, tensors) for k, v in json.loads(meta["structure"]).items()}
+    return Checkpoint(s["model"], s["optimizer"], s["scheduler"], s["scaler"], s["rng"], json.loads(meta["loop"]))
+
+
+def restore_checkpoint(
+    ckpt: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    scheduler: Any = None,
+    scaler: Any = None,
+    rng: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint's states into the given objects (model strictly); returns the loop state."""
+    model.load_state_dict(ckpt.model, strict=True)
+    if optimizer is not None and ckpt.optimizer is not None:
+        optimizer.load_state_dict(ckpt.optimizer)
+    if scheduler is not None and ckpt.scheduler is not None:
+        scheduler.load_state_dict(ckpt.scheduler)
+    if scaler is not None and ckpt.scaler is not None:
+        scaler.load_state_dict(ckpt.scaler)
+    if rng:
+        set_rng_state(ckpt.rng)
+    return ckpt.loop

@@ -4,7 +4,17 @@ Loading order: setuptools entry points of the group ``multiturbo`` (third-party
 plugins), then the first-party plugins shipped under ``plugins/``, then
 ``check_pending()`` so that a hook implementation with a misspelt name fails at once.
 Set ``MULTITURBO_NO_EXTERNAL_PLUGINS=1`` to skip entry points (only first-party plugins
-load).
+load), or ``MULTITURBO_BLOCK_PLUGINS=name1,name2`` to skip the named plugins (entry point
+names, distribution names, or first-party module names).
+
+Plugins come only from entry points and the built-in list: a config names registered
+encoders, data sets and heads, never a module to import.
+
+A broken third-party plugin (its entry point fails to import, its hook implementations do not
+validate, its register hook raises, or it registers something invalid or a name that is
+already taken) is skipped with one warning line on stderr naming it and the error; the other
+plugins keep working (:func:`broken_plugins` lists them). First-party plugins and plugins
+registered at run time (:func:`plugin_registered`) still fail loudly.
 
 Registries are built by calling each plugin's hooks with a ``register`` callable bound
 to that plugin's name, so every entry knows which plugin provided it.
@@ -13,7 +23,10 @@ to that plugin's name, so every entry knows which plugin provided it.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
+import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,11 +42,13 @@ from .registry import Registry
 
 ENTRY_POINT_GROUP = "multiturbo"
 NO_EXTERNAL_ENV = "MULTITURBO_NO_EXTERNAL_PLUGINS"
+BLOCK_ENV = "MULTITURBO_BLOCK_PLUGINS"
 
 # First-party plugins, imported by name so the core never imports a concrete encoder or data set.
 FIRST_PARTY_PLUGINS: tuple[str, ...] = (
     "multiturbo_basic_encoders",
     "multiturbo_hf",
+    "multiturbo_timm",
     "multiturbo_synthetic",
     "multiturbo_iemocap",
     "multiturbo_manifest",
@@ -41,10 +56,62 @@ FIRST_PARTY_PLUGINS: tuple[str, ...] = (
 )
 
 _pm: pluggy.PluginManager | None = None
+_third_party: dict[str, str] = {}  # entry point name -> "distribution version"
+_broken: dict[str, str] = {}  # plugin name -> what went wrong
+_blocked: list[str] = []  # plugins skipped because MULTITURBO_BLOCK_PLUGINS names them
+_warned: set[tuple[str, str]] = set()
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def blocked_names() -> set[str]:
+    """The (normalised) names in ``MULTITURBO_BLOCK_PLUGINS``."""
+    return {_norm(n.strip()) for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
+
+
+def _mark_broken(name: str, problem: str) -> None:
+    """Record a skipped third-party plugin and say so once on stderr."""
+    _broken.setdefault(name, problem)
+    if (name, problem) not in _warned:
+        _warned.add((name, problem))
+        source = f" ({_third_party[name]})" if name in _third_party else ""
+        print(
+            f"multiturbo: warning: plugin {name!r}{source} is broken and was skipped: {problem}. "
+            f"Fix or uninstall it, or set {BLOCK_ENV}={name} to silence this.",
+            file=sys.stderr,
+        )
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Register the ``multiturbo`` entry points, each on its own: one that fails is skipped."""
+    blocked = blocked_names()
+    for dist in importlib.metadata.distributions():
+        eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+        if not eps:
+            continue
+        dist_name = dist.metadata["name"] or ""
+        for ep in eps:
+            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name) or ep.name in _broken:
+                continue  # the same distribution found twice on sys.path
+            if _norm(ep.name) in blocked or _norm(dist_name) in blocked:
+                _blocked.append(ep.name)
+                continue
+            _third_party[ep.name] = f"{dist_name} {dist.version}"
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import error of someone else's package
+                _mark_broken(ep.name, f"importing {ep.value} failed: {type(exc).__name__}: {exc}")
+                continue
+            try:
+                pm.register(plugin, name=ep.name)
+            except Exception as exc:  # noqa: BLE001 - e.g. pluggy's validation of its hook implementations
+                _mark_broken(ep.name, f"registering it failed: {type(exc).__name__}: {exc}")
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -54,13 +121,37 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm = pluggy.PluginManager("multiturbo")
         pm.add_hookspecs(hookspecs)
         if not _env_flag(NO_EXTERNAL_ENV):
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            _load_entry_points(pm)
+        blocked = blocked_names()
         for module_name in FIRST_PARTY_PLUGINS:
-            if pm.get_plugin(module_name) is None:
+            if _norm(module_name) in blocked:
+                _blocked.append(module_name)
+            elif pm.get_plugin(module_name) is None:
                 pm.register(importlib.import_module(module_name), name=module_name)
-        pm.check_pending()
+        while True:  # a third-party plugin with an unknown hook is dropped; anyone else's fails
+            try:
+                pm.check_pending()
+                break
+            except pluggy.PluginValidationError as exc:
+                name = pm.get_name(exc.plugin)
+                if name not in _third_party:
+                    raise
+                pm.unregister(exc.plugin)
+                _mark_broken(name, str(exc))
         _pm = pm
     return _pm
+
+
+def broken_plugins() -> dict[str, str]:
+    """Third-party plugins that were skipped because they are broken: name -> the problem."""
+    get_plugin_manager()
+    return dict(_broken)
+
+
+def blocked_plugins() -> list[str]:
+    """Plugins skipped because ``MULTITURBO_BLOCK_PLUGINS`` names them."""
+    get_plugin_manager()
+    return list(_blocked)
 
 
 @contextmanager
@@ -85,41 +176,62 @@ class Registries:
 
 
 def _collect(hook: pluggy.HookCaller, registry: Registry) -> Registry:
+    deferred: list[tuple[str, str, type]] = []  # third-party entries: added last, never over a built-in name
     for impl in hook.get_hookimpls():
         plugin = impl.plugin_name
+        third_party = plugin in _third_party
+        if plugin in _broken:
+            continue
+        entries: list[tuple[str, type]] = []
 
-        def register(name: str, cls: type, _plugin: str = plugin) -> None:
-            registry.add(name, cls, _plugin)
+        def register(name: str, cls: type, _plugin: str = plugin, _entries=entries) -> None:
+            if _plugin in _third_party:
+                _entries.append((name, cls))
+            else:
+                registry.add(name, cls, _plugin)
 
         try:
             impl.function(register=register)
         except PluginError:
-            raise
+            if not third_party:
+                raise
+            _mark_broken(plugin, f"its {hook.name} hook raised {sys.exc_info()[1]}")
+            continue
         except Exception as exc:  # a plugin's own bug: name the plugin
+            if third_party:
+                _mark_broken(plugin, f"its {hook.name} hook raised {type(exc).__name__}: {exc}")
+                continue
             raise PluginError(
                 f"Plugin {plugin!r} failed in its {hook.name} hook: {type(exc).__name__}: {exc}. "
                 f"Fix or uninstall that plugin, or set {NO_EXTERNAL_ENV}=1 to load first-party plugins only."
             ) from exc
+        deferred.extend((plugin, name, cls) for name, cls in entries)
+    for plugin, name, cls in deferred:
+        try:
+            registry.add(name, cls, plugin)
+        except PluginError as exc:
+            _mark_broken(plugin, str(exc))
     return registry
 
 
 def get_registries() -> Registries:
     """Build the registries from the current plugins (cheap; rebuilt on each call)."""
     hook = get_plugin_manager().hook
-    return Registries(
-        encoders=_collect(hook.register_encoders, Registry("encoder", Encoder)),
-        datasets=_collect(hook.register_datasets, Registry("dataset", Dataset)),
-        heads=_collect(hook.register_heads, Registry("head", Head)),
-    )
+    for _ in range(2):  # a plugin found broken in one hook is left out of every registry: build again
+        known_broken = len(_broken)
+        regs = Registries(
+            encoders=_collect(hook.register_encoders, Registry("encoder", Encoder)),
+            datasets=_collect(hook.register_datasets, Registry("dataset", Dataset)),
+            heads=_collect(hook.register_heads, Registry("head", Head)),
+        )
+        if len(_broken) == known_broken:
+            break
+    return regs
 
 
 def plugin_source(name: str) -> str:
     """Where a plugin comes from: 'built-in' or 'distribution version'."""
     if name in FIRST_PARTY_PLUGINS:
         return "built-in"
-    pm = get_plugin_manager()
-    plugin = pm.get_plugin(name)
-    for p, dist in pm.list_plugin_distinfo():
-        if p is plugin:
-            return f"{dist.metadata['name']} {dist.version}"
-    return "registered at run time"
+    get_plugin_manager()
+    return _third_party.get(name, "registered at run time")

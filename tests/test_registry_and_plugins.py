@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pathlib
 import subprocess
@@ -111,13 +112,76 @@ def register_heads(register):
 """
 
 
-def _fake_distribution(root: pathlib.Path) -> None:
-    """An installed distribution 'fakeplugin 0.3' with an entry point in the multiturbo group."""
-    (root / "fakeplugin.py").write_text(FAKE_PLUGIN)
-    info = root / "fakeplugin-0.3.dist-info"
+def _fake_distribution(root: pathlib.Path, dist: str = "fakeplugin", entry: str = "fake", code: str = FAKE_PLUGIN, module: str = "fakeplugin") -> None:
+    """An installed distribution ``dist 0.3`` whose entry point ``entry`` in the multiturbo group is ``module``."""
+    (root / f"{module}.py").write_text(code)
+    info = root / f"{dist}-0.3.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplugin\nVersion: 0.3\n")
-    (info / "entry_points.txt").write_text("[multiturbo]\nfake = fakeplugin\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(f"[multiturbo]\n{entry} = {module}\n")
+
+
+BROKEN = {
+    # entry point name: (distribution, module code)
+    "badimport": ("bad-import-dist", "raise ImportError('needs libfoo 9')\n"),
+    "badhook": ("badhookdist", (
+        "from multiturbo import hookimpl\nfrom multiturbo_heads import ConcatLinearHead\n"
+        "@hookimpl\ndef register_heads(register):\n    register('half_head', ConcatLinearHead)\n    raise RuntimeError('boom')\n"
+    )),
+    "dupname": ("dupdist", (
+        "from multiturbo import hookimpl\nfrom multiturbo_heads import ConcatLinearHead\n"
+        "@hookimpl\ndef register_heads(register):\n    register('concat_linear', ConcatLinearHead)\n"
+    )),
+    "misspelt": ("misspeltdist", "from multiturbo import hookimpl\n@hookimpl\ndef register_headz(register):\n    pass\n"),
+}
+
+REPORT = (
+    "import json\nfrom multiturbo.plugins import get_registries, broken_plugins, blocked_plugins\n"
+    "regs = get_registries()\n"
+    "print(json.dumps({'heads': regs.heads.names(), 'broken': sorted(broken_plugins()), 'blocked': sorted(blocked_plugins()),"
+    " 'owner': regs.heads.entry('concat_linear').plugin}))\n"
+)
+
+
+def _report(env: dict) -> tuple[dict, str]:
+    res = subprocess.run([sys.executable, "-c", REPORT], env=env, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout), res.stderr
+
+
+def _broken_env(tmp_path, block: str | None = None) -> dict:
+    _fake_distribution(tmp_path)
+    for entry, (dist, code) in BROKEN.items():
+        _fake_distribution(tmp_path, dist, entry, code, module=f"mod_{entry}")
+    env = {k: v for k, v in os.environ.items() if k not in ("MULTITURBO_NO_EXTERNAL_PLUGINS", "MULTITURBO_BLOCK_PLUGINS")}
+    env["PYTHONPATH"] = str(tmp_path)
+    if block is not None:
+        env["MULTITURBO_BLOCK_PLUGINS"] = block
+    return env
+
+
+def test_broken_third_party_plugins_are_reported_by_name_and_skipped(tmp_path):
+    env = _broken_env(tmp_path)
+    report, err = _report(env)
+    assert "fake_head" in report["heads"] and "half_head" not in report["heads"]  # the good one works; nothing of a broken one
+    assert report["owner"] == "multiturbo_heads"  # a third-party plugin never takes a built-in name
+    assert report["broken"] == sorted(BROKEN) and report["blocked"] == []
+    assert "plugin 'badimport' (bad-import-dist 0.3) is broken and was skipped: importing mod_badimport failed: ImportError: needs libfoo 9" in err
+    assert "plugin 'badhook' (badhookdist 0.3) is broken and was skipped: its register_heads hook raised RuntimeError: boom" in err
+    assert "plugin 'dupname' (dupdist 0.3) is broken" in err and "Duplicate head name 'concat_linear'" in err
+    assert "plugin 'misspelt' (misspeltdist 0.3) is broken" in err and "register_headz" in err
+    assert err.count("badhook'") == 1  # one line per problem, not one per registry build
+    assert "MULTITURBO_BLOCK_PLUGINS=badimport" in err
+
+    cli = subprocess.run([sys.executable, "-m", "multiturbo", "plugins"], env=env, capture_output=True, text=True)
+    assert cli.returncode == 0 and "fake_head" in cli.stdout and "logmel_cnn" in cli.stdout
+    assert "'badimport'" in cli.stderr
+
+
+def test_blocked_plugins_are_not_loaded(tmp_path):
+    env = _broken_env(tmp_path, block="fake, bad_import_dist,badhook,dupdist,misspelt")  # entry point or distribution names
+    report, err = _report(env)
+    assert err == "" and "fake_head" not in report["heads"]
+    assert report["broken"] == [] and report["blocked"] == ["badhook", "badimport", "dupname", "fake", "misspelt"]
 
 
 @pytest.mark.parametrize("disabled", [False, True])
