@@ -2,6 +2,15 @@
 
 The table has the shape of the paper's Table 1: one row per method, WA / UA / F1 (and
 EER for two classes) on the test split.
+
+Without folds or seeds, each method runs once (the config's fold and seed) into
+``OUT/<method>/``. With ``folds`` and/or ``seeds`` every method runs on every (fold, seed)
+into ``OUT/<method>/fold<f>-seed<s>/``; the table shows mean ± sample std, and methods are
+compared pairwise on the same (fold, seed) pairs (:func:`multiturbo.stats.paired_difference`).
+Both modes resume: finished runs are skipped (:mod:`multiturbo.crossval`).
+
+Files: ``comparison.md`` / ``.csv`` (methods x metrics), ``comparison_runs.csv`` (every
+run), ``paired.md`` / ``.csv`` (paired differences), ``plan.yaml`` (what ``OUT`` holds).
 """
 
 from __future__ import annotations
@@ -9,10 +18,11 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from rich.table import Table
 
@@ -20,8 +30,12 @@ from .config import ExperimentConfig, check_config, load_raw, validate_config
 from .errors import MultiturboError
 from .loss import pair_names
 from .plugins import get_registries
+from .crossval import (
+    METRICS, Fold, RunRecord, RunSpec, check_plan, header, make_plan, metric_names, resolve_folds, run_grid, run_name, runs_csv,
+    summarize, with_fold_seed, write_plan,
+)
 from .progress import ProgressReporter
-from .run import prepare_run_dir, run_experiment
+from .stats import PairedStats, Summary, fmt, fmt_mean_std, fmt_p, paired_difference
 
 METHODS = ("vanilla", "cross", "turbo")
 METHOD_LABELS = {"vanilla": "Vanilla", "cross": "+ CL_cross", "turbo": "+ Turbo"}
@@ -48,72 +62,224 @@ def _term_counts(cfg: ExperimentConfig) -> tuple[int, int]:
     return n_in, n_cross
 
 
+
+@dataclass(frozen=True)
+class PairedRow:
+    """Method ``b`` against method ``a`` on one metric, over their shared (fold, seed) pairs."""
+
+    a: str
+    b: str
+    metric: str
+    stats: PairedStats
+
+    def to_row(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "metric": self.metric, **self.stats.to_dict()}
+
+
+@dataclass
+class CompareResult:
+    """The outcome of :func:`compare_methods`.
+
+    ``rows``: one per method (what ``comparison.csv`` holds: means, ``<metric>_std``, ``n``);
+    ``summaries``: method -> metric -> Summary; ``runs``: every run (``comparison_runs.csv``);
+    ``paired``: every method pair and metric (``paired.csv``)."""
+
+    out: Path
+    methods: list[str]
+    folds: list[Fold]
+    seeds: list[int]
+    grid: bool
+    runs: list[RunRecord]
+    rows: list[dict[str, Any]]
+    summaries: dict[str, dict[str, Summary]]
+    paired: list[PairedRow]
+
+    @property
+    def metrics(self) -> list[str]:
+        return metric_names(self.runs)
+
+
 def compare_methods(
     configs: dict[str, ExperimentConfig],
     out: Path | None,
     *,
+    folds: Sequence[int] | str | None = None,
+    seeds: Sequence[int] | None = None,
     overwrite: bool = False,
     progress: ProgressReporter | None = None,
-) -> list[dict]:
-    """Run every method into ``out/<method>``; write ``comparison.md`` and ``.csv``; return the rows."""
+) -> CompareResult:
+    """Run every method (on every fold x seed when ``folds`` / ``seeds`` are given) into ``out``;
+    resume finished runs; write the tables (see the module docstring); return the result."""
     progress = progress or ProgressReporter(quiet=True)
     first = next(iter(configs.values()))
-    out = prepare_run_dir(out or Path("runs") / f"{first.name or 'run'}-compare-{dt.datetime.now():%Y%m%d-%H%M%S}", overwrite)
-    rows = []
-    for i, (method, cfg) in enumerate(configs.items(), 1):
-        progress.log(f"[{i}/{len(configs)}] {method}: K={cfg.turbo.passes}, in-modal={cfg.turbo.in_modal}, cross-modal={cfg.turbo.cross_modal}")
-        start = time.perf_counter()
-        metrics = run_experiment(cfg, out / method, overwrite=overwrite, progress=progress, label=f"{method} ")
+    out = Path(out or Path("runs") / f"{first.name or 'run'}-compare-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    grid = folds is not None or seeds is not None
+    fold_list = resolve_folds(first, folds)
+    seed_list = list(seeds) if seeds else [first.seed]
+    plan = make_plan("compare", configs, fold_list, seed_list)
+    check_plan(out, plan, overwrite)
+    write_plan(out, plan)
+    for method, cfg in configs.items():
         n_in, n_cross = _term_counts(cfg)
+        progress.log(f"{method}: K={cfg.turbo.passes}, in-modal terms {n_in}, cross-modal terms {n_cross}")
+    specs = []
+    for f in fold_list:  # all methods of one (fold, seed) before the next, so pairs complete early
+        for s in seed_list:
+            for method, cfg in configs.items():
+                title = method + ("" if not grid or f is None else f" fold {f}") + (f" seed {s}" if grid else "")
+                run_dir = out / method / run_name(f, s) if grid else out / method
+                specs.append(RunSpec(method, f, s, with_fold_seed(cfg, f, s), run_dir, title))
+    runs = run_grid(specs, overwrite=overwrite, progress=progress)
+    result = _result(configs, out, fold_list, seed_list, grid, runs)
+    (out / "comparison.md").write_text(to_markdown(result), encoding="utf-8")
+    (out / "comparison.csv").write_text(to_csv(result), encoding="utf-8")
+    (out / "comparison_runs.csv").write_text(runs_csv(runs, result.metrics, [(m, result.summaries[m]) for m in result.methods]), encoding="utf-8")
+    (out / "paired.md").write_text(paired_markdown(result), encoding="utf-8")
+    (out / "paired.csv").write_text(paired_csv(result), encoding="utf-8")
+    write_compare_report(result)
+    return result
+
+
+def write_compare_report(result: CompareResult) -> None:
+    """``report.md`` of a comparison: the methods table, the paired differences, and the
+    alignment-uniformity scatter of every run (paper Fig. 2) as ``align_uniform.png``."""
+    from .analysis import plot_runs_align_uniform
+    from .report import write_comparison_report
+
+    scatter = result.out / "align_uniform.png"
+    points = plot_runs_align_uniform([(METHOD_LABELS.get(r.method, r.method), r.run_dir) for r in result.runs], scatter,
+                                     title="Alignment vs uniformity of the test embeddings (lower is better)")
+    write_comparison_report(
+        result.out, to_markdown(result), [("Paired differences (B - A, same folds and seeds)", paired_markdown(result))],
+        [scatter] if points else [], title=f"Comparison of {', '.join(result.methods)}: {result.out.name}",
+        run_dirs=[r.run_dir for r in result.runs],
+    )
+
+
+def _result(configs: dict[str, ExperimentConfig], out: Path, folds: list[Fold], seeds: list[int], grid: bool, runs: list[RunRecord]) -> CompareResult:
+    names = metric_names(runs)
+    methods = list(configs)
+    by_method = {m: [r for r in runs if r.method == m] for m in methods}
+    summaries = {m: summarize(by_method[m], names) for m in methods}
+    rows = []
+    for m, cfg in configs.items():
+        n_in, n_cross = _term_counts(cfg)
+        epochs = [r.metrics["best_epoch"] for r in by_method[m] if "best_epoch" in r.metrics]
         rows.append({
-            "method": method, "label": METHOD_LABELS[method], "K": cfg.turbo.passes,
-            "in_terms": n_in, "cross_terms": n_cross,
-            **{k: metrics[k] for k in METRIC_COLUMNS if k in metrics},
-            "best_epoch": metrics["best_epoch"], "seconds": time.perf_counter() - start,
+            "method": m, "label": METHOD_LABELS[m], "K": cfg.turbo.passes, "in_terms": n_in, "cross_terms": n_cross,
+            "n": len(by_method[m]),
+            **{k: v for name, s in summaries[m].items() for k, v in ((name, s.mean), (f"{name}_std", s.std))},
+            "best_epoch": epochs[0] if len(epochs) == 1 else (sum(epochs) / len(epochs) if epochs else math.nan),
+            "seconds": sum(r.seconds for r in by_method[m]),
         })
-    (out / "comparison.md").write_text(to_markdown(rows), encoding="utf-8")
-    (out / "comparison.csv").write_text(to_csv(rows), encoding="utf-8")
-    return rows
+    paired = []
+    for a, b in itertools.combinations(methods, 2):
+        va = {(r.fold, r.seed): r.values for r in by_method[a]}
+        vb = {(r.fold, r.seed): r.values for r in by_method[b]}
+        keys = [k for k in va if k in vb]
+        for name in names:
+            xa = [va[k].get(name, math.nan) for k in keys]
+            xb = [vb[k].get(name, math.nan) for k in keys]
+            paired.append(PairedRow(a, b, name, paired_difference(xa, xb)))
+    return CompareResult(out, methods, folds, seeds, grid, runs, rows, summaries, paired)
 
 
-def _columns(rows: list[dict]) -> list[str]:
-    metric_cols = [k for k in METRIC_COLUMNS if any(k in r for r in rows)]
-    return ["label", "K", "in_terms", "cross_terms", *metric_cols, "best_epoch", "seconds"]
-
-
-HEADERS = {"label": "Method", "K": "K", "in_terms": "in", "cross_terms": "cross",
+HEADERS = {"label": "Method", "K": "K", "in_terms": "in", "cross_terms": "cross", "n": "n",
            "wa": "WA", "ua": "UA", "f1": "F1", "eer": "EER", "best_epoch": "best ep.", "seconds": "time (s)"}
 
 
-def _fmt(value, column: str = "") -> str:
+def _columns(result: CompareResult) -> list[str]:
+    return ["label", "K", "in_terms", "cross_terms", *(["n"] if result.grid else []), *result.metrics, "best_epoch", "seconds"]
+
+
+def _cell(result: CompareResult, row: dict, column: str) -> str:
+    if column in result.metrics:
+        return fmt_mean_std(result.summaries[row["method"]][column])
+    value = row.get(column, "")
     if isinstance(value, float):
         if math.isnan(value):
             return "n/a"
-        return f"{value:.1f}" if column == "seconds" else f"{value:.4f}"
+        return f"{value:.1f}"
     return str(value)
 
 
-def to_markdown(rows: list[dict]) -> str:
-    cols = _columns(rows)
-    lines = ["| " + " | ".join(HEADERS[c] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(r.get(c, ""), c) for c in cols) + " |" for r in rows]
+def to_markdown(result: CompareResult) -> str:
+    cols = _columns(result)
+    lines = ["| " + " | ".join(HEADERS.get(c, header(c)) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_cell(result, r, c) for c in cols) + " |" for r in result.rows]
+    if result.grid:
+        lines += ["", f"Mean ± sample std over {_grid_text(result)}; best ep.: mean best epoch; time: total seconds."]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[dict]) -> str:
-    cols = ["method", *(_columns(rows))]
+def _grid_text(result: CompareResult) -> str:
+    folds = "the config's split" if result.folds == [None] else "folds " + ", ".join(map(str, result.folds))
+    return f"{folds} x seeds {', '.join(map(str, result.seeds))}"
+
+
+def to_csv(result: CompareResult) -> str:
+    cols = ["method", "label", "K", "in_terms", "cross_terms", "n",
+            *[c for m in result.metrics for c in (m, f"{m}_std")], "best_epoch", "seconds"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in result.rows)
     return buf.getvalue()
 
 
-def to_rich_table(rows: list[dict], title: str = "Test metrics") -> Table:
-    cols = _columns(rows)
-    table = Table(title=title, caption="in / cross: number of in-modal / cross-modal InfoNCE terms")
+def to_rich_table(result: CompareResult, title: str = "Test metrics") -> Table:
+    """The terminal table: the test metrics (comparison.md adds alignment and uniformity)."""
+    cols = [c for c in _columns(result) if c not in result.metrics or c in METRICS]
+    caption = "in / cross: number of in-modal / cross-modal InfoNCE terms; alignment and uniformity in comparison.md"
+    if result.grid:
+        caption += f"; mean ± std over {_grid_text(result)}"
+    table = Table(title=title, caption=caption)
     for c in cols:
-        table.add_column(HEADERS[c], justify="left" if c == "label" else "right", no_wrap=c == "label", overflow="fold")
-    for r in rows:
-        table.add_row(*(_fmt(r.get(c, ""), c) for c in cols))
+        table.add_column(HEADERS.get(c, header(c)), justify="left" if c == "label" else "right", no_wrap=c == "label" or c in result.metrics, overflow="fold")
+    for r in result.rows:
+        table.add_row(*(_cell(result, r, c) for c in cols))
+    return table
+
+
+PAIRED_COLUMNS = ("B vs A", "metric", "n", "mean A", "mean B", "diff (B - A)", "95% CI", "t-test p", "Wilcoxon p", "note")
+
+
+def _paired_cells(p: PairedRow) -> list[str]:
+    s = p.stats
+    ci = "n/a" if math.isnan(s.ci_low) else f"[{s.ci_low:+.4f}, {s.ci_high:+.4f}]"
+    diff = "n/a" if math.isnan(s.mean_diff) else f"{s.mean_diff:+.4f}"
+    return [f"{p.b} vs {p.a}", header(p.metric), str(s.n), fmt(s.mean_a), fmt(s.mean_b), diff, ci, fmt_p(s.t_p), fmt_p(s.wilcoxon_p), s.note]
+
+
+def paired_markdown(result: CompareResult) -> str:
+    lines = ["# Paired comparison", "",
+             "Differences B - A over the (fold, seed) pairs both methods ran; 95% paired t interval; "
+             "p-values of the paired t-test and the Wilcoxon signed-rank test. For EER lower is better.", "",
+             "| " + " | ".join(PAIRED_COLUMNS) + " |", "|" + "|".join("---" for _ in PAIRED_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_paired_cells(p)) + " |" for p in result.paired]
+    return "\n".join(lines) + "\n"
+
+
+def paired_csv(result: CompareResult) -> str:
+    cols = ["a", "b", "metric", *PairedStats.__dataclass_fields__]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in p.to_row().items()} for p in result.paired)
+    return buf.getvalue()
+
+
+def paired_rich_table(result: CompareResult, title: str = "Paired differences B - A") -> Table:
+    """The paired table for a terminal: paired.md's columns, compact (the note column only when needed)."""
+    table = Table(title=title, caption="same (fold, seed) pairs; 95% paired t interval; for EER lower is better; alignment and uniformity in paired.md")
+    notes = any(p.stats.note for p in result.paired)
+    for c in ("B - A", "metric", "n", "diff", "95% CI", "t p", "W p", *(["note"] if notes else [])):
+        table.add_column(c, justify="left" if c in ("B - A", "metric", "note") else "right", no_wrap=c != "note", overflow="fold")
+    for p in result.paired:
+        if p.metric not in METRICS:
+            continue  # alignment / uniformity rows: in paired.md
+        s = p.stats
+        ci = "n/a" if math.isnan(s.ci_low) else f"[{s.ci_low:+.3f}, {s.ci_high:+.3f}]"
+        diff = "n/a" if math.isnan(s.mean_diff) else f"{s.mean_diff:+.4f}"
+        table.add_row(f"{p.b} - {p.a}", header(p.metric), str(s.n), diff, ci, fmt_p(s.t_p), fmt_p(s.wilcoxon_p), *([s.note] if notes else []))
     return table

@@ -1,0 +1,137 @@
+"""Summary statistics over repeated runs (folds x seeds) and paired comparisons of methods.
+
+- :func:`mean_std`: mean and the SAMPLE standard deviation (ddof = 1); with one value the
+  std is NaN ("n/a"), not 0. NaN inputs (an EER that is undefined on some fold) are dropped.
+- :func:`paired_difference`: for two methods measured on the same (fold, seed) pairs, the
+  mean of the differences d_i = b_i - a_i, the 95 % paired t interval
+  d_mean +- t_{0.975, n-1} * sd(d) / sqrt(n), the paired t-test p-value (scipy's
+  ``ttest_rel``) and, from ``min_wilcoxon`` pairs on, the Wilcoxon signed-rank p-value
+  (scipy's ``wilcoxon``). Cases where a quantity is undefined (n = 1, all differences
+  equal) give NaN with a ``note`` saying why, never an exception or a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+MIN_WILCOXON = 6  # below 6 pairs the exact two-sided signed-rank p-value cannot go below 0.0625
+
+
+@dataclass(frozen=True)
+class Summary:
+    """``n`` finite values, their mean and sample std (NaN when n < 2; mean NaN when n = 0)."""
+
+    n: int
+    mean: float
+    std: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    x = np.asarray([float(v) for v in values], dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
+def mean_std(values: Sequence[float]) -> Summary:
+    """Mean and sample standard deviation (ddof = 1) of the finite values."""
+    x = _finite(values)
+    n = int(x.size)
+    mean = float(x.mean()) if n else math.nan
+    std = float(x.std(ddof=1)) if n >= 2 else math.nan
+    return Summary(n, mean, std)
+
+
+@dataclass(frozen=True)
+class PairedStats:
+    """The paired comparison of b against a: differences are b - a."""
+
+    n: int
+    mean_a: float
+    mean_b: float
+    mean_diff: float
+    std_diff: float
+    ci_low: float
+    ci_high: float
+    t_p: float
+    wilcoxon_p: float
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, min_wilcoxon: int = MIN_WILCOXON
+) -> PairedStats:
+    """Compare paired samples ``a`` and ``b`` (same length, same order of pairs).
+
+    Pairs where either value is NaN are dropped. Returns NaN (with a note) for what is
+    undefined: the interval and t-test need n >= 2 and differences that are not all
+    equal; the Wilcoxon test needs n >= ``min_wilcoxon`` and a non-zero difference.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired samples must have the same length, got {len(a)} and {len(b)}")
+    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    keep = np.isfinite(xa) & np.isfinite(xb)
+    xa, xb = xa[keep], xb[keep]
+    d = xb - xa
+    n = int(d.size)
+    notes = []
+    if n < len(a):
+        notes.append(f"{len(a) - n} pair(s) with n/a values dropped")
+    nan = math.nan
+    if n == 0:
+        return PairedStats(0, nan, nan, nan, nan, nan, nan, nan, nan, "; ".join([*notes, "no pairs"]))
+    mean_d = float(d.mean())
+    std_d = float(d.std(ddof=1)) if n >= 2 else nan
+    ci_low = ci_high = t_p = w_p = nan
+    if n < 2:
+        notes.append("n = 1: no interval or test")
+    elif np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # equal up to rounding: t is undefined
+        ci_low = ci_high = mean_d
+        notes.append("all differences equal (zero variance): no t-test")
+    else:
+        half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * std_d / math.sqrt(n)
+        ci_low, ci_high = mean_d - half, mean_d + half
+        t_p = float(sps.ttest_rel(xb, xa).pvalue)
+    if n >= 2:
+        if n < min_wilcoxon:
+            notes.append(f"n = {n} < {min_wilcoxon}: no Wilcoxon test")
+        elif not np.any(np.abs(d) > 1e-12):
+            notes.append("all differences zero: no Wilcoxon test")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # scipy warns about zeros / ties and switches to the normal approximation
+                w_p = float(sps.wilcoxon(xb, xa).pvalue)
+    return PairedStats(n, float(xa.mean()), float(xb.mean()), mean_d, std_d, ci_low, ci_high, t_p, w_p, "; ".join(notes))
+
+
+def fmt(value: float | int | None, digits: int = 4) -> str:
+    """A number for a table: NaN / None as ``n/a``."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_p(p: float) -> str:
+    """A p-value: ``n/a``, ``<0.001`` or three decimals."""
+    if p is None or math.isnan(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_mean_std(s: Summary, digits: int = 4) -> str:
+    """``mean ± std`` (only the mean when std is undefined, i.e. a single run)."""
+    if s.n == 0:
+        return "n/a"
+    return fmt(s.mean, digits) if math.isnan(s.std) else f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"

@@ -1,0 +1,108 @@
+"""compare over methods x folds x seeds: the mean ± std table, the per-run rows, the paired statistics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from scipy import stats as sps
+
+import multiturbo.crossval as crossval
+from multiturbo.cli import cli
+from multiturbo.compare import CompareResult, compare_methods, method_configs
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def folds_config(tmp_path, tiny_raw):
+    tiny_raw["data"]["options"]["folds"] = 3
+    tiny_raw["train"]["epochs"] = 1
+    path = tmp_path / "tiny3.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw))
+    return path
+
+
+def test_compare_over_folds_and_seeds(folds_config, tmp_path):
+    out = tmp_path / "cmp"
+    res = invoke("compare", folds_config, "--methods", "vanilla,turbo", "--folds", "all", "--seeds", "0,1", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "[1/12] vanilla fold 0 seed 0" in res.output and "[12/12] turbo fold 2 seed 1" in res.output
+    assert "Paired differences" in res.output and "turbo - vanilla" in res.output
+    keys = [(f, s) for f in range(3) for s in (0, 1)]
+    values = {
+        m: {k: json.loads((out / m / f"fold{k[0]}-seed{k[1]}" / "metrics.json").read_text()) for k in keys}
+        for m in ("vanilla", "turbo")
+    }
+    rows = {r["method"]: r for r in csv.DictReader((out / "comparison.csv").open())}
+    assert list(rows) == ["vanilla", "turbo"] and rows["turbo"]["n"] == "6"
+    for m in ("vanilla", "turbo"):
+        for metric in ("wa", "ua", "f1"):
+            x = [values[m][k][metric] for k in keys]
+            assert float(rows[m][metric]) == pytest.approx(statistics.mean(x))
+            assert float(rows[m][f"{metric}_std"]) == pytest.approx(statistics.stdev(x))
+    md = (out / "comparison.md").read_text()
+    assert md.startswith("| Method | K | in | cross | n | WA |") and " ± " in md
+    runs = list(csv.DictReader((out / "comparison_runs.csv").open()))
+    assert [r["row"] for r in runs] == ["run"] * 12 + ["mean", "std", "mean", "std"]
+    assert {(r["method"], r["fold"], r["seed"]) for r in runs[:12]} == {(m, str(f), str(s)) for m in values for f, s in keys}
+    # paired statistics equal scipy's on the same (fold, seed) pairs
+    paired = {(r["a"], r["b"], r["metric"]): r for r in csv.DictReader((out / "paired.csv").open())}
+    representation = ("align:audio~text", "uniform:audio", "uniform:text")  # from each run's analysis/analysis.json
+    assert set(paired) == {("vanilla", "turbo", m) for m in ("wa", "ua", "f1", *representation)}
+    for m in values:
+        for k in keys:
+            analysis = json.loads((out / m / f"fold{k[0]}-seed{k[1]}" / "analysis" / "analysis.json").read_text())
+            values[m][k].update({"align:audio~text": analysis["alignment"]["audio~text"],
+                                 **{f"uniform:{x}": analysis["uniformity"][x] for x in ("audio", "text")}})
+    assert (out / "align_uniform.png").stat().st_size > 0 and "align_uniform.png" in (out / "report.md").read_text()
+    for metric in ("wa", "ua", "f1", *representation):
+        a = np.array([values["vanilla"][k][metric] for k in keys])
+        b = np.array([values["turbo"][k][metric] for k in keys])
+        d, p = b - a, paired[("vanilla", "turbo", metric)]
+        assert int(p["n"]) == 6 and float(p["mean_diff"]) == pytest.approx(d.mean(), abs=1e-12)
+        if np.ptp(d) > 1e-12:
+            low, high = sps.t.interval(0.95, 5, loc=d.mean(), scale=sps.sem(d))
+            assert (float(p["ci_low"]), float(p["ci_high"])) == (pytest.approx(low), pytest.approx(high))
+            assert float(p["t_p"]) == pytest.approx(sps.ttest_rel(b, a).pvalue)
+        if np.any(np.abs(d) > 1e-12):
+            assert float(p["wilcoxon_p"]) == pytest.approx(sps.wilcoxon(b, a).pvalue)
+    assert "| turbo vs vanilla | WA | 6 |" in (out / "paired.md").read_text()
+
+
+def test_default_compare_runs_each_method_once_and_resumes(tiny_config_path, tmp_path, monkeypatch):
+    configs = method_configs(tiny_config_path, ["train.epochs=1"], ["vanilla", "cross"])
+    out = tmp_path / "cmp"
+    result = compare_methods(configs, out)
+    assert isinstance(result, CompareResult) and not result.grid
+    assert result.folds == [None] and result.seeds == [0]
+    assert [r.run_dir for r in result.runs] == [out / "vanilla", out / "cross"]
+    assert [r["n"] for r in result.rows] == [1, 1] and math.isnan(result.rows[0]["wa_std"])
+    assert result.rows[0]["wa"] == json.loads((out / "vanilla" / "metrics.json").read_text())["wa"]
+    md = (out / "comparison.md").read_text()
+    assert md.startswith("| Method | K | in | cross | WA |") and "±" not in md
+    (p,) = [p for p in result.paired if p.metric == "wa"]
+    assert (p.a, p.b, p.stats.n) == ("vanilla", "cross", 1) and "n = 1" in p.stats.note
+    assert "n/a" in (out / "paired.md").read_text()
+    # a second call resumes: nothing trains, the same numbers come back
+    monkeypatch.setattr(crossval, "run_experiment", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = compare_methods(configs, out)
+    assert [r.status for r in again.runs] == ["skipped", "skipped"] and again.rows[0]["wa"] == result.rows[0]["wa"]
+
+
+def test_compare_seeds_only_on_a_single_fold_data_set(tiny_config_path, tmp_path):
+    out = tmp_path / "cmp"
+    res = invoke("compare", tiny_config_path, "--methods", "vanilla,cross", "--seeds", "0,1", "--out", out, "-q", "--set", "train.epochs=1")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "cross").iterdir()) == ["seed0", "seed1"]
+    assert "[1/4]" not in res.output  # quiet
+    rows = list(csv.DictReader((out / "paired.csv").open()))
+    assert {r["n"] for r in rows} == {"2"} and all("no Wilcoxon" in r["note"] for r in rows)
