@@ -23,6 +23,8 @@ class Head(nn.Module):
     """
 
     Options: ClassVar[type[HeadOptions]] = HeadOptions
+    # True if forward accepts ``present``: heads that can classify items that miss a modality.
+    handles_missing: ClassVar[bool] = False
 
     def __init__(self, options: HeadOptions, *, modalities: Sequence[str], dim: int, num_classes: int):
         super().__init__()
@@ -31,6 +33,11 @@ class Head(nn.Module):
         self.dim = dim
         self.num_classes = num_classes
 
-    def forward(self, views: Mapping[str, Tensor]) -> Tensor:
-        """Logits [B, num_classes] from projected views {modality: [B, dim]}."""
+    def forward(self, views: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Logits [B, num_classes] from projected views {modality: [B, dim]}.
+
+        present (only passed to heads with ``handles_missing = True``, only when some item misses a
+        modality): {modality: bool [B]} for the incomplete modalities (modalities not in it are
+        complete); the views of missing items are zeros and carry no information.
+        """
         raise NotImplementedError

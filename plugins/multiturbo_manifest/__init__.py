@@ -21,6 +21,12 @@ directory (absolute paths are kept). Files are read lazily in ``__getitem__``, i
 DataLoader's workers; that every audio and image file exists is checked when the data set
 is built.
 
+Missing values: a modality with ``optional: true`` may be absent from an item: an empty cell
+(or a JSON null / absent key) then gives the input ``None`` (for text too: an empty text cell of an
+optional modality is missing, not the empty string), and the engine leaves that item out of the
+modality's encoder, contrastive terms and head slot (docs/loss.md). Without ``optional`` an empty
+cell of an audio or image column is an error. A row with every modality missing is an error.
+
 Format: ``.jsonl`` / ``.ndjson`` files hold one JSON object per line (blank lines are
 skipped); any other suffix is read as CSV with a header row (``format`` overrides the
 guess). Rows are numbered by their line in the file, as errors name them.
@@ -73,6 +79,7 @@ SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "va
 class ModalitySpec(StrictModel):
     column: str = Field(description="The manifest column holding this modality's input.")
     kind: Kind = Field(description="audio / image: a file path; text: the text itself.")
+    optional: bool = Field(False, description="Items may lack this modality: an empty cell means missing (input None).")
 
 
 class ManifestOptions(DatasetOptions):
@@ -129,7 +136,7 @@ LOADERS = {"audio": load_audio, "image": load_image}
 
 def _load_row(kinds: dict[str, str], r: dict[str, Any]) -> Sample:
     """The sample of one manifest row: audio and image files read, text as given."""
-    inputs = {m: LOADERS[kinds[m]](v) if kinds[m] in LOADERS else v for m, v in r["inputs"].items()}
+    inputs = {m: LOADERS[kinds[m]](v) if kinds[m] in LOADERS and v is not None else v for m, v in r["inputs"].items()}
     return Sample(inputs=inputs, label=r["label"], meta=r["meta"])
 
 
@@ -262,12 +269,14 @@ class ManifestDataset(Dataset):
         # Inputs; files must exist now, not in the middle of training.
         base = self.path.parent
         input_columns = {spec.column for spec in o.modalities.values()}
-        rows, absent = [], []
+        rows, absent, empty = [], [], []
         for (n, row), (_, label) in zip(raw, label_of):
             inputs: dict[str, Any] = {}
             for m, spec in o.modalities.items():
                 value = _cell(row.get(spec.column))
-                if spec.kind != "text":
+                if spec.optional and not value.strip():
+                    inputs[m] = None  # a missing modality
+                elif spec.kind != "text":
                     p = Path(value.strip()).expanduser()
                     file = p if p.is_absolute() else base / p
                     if not value.strip() or not file.is_file():
@@ -275,12 +284,20 @@ class ManifestDataset(Dataset):
                     inputs[m] = file
                 else:
                     inputs[m] = value
+            if all(v is None for v in inputs.values()):
+                empty.append(f"line {n}")
             meta = {"line": n, **{k: v for k, v in row.items() if k not in input_columns and k != o.label_column}}
             rows.append({"inputs": inputs, "label": index[label], "meta": meta})
         if absent:
             raise DataError(
                 f"The manifest {self.path} names files that do not exist (paths are relative to {base}): "
-                f"{_rows_listing(absent, len(absent))}. Fix the paths or remove the rows."
+                f"{_rows_listing(absent, len(absent))}. Fix the paths or remove the rows (or, for a modality some "
+                f"items lack, set `optional: true` on it and leave its cell empty)."
+            )
+        if empty:
+            raise DataError(
+                f"The manifest {self.path} has rows with every modality missing: {_rows_listing(empty, len(empty))}. "
+                f"Remove them."
             )
         self.rows = rows
         self._folds: list[str] = []

@@ -41,6 +41,16 @@ only the class and the intensity.
 Splits are stratified: test first, then validation, then train, each split's
 positions shuffled. ``meta`` holds ``index`` (the item's position in the data set)
 and ``intensity``.
+
+Missing modalities (option ``missing_rate``, e.g. ``{image: 0.3}``): each item lacks
+modality m with probability ``missing_rate[m]``, independently, drawn from a stream of its
+own (the rendered data do not change); its input is then ``None``. An item that would lack
+every modality keeps one, chosen uniformly. ``meta["missing"]`` lists what an item lacks.
+
+Folds (option ``folds`` > 1, for cross-validation): the items are cut into ``folds``
+stratified parts of (nearly) equal size instead; fold f tests part f, validates on part
+(f + 1) % folds and trains on the others (``val_fraction`` and ``test_fraction`` are then
+unused). ``folds: 1`` (the default) gives exactly the single split described above.
 """
 
 from __future__ import annotations
@@ -97,6 +107,12 @@ class SyntheticOptions(DatasetOptions):
     sample_rate: int = Field(16000, ge=1000, description="Audio sample rate (Hz).")
     seconds: float = Field(0.5, gt=0.0, le=60.0, description="Audio length (s).")
     image_size: int = Field(16, ge=4, description="Images are image_size x image_size.")
+    missing_rate: dict[Kind, float] = Field(
+        default_factory=dict, description="Per-modality probability that an item lacks it (input None); default 0."
+    )
+    folds: int = Field(
+        1, ge=1, description="1: one train/val/test split; >= 3: that many stratified folds (test f, val f+1, train the rest)."
+    )
 
     @field_validator("modalities")
     @classmethod
@@ -115,11 +131,16 @@ class SyntheticOptions(DatasetOptions):
 
     @model_validator(mode="after")
     def _check(self) -> "SyntheticOptions":
+        if self.folds == 2 or self.folds > self.size:
+            raise ValueError(f"folds must be 1, or between 3 and size={self.size} (train, val and test parts), got {self.folds}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 (leave items to train), "
                 f"got {self.val_fraction} + {self.test_fraction}"
             )
+        bad = {k: r for k, r in self.missing_rate.items() if not 0.0 <= r < 1.0 or k not in self.modalities}
+        if bad:
+            raise ValueError(f"missing_rate needs rendered modalities and rates in [0, 1), got {bad} (modalities: {self.modalities})")
         extra = sorted(set(self.noise) - set(self.modalities))
         if extra:
             raise ValueError(f"noise names modalities that are not rendered: {extra} (modalities: {self.modalities})")
@@ -202,42 +223,76 @@ class SyntheticDataset(Dataset):
         super().__init__(options, seed=seed)
         self.classes = [f"class{c}" for c in range(options.num_classes)]
         self.modalities = tuple(options.modalities)
+        self.num_folds = options.folds
+        self._cache: dict[int, Splits] = {}
 
     @cached_property
-    def _splits(self) -> Splits:
+    def _parts(self) -> list[tuple[int, int]]:
+        """Item ranges: (test, val, train) for one split, or the ``folds`` parts."""
         o = self.options
+        if o.folds > 1:
+            bounds = np.linspace(0, o.size, o.folds + 1).round().astype(int)
+            return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         n_test, n_val = round(o.size * o.test_fraction), round(o.size * o.val_fraction)
         if n_test + n_val >= o.size:
             raise DataError(
                 f"The synthetic data set with size={o.size} leaves no item to train on (val_fraction="
                 f"{o.val_fraction}, test_fraction={o.test_fraction}). Increase `size` or lower the fractions."
             )
-        test, val, train = (0, n_test), (n_test, n_test + n_val), (n_test + n_val, o.size)
-        # Labels cycle through the classes within each split (stratified), then each split is shuffled.
+        return [(0, n_test), (n_test, n_test + n_val), (n_test + n_val, o.size)]
+
+    @cached_property
+    def _samples(self) -> list[Sample]:
+        o = self.options
+        # Labels cycle through the classes within each part (stratified), then each part is shuffled.
         rng = _rng(self.seed, 0)
-        labels = np.concatenate([rng.permutation(np.arange(b - a) % o.num_classes) for a, b in (test, val, train)])
+        labels = np.concatenate([rng.permutation(np.arange(b - a) % o.num_classes) for a, b in self._parts])
         intensity = rng.uniform(0.5, 1.5, o.size)
         views = {
             m: RENDERERS[m](labels, intensity, _rng(self.seed, 1 + KINDS.index(m)), o, o.noise.get(m, 1.0))
             for m in self.modalities
         }
-        samples = [
+        absent = self._absent()
+        return [
             Sample(
-                inputs={m: views[m][i] for m in self.modalities},
+                inputs={m: None if absent[i, j] else views[m][i] for j, m in enumerate(self.modalities)},
                 label=int(labels[i]),
-                meta={"index": i, "intensity": float(intensity[i])},
+                meta={"index": i, "intensity": float(intensity[i]),
+                      **({"missing": [m for j, m in enumerate(self.modalities) if absent[i, j]]} if o.missing_rate else {})},
             )
             for i in range(o.size)
         ]
-        return Splits(train=samples[slice(*train)], val=samples[slice(*val)], test=samples[slice(*test)])
+
+    def _absent(self) -> np.ndarray:
+        """[size, M] bool: which item lacks which modality (all False without missing_rate)."""
+        o, mods = self.options, self.modalities
+        if not any(o.missing_rate.values()):
+            return np.zeros((o.size, len(mods)), dtype=bool)
+        rng = _rng(self.seed, 100)
+        absent = rng.random((o.size, len(mods))) < np.array([o.missing_rate.get(m, 0.0) for m in mods])
+        keep = rng.integers(0, len(mods), o.size)
+        none_left = absent.all(1)
+        absent[none_left, keep[none_left]] = False
+        return absent
 
     def splits(self, fold: int | None = None) -> Splits:
-        """Train / validation / test (one fold only; generated on first call, then cached)."""
-        if fold not in (None, 0):
+        """Train / validation / test of ``fold`` (default 0); generated on first call, then cached."""
+        fold = 0 if fold is None else fold
+        if fold not in range(self.num_folds):
+            has = "a single fold" if self.num_folds == 1 else f"{self.num_folds} folds (0 to {self.num_folds - 1})"
             raise DataError(
-                f"The synthetic data set has a single fold, but fold {fold!r} was asked for. Use fold 0 (or none)."
+                f"The synthetic data set has {has}, but fold {fold!r} was asked for. Ask for a fold in range "
+                f"(or none), or set the option `folds`."
             )
-        return self._splits
+        if fold not in self._cache:
+            parts = [self._samples[a:b] for a, b in self._parts]
+            if self.num_folds == 1:
+                self._cache[fold] = Splits(train=parts[2], val=parts[1], test=parts[0])
+            else:
+                n, val = self.num_folds, (fold + 1) % self.num_folds
+                train = [s for j in range(n) if j not in (fold, val) for s in parts[j]]
+                self._cache[fold] = Splits(train=train, val=parts[val], test=parts[fold])
+        return self._cache[fold]
 
 
 @hookimpl

@@ -27,6 +27,7 @@ CASES = {
     "hf_audio": (lambda hf: {"model": hf["wav2vec2"], "dropout": 0.2}, AUDIO),
     "hf_whisper": (lambda hf: {"model": hf["whisper"], "dropout": 0.2}, AUDIO),
     "hf_text": (lambda hf: {"model": hf["bert"], "dropout": 0.2}, TEXT),
+    "timm": (lambda hf: {"model": "test_vit", "image_size": 32, "drop_rate": 0.2}, IMAGES),
 }
 
 
