@@ -12,6 +12,7 @@ repeat a batch K times along it (one forward for all K dropout passes).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -47,3 +48,19 @@ class Encoder(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         """Map a collated batch to pooled vectors [B, output_dim]."""
         raise NotImplementedError
+
+    def export_assets(self, directory: Path) -> dict[str, Any]:
+        """Save what this encoder needs to be rebuilt offline; return option overrides.
+
+        Optional (the default saves nothing and returns ``{}``: the encoder's options alone
+        rebuild it, e.g. encoders with no pretrained files). Called once per run, at its
+        start, with an empty directory inside the run directory (``assets/<modality>/``).
+        An encoder whose options name something that may be gone at inference time (a hub
+        id, a local model directory) saves it there (configs, tokenizers, feature
+        extractors; the trained weights are in ``best.safetensors`` already) and returns
+        the options that point at the copy, e.g. ``{"model": directory, "local_files_only": True}``.
+        ``pathlib.Path`` values must lie inside ``directory``; they are recorded relative
+        to the run directory, so the run directory can be moved. Loading the run
+        (:func:`multiturbo.rundir.load_run`) applies the overrides to the saved options.
+        """
+        return {}

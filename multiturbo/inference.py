@@ -1,0 +1,421 @@
+"""Using a trained run: predict, evaluate, embed (the engine behind the CLI and :mod:`multiturbo.api`).
+
+Inputs are items: ``{modality: raw}`` mappings. What a raw value may be depends on the
+modality's kind (see :func:`modality_kinds`):
+
+- audio: a path (read with :func:`multiturbo.audio.load_audio`, mono), a
+  ``(samples, sample_rate)`` pair, or a :class:`~multiturbo.audio.Waveform`. The encoder
+  resamples to its own rate, so files and arrays at any sample rate are accepted. A bare
+  1-D array is taken as already at the encoder's rate.
+- image: a path (read as RGB) or an array [H, W, 3].
+- text: a string.
+
+A modality that is absent from an item (or None) is missing: allowed when the model's head
+handles missing modalities (``handles_missing``, true for the first-party heads), otherwise a
+:class:`~multiturbo.errors.DataError` naming the item and the modality.
+
+Manifests (CSV / JSONL, the format of the ``manifest`` data set plugin) list one item per
+row. A modality's column is the one the run's training manifest used (when it trained on a
+manifest), else the column named like the modality. Labels (column ``label``, or the
+training manifest's ``label_column``) are optional for predict and embed and required for
+evaluate; they are class NAMES, mapped to the run's classes by name. An ``id`` column, if
+present, names the items; otherwise items are named by their row index (0-based).
+
+Every pass is one forward in eval mode (dropout off): the logits and the projected views
+come from the same pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .audio import Waveform, load_audio
+from .data import Collator
+from .dataset import Sample
+from .errors import DataError, MultiturboError
+from .metrics import classification_metrics
+from .model import TurboModel
+from .retrieval import DEFAULT_KS, cross_modal_retrieval
+from .rundir import LoadedRun
+
+KINDS = ("audio", "text", "image")
+_NAME_HINTS = {
+    "audio": ("audio", "speech", "wav", "voice", "acoustic", "sound"),
+    "text": ("text", "transcript", "lexical", "caption", "sentence"),
+    "image": ("image", "vision", "visual", "video", "face", "img"),
+}
+
+
+@dataclass
+class Inputs:
+    """Items to run through a model: raw inputs, ids, labels (class indices of the run, or None)."""
+
+    items: list[dict[str, Any]]
+    ids: list[str]
+    labels: list[int | None] = field(default_factory=list)
+    base: Path | None = None  # relative paths in items are resolved against it
+    source: str = "the input"
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            self.labels = [None] * len(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.items) and all(label is not None for label in self.labels)
+
+
+@dataclass
+class Outputs:
+    """One pass over some inputs: probabilities [N, C], projected views {m: [N, d]} (not
+    normalised), presence masks {m: bool [N]}, and the inputs' ids and labels."""
+
+    probs: Tensor
+    views: dict[str, Tensor]
+    present: dict[str, Tensor]
+    ids: list[str]
+    labels: list[int | None]
+
+    def normalized(self) -> dict[str, Tensor]:
+        """The L2-normalised views {m: [N, d]} (zeros stay zeros for missing items)."""
+        return {m: F.normalize(v, dim=-1) for m, v in self.views.items()}
+
+
+# -- kinds and raw values ----------------------------------------------------------------------
+def _training_manifest(run: LoadedRun) -> dict[str, Any] | None:
+    """The training data set's manifest options ({modalities: {m: {column, kind}}, label_column}), if any."""
+    if run.config.data.name != "manifest":
+        return None
+    options = run.config.data.options
+    return options if isinstance(options, Mapping) else dict(options)
+
+
+def modality_kinds(run: LoadedRun, kinds: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """{modality: "audio" | "text" | "image" | None}: given ``kinds``, else the training
+    manifest's ``kind``, else guessed from the modality's name (None: raw values are passed to
+    the encoder as they are)."""
+    out: dict[str, str | None] = {}
+    manifest = _training_manifest(run) or {}
+    specs = manifest.get("modalities") or {}
+    for m in run.modalities:
+        if kinds and m in kinds:
+            if kinds[m] not in KINDS:
+                raise MultiturboError(f"The kind of modality {m!r} must be one of {list(KINDS)}, got {kinds[m]!r}.")
+            out[m] = kinds[m]
+        elif m in specs and isinstance(specs[m], Mapping) and specs[m].get("kind") in KINDS:
+            out[m] = specs[m]["kind"]
+        else:
+            lower = m.lower()
+            out[m] = next((k for k, hints in _NAME_HINTS.items() if any(h in lower for h in hints)), None)
+    return out
+
+
+def _load_image(path: Path) -> Any:
+    from .plugins import get_registries
+
+    cls = get_registries().datasets.get("manifest")
+    return sys.modules[cls.__module__].load_image(path)
+
+
+def _mono(samples: Any) -> np.ndarray:
+    if isinstance(samples, Tensor):
+        samples = samples.detach().cpu().numpy()
+    a = np.asarray(samples, dtype=np.float32)
+    if a.ndim == 2:  # [T, C] or [C, T]: average the (shorter) channel axis
+        a = a.mean(axis=1 if a.shape[0] >= a.shape[1] else 0)
+    return a
+
+
+def to_raw(value: Any, kind: str | None, base: Path | None = None) -> Any:
+    """One item's input as its encoder's collate takes it (files read, (array, rate) wrapped)."""
+    if isinstance(value, tuple) and len(value) == 2 and kind in ("audio", None) and np.isscalar(value[1]):
+        return Waveform(_mono(value[0]), int(value[1]))
+    if isinstance(value, (str, Path)) and kind in ("audio", "image"):
+        p = Path(value).expanduser()
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        return load_audio(p) if kind == "audio" else _load_image(p)
+    return value
+
+
+# -- reading inputs ------------------------------------------------------------------------------
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _label_index(run: LoadedRun, value: Any, where: str, source: str) -> int:
+    name = "" if value is None else str(value).strip()
+    try:
+        return run.classes.index(name)
+    except ValueError:
+        raise DataError(
+            f"{_cap(source)}, {where}: the label {name!r} is not a class of the run {run.run_dir}; its classes are "
+            f"{run.classes}. Labels are mapped to the run's classes by name: fix the label or remove the row."
+        ) from None
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def read_manifest_inputs(
+    run: LoadedRun,
+    path: str | Path,
+    *,
+    labels: str = "optional",
+    columns: Mapping[str, str] | None = None,
+    label_column: str | None = None,
+    kinds: Mapping[str, str] | None = None,
+) -> Inputs:
+    """Items of a CSV / JSONL manifest (the manifest plugin's format) for ``run``.
+
+    ``labels``: "optional" (predict, embed), "required" (evaluate: every row needs a known
+    class name) or "ignore". ``columns`` maps modalities to columns (default: see the module
+    docstring). Text cells are taken as they are (an empty cell is the empty string);
+    an empty audio / image cell, a JSON null or an absent key means the modality is missing.
+    """
+    from .plugins import get_registries
+
+    path = Path(path).expanduser()
+    reader = sys.modules[get_registries().datasets.get("manifest").__module__].read_manifest
+    header, rows = reader(path, "auto")
+    source = f"the manifest {path}"
+    train = _training_manifest(run) or {}
+    specs = train.get("modalities") or {}
+    kinds_of = modality_kinds(run, kinds)
+    label_column = label_column or train.get("label_column") or "label"
+    use: dict[str, str | None] = {}
+    for m in run.modalities:
+        candidates = [c for c in ((columns or {}).get(m), (specs.get(m) or {}).get("column") if isinstance(specs.get(m), Mapping) else None, m) if c]
+        use[m] = next((c for c in candidates if c in header), None)
+        if use[m] is None and not _handles_missing(run.model):
+            raise DataError(
+                f"{_cap(source)} has no column for the modality {m!r} that the model needs (looked for {candidates}); its "
+                f"columns are {header}. Name the column after the modality, or map it (--column {m}=COLUMN)."
+            )
+    if labels == "required" and label_column not in header:
+        raise DataError(f"{_cap(source)} has no label column {label_column!r} (its columns are {header}); evaluation needs a class name per row.")
+    items, ids, out_labels = [], [], []
+    for index, (line, row) in enumerate(rows):
+        item = {}
+        for m, col in use.items():
+            value = row.get(col) if col is not None else None
+            if value is None or (kinds_of[m] != "text" and _is_blank(value)):
+                continue  # missing
+            item[m] = value.strip() if isinstance(value, str) and kinds_of[m] in ("audio", "image") else value
+        items.append(item)
+        ids.append(str(row["id"]) if "id" in row and not _is_blank(row["id"]) else str(index))
+        label = row.get(label_column) if labels != "ignore" else None
+        if _is_blank(label):
+            if labels == "required":
+                raise DataError(f"{_cap(source)}, line {line}: the label (column {label_column!r}) is empty; evaluation needs a class name per row.")
+            out_labels.append(None)
+        else:
+            out_labels.append(_label_index(run, label, f"line {line}", source))
+    return Inputs(items, ids, out_labels, base=path.parent, source=source)
+
+
+def read_dataset_inputs(run: LoadedRun, config: str | Path | Mapping[str, Any], split: str = "test") -> Inputs:
+    """Items of a data set given as a config snippet (a YAML file or a mapping: ``{name, options,
+    fold}``, optionally under a ``data:`` key): its ``split`` ("train", "val", "test" or "all").
+    Its labels are mapped to the run's classes by name."""
+    from .config.load import read_yaml
+    from .plugins import get_registries
+
+    raw = read_yaml(config) if isinstance(config, (str, Path)) else dict(config)
+    source = f"the data set of {config}" if isinstance(config, (str, Path)) else "the data set"
+    data = raw.get("data", raw)
+    if not isinstance(data, Mapping) or "name" not in data:
+        raise MultiturboError(f"{_cap(source)}: give a data set as {{name: ..., options: {{...}}, fold: ...}} (optionally under data:).")
+    cls = get_registries().datasets.get(data["name"])
+    try:
+        dataset = cls(cls.Options.model_validate(data.get("options") or {}), seed=int(data.get("seed", run.config.seed)))
+    except MultiturboError:
+        raise
+    except Exception as exc:  # pydantic ValidationError
+        raise MultiturboError(f"{_cap(source)}: the options of data set {data['name']!r} are not valid: {exc}") from None
+    splits = dataset.splits(data.get("fold"))
+    if split not in ("train", "val", "test", "all"):
+        raise MultiturboError(f"split: {split!r} is not a split; use train, val, test or all.")
+    samples = [s for name in ("train", "val", "test") if split in (name, "all") for s in getattr(splits, name)]
+    items, ids, labels = [], [], []
+    for i, s in enumerate(samples):
+        items.append({m: v for m, v in s.inputs.items() if m in run.modalities and v is not None})
+        ids.append(str(s.meta.get("id", s.meta.get("line", i))) if s.meta else str(i))
+        labels.append(_label_index(run, dataset.classes[s.label], f"item {ids[-1]} ({dict(s.meta)})", source))
+    return Inputs(items, ids, labels, source=source)
+
+
+def read_inputs(run: LoadedRun, data: Any, *, labels: str = "optional", split: str = "test", **kwargs: Any) -> Inputs:
+    """Inputs from a manifest path, a data set config (``.yaml`` / ``.yml`` or a mapping with
+    ``name``), a list of item mappings, or an :class:`Inputs` (returned as is)."""
+    if isinstance(data, Inputs):
+        return data
+    if isinstance(data, Mapping):
+        return read_dataset_inputs(run, data, split)
+    if isinstance(data, (str, Path)):
+        if Path(data).suffix.lower() in (".yaml", ".yml"):
+            return read_dataset_inputs(run, data, split)
+        return read_manifest_inputs(run, data, labels=labels, **kwargs)
+    items = list(data)
+    if not all(isinstance(it, Mapping) for it in items):
+        raise MultiturboError("Items must be mappings {modality: input}, e.g. {'audio': (samples, 16000), 'text': 'hello'}.")
+    return Inputs([dict(it) for it in items], [str(i) for i in range(len(items))])
+
+
+# -- running the model -------------------------------------------------------------------------
+def _handles_missing(model: TurboModel) -> bool:
+    return bool(getattr(model.head, "handles_missing", False))
+
+
+def check_inputs(run: LoadedRun, inputs: Inputs) -> None:
+    """Every item names only the model's modalities and has the ones the model needs."""
+    if not inputs.items:
+        raise DataError(f"{_cap(inputs.source)} has no items.")
+    modalities = set(run.modalities)
+    lenient = _handles_missing(run.model)
+    for item, iid in zip(inputs.items, inputs.ids):
+        unknown = sorted(set(item) - modalities)
+        if unknown:
+            raise DataError(
+                f"Item {iid} of {inputs.source} has input(s) for {unknown}, "
+                f"which the model does not take; its modalities are {run.modalities}."
+            )
+        missing = [m for m in run.modalities if item.get(m) is None]
+        if missing and (not lenient or len(missing) == len(run.modalities)):
+            why = (
+                "an item needs at least one modality" if lenient else
+                f"the model's head {type(run.model.head).__name__} cannot handle missing modalities"
+            )
+            raise DataError(
+                f"Item {iid} of {inputs.source} has no {missing[0]!r} input "
+                f"({why}); the model needs {run.modalities}."
+            )
+
+
+@torch.no_grad()
+def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None, kinds: Mapping[str, str] | None = None) -> Outputs:
+    """One eval-mode pass over ``inputs`` in batches: probabilities, views and presence masks."""
+    check_inputs(run, inputs)
+    kinds_of = modality_kinds(run, kinds)
+    model = run.model
+    model.eval()
+    collator = Collator(model.encoders, num_classes=len(run.classes))
+    bs = batch_size or run.config.train.eval_batch_size or run.config.train.batch_size
+    probs, views, present = [], {m: [] for m in run.modalities}, {m: [] for m in run.modalities}
+    for start in range(0, len(inputs), bs):
+        samples = []
+        for item, iid in zip(inputs.items[start:start + bs], inputs.ids[start:start + bs]):
+            raw = {m: None if item.get(m) is None else to_raw(item[m], kinds_of[m], inputs.base) for m in run.modalities}
+            samples.append(Sample(inputs=raw, label=0, meta={"id": iid}))
+        batch = collator(samples).to(run.device)
+        v = model.views(batch.inputs, passes=1)
+        mask = TurboModel.presence(batch.inputs) or {}
+        probs.append(model.logits(v, present=mask or None).float().softmax(-1).cpu())
+        for m in run.modalities:
+            views[m].append(v[m][0].float().cpu())
+            present[m].append(mask[m].cpu() if m in mask else torch.ones(len(samples), dtype=torch.bool))
+    return Outputs(
+        torch.cat(probs), {m: torch.cat(c) for m, c in views.items()}, {m: torch.cat(c) for m, c in present.items()},
+        list(inputs.ids), list(inputs.labels),
+    )
+
+
+def predictions(run: LoadedRun, out: Outputs) -> list[dict[str, Any]]:
+    """[{"id", "class", "probabilities": {class: p}} (and "label" when known)] per item."""
+    rows = []
+    for i, iid in enumerate(out.ids):
+        p = out.probs[i].tolist()
+        row: dict[str, Any] = {"id": iid, "class": run.classes[int(out.probs[i].argmax())], "probabilities": dict(zip(run.classes, p))}
+        if out.labels[i] is not None:
+            row["label"] = run.classes[out.labels[i]]
+        rows.append(row)
+    return rows
+
+
+def evaluate_outputs(run: LoadedRun, out: Outputs, ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
+    """The training evaluation's metrics (wa, ua, f1, eer for 2 classes, confusion, loss) and
+    cross-modal retrieval (recall@k per ordered modality pair, :mod:`multiturbo.retrieval`)."""
+    missing = [iid for iid, label in zip(out.ids, out.labels) if label is None]
+    if missing:
+        raise DataError(f"Evaluation needs a label for every item; item {missing[0]} has none ({len(missing)} in all).")
+    labels = torch.tensor(out.labels, dtype=torch.long)
+    metrics: dict[str, Any] = classification_metrics(out.probs, labels)
+    metrics["loss"] = float(F.nll_loss(out.probs.clamp_min(1e-12).log(), labels))
+    metrics["n_items"] = len(labels)
+    metrics["classes"] = list(run.classes)
+    metrics["retrieval"] = cross_modal_retrieval(out.normalized(), out.present, ks) if len(run.modalities) > 1 else {}
+    return metrics
+
+
+# -- writing -------------------------------------------------------------------------------------
+def write_predictions(path: str | Path, rows: list[dict[str, Any]], classes: Sequence[str]) -> Path:
+    """CSV (``id, class, [label,] prob_<class>...``) or JSONL (one object per item) by suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+    if path.suffix.lower() != ".csv":
+        raise MultiturboError(f"--output {path}: write predictions to a .csv or .jsonl file.")
+    has_label = any("label" in r for r in rows)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "class", *(["label"] if has_label else []), *(f"prob_{c}" for c in classes)])
+        for r in rows:
+            w.writerow([r["id"], r["class"], *([r.get("label", "")] if has_label else []), *(f"{r['probabilities'][c]:.6g}" for c in classes)])
+    return path
+
+
+def write_embeddings(path: str | Path, run: LoadedRun, out: Outputs) -> list[Path]:
+    """Write the views: ``.safetensors`` / ``.npz`` hold, per modality m, ``m`` (L2-normalised,
+    what retrieval and the Turbo loss compare) and ``m.raw`` (before normalisation), [N, d]
+    float32; ``m.present`` (bool [N]) when some item misses m; ``labels`` (int64 [N], -1 when
+    unknown). Item ids and class names: the safetensors metadata (JSON strings ``ids``,
+    ``classes``), or the arrays ``ids`` / ``classes`` of the .npz. ``.npy``: one file per array
+    next to ``path`` (``emb.audio.npy``, ``emb.audio.raw.npy``, ``emb.labels.npy``,
+    ``emb.ids.npy``...). Returns the files written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Tensor] = {}
+    normed = out.normalized()
+    for m in run.modalities:
+        arrays[m] = normed[m].contiguous()
+        arrays[f"{m}.raw"] = out.views[m].contiguous()
+        if not bool(out.present[m].all()):
+            arrays[f"{m}.present"] = out.present[m]
+    arrays["labels"] = torch.tensor([-1 if x is None else x for x in out.labels], dtype=torch.int64)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(arrays, str(path), metadata={"ids": json.dumps(out.ids), "classes": json.dumps(run.classes), "normalized": "m: L2-normalised; m.raw: not"})
+        return [path]
+    np_arrays = {k: v.numpy() for k, v in arrays.items()}
+    np_arrays["ids"] = np.array(out.ids, dtype=str)
+    np_arrays["classes"] = np.array(run.classes, dtype=str)
+    if suffix == ".npz":
+        np.savez(path, **np_arrays)
+        return [path]
+    if suffix == ".npy":
+        written = []
+        for k, a in np_arrays.items():
+            p = path.with_name(f"{path.stem}.{k}.npy")
+            np.save(p, a)
+            written.append(p)
+        return written
+    raise MultiturboError(f"--output {path}: write embeddings to a .safetensors, .npz or .npy file.")

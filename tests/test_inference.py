@@ -1,0 +1,232 @@
+"""predict / evaluate / embed on a trained run: manifests, single items, sample rates, bad input, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+import yaml
+from click.testing import CliRunner
+from conftest import TINY
+from safetensors import safe_open
+
+from multiturbo.cli import cli
+from multiturbo.config import check_config, validate_config
+from multiturbo.errors import DataError, MultiturboError
+from multiturbo.inference import (
+    Inputs,
+    evaluate_outputs,
+    predictions,
+    read_inputs,
+    run_inputs,
+    write_embeddings,
+    write_predictions,
+)
+from multiturbo.rundir import load_run, test_split
+from multiturbo.run import run_experiment
+
+RATE = TINY["data"]["options"]["sample_rate"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("inference") / "run"
+    run_experiment(check_config(validate_config(copy.deepcopy(TINY))), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    return load_run(tiny_run)
+
+
+def write_manifest(run, directory, *, labels=True, suffix=".csv", rate=RATE):
+    """The run's test split as a manifest: float WAV files (exact samples) + text + class names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, s in enumerate(test_split(run)):
+        samples = np.asarray(s.inputs["audio"], dtype=np.float32)
+        if rate != RATE:
+            samples = soxr.resample(samples, RATE, rate).astype(np.float32)
+        sf.write(directory / f"item{i}.wav", samples, rate, subtype="FLOAT")
+        row = {"id": f"utt{i}", "audio": f"item{i}.wav", "text": s.inputs["text"]}
+        if labels:
+            row["label"] = run.classes[s.label]
+        rows.append(row)
+    path = directory / f"manifest{suffix}"
+    if suffix == ".csv":
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_evaluate_on_a_manifest_reproduces_the_test_metrics(run, tiny_run, tmp_path):
+    manifest = write_manifest(run, tmp_path / "data")
+    metrics = evaluate_outputs(run, run_inputs(run, read_inputs(run, manifest, labels="required")))
+    saved = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["confusion"] == saved["confusion"]
+    for key in ("wa", "ua", "f1", "loss"):
+        assert metrics[key] == pytest.approx(saved[key], abs=1e-5)
+    assert metrics["n_items"] == len(test_split(run)) and metrics["classes"] == run.classes
+    assert set(metrics["retrieval"]) == {"audio->text", "text->audio"}
+    assert set(metrics["retrieval"]["audio->text"]) == {"recall@1", "recall@5", "n"}
+
+
+def test_evaluate_on_a_data_set_config(run, tiny_run):
+    metrics = evaluate_outputs(run, run_inputs(run, read_inputs(run, {"data": TINY["data"]}, labels="required")))
+    saved = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["confusion"] == saved["confusion"] and metrics["wa"] == pytest.approx(saved["wa"])
+
+
+def test_predict_without_labels_from_csv_and_jsonl(run, tmp_path):
+    csv_rows = predictions(run, run_inputs(run, read_inputs(run, write_manifest(run, tmp_path / "a", labels=False))))
+    jsonl_rows = predictions(run, run_inputs(run, read_inputs(run, write_manifest(run, tmp_path / "b", labels=False, suffix=".jsonl"))))
+    assert [r["id"] for r in csv_rows] == [f"utt{i}" for i in range(len(csv_rows))]
+    for a, b in zip(csv_rows, jsonl_rows):
+        assert a["class"] == b["class"] and "label" not in a
+        assert sum(a["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert list(a["probabilities"]) == run.classes
+        assert a["class"] == max(a["probabilities"], key=a["probabilities"].get)
+
+
+def test_items_as_arrays_give_the_same_predictions_as_files(run, tmp_path):
+    from_files = run_inputs(run, read_inputs(run, write_manifest(run, tmp_path / "d", labels=False)))
+    items = [{"audio": (np.asarray(s.inputs["audio"]), RATE), "text": s.inputs["text"]} for s in test_split(run)]
+    from_arrays = run_inputs(run, read_inputs(run, items))
+    torch.testing.assert_close(from_arrays.probs, from_files.probs)
+
+
+def test_audio_at_another_sample_rate_is_resampled(run, tmp_path):
+    """A file at 8 kHz (the run's encoder wants 4 kHz) is resampled with soxr when read."""
+    at_8k = run_inputs(run, read_inputs(run, write_manifest(run, tmp_path / "r", labels=False, rate=8000)))
+    native = [
+        {"audio": soxr.resample(soxr.resample(np.asarray(s.inputs["audio"], dtype=np.float32), RATE, 8000), 8000, RATE), "text": s.inputs["text"]}
+        for s in test_split(run)
+    ]  # bare arrays are taken as at the encoder's rate
+    torch.testing.assert_close(at_8k.probs, run_inputs(run, Inputs(native, [str(i) for i in range(len(native))])).probs, atol=1e-4, rtol=1e-4)
+    as_pair = [{"audio": (sf.read(tmp_path / "r" / f"item{i}.wav", dtype="float32")[0], 8000), "text": s.inputs["text"]} for i, s in enumerate(test_split(run))]
+    torch.testing.assert_close(run_inputs(run, read_inputs(run, as_pair)).probs, at_8k.probs)
+
+
+def test_an_unknown_label_names_the_row_and_the_classes(run, tmp_path):
+    manifest = write_manifest(run, tmp_path / "u")
+    lines = manifest.read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",happy"
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 4: the label 'happy' is not a class .*\['class0', 'class1', 'class2'\]"):
+        read_inputs(run, manifest, labels="required")
+
+
+def test_evaluate_needs_labels(run, tmp_path):
+    with pytest.raises(DataError, match="no label column 'label'"):
+        read_inputs(run, write_manifest(run, tmp_path / "n", labels=False), labels="required")
+
+
+def test_a_missing_modality_is_allowed_when_the_head_handles_it(run):
+    out = run_inputs(run, read_inputs(run, [{"audio": np.zeros(1000, np.float32)}, {"text": "hello"}]))
+    assert out.present["text"].tolist() == [False, True] and out.present["audio"].tolist() == [True, False]
+    assert out.probs.shape == (2, 3)
+
+
+def test_a_missing_modality_names_the_item_when_the_head_cannot(run, monkeypatch):
+    monkeypatch.setattr(run.model.head, "handles_missing", False, raising=False)
+    with pytest.raises(DataError, match=r"Item 1 of the input has no 'text' input .*cannot handle missing"):
+        run_inputs(run, read_inputs(run, [{"audio": np.zeros(500, np.float32), "text": "a"}, {"audio": np.zeros(500, np.float32)}]))
+
+
+def test_an_item_with_no_modality_or_an_unknown_one(run):
+    with pytest.raises(DataError, match="Item 0 .* has no 'audio' input .*at least one"):
+        run_inputs(run, read_inputs(run, [{}]))
+    with pytest.raises(DataError, match=r"Item 0 .*input\(s\) for \['image'\].*\['audio', 'text'\]"):
+        run_inputs(run, read_inputs(run, [{"image": "x.png", "text": "a"}]))
+
+
+def test_a_missing_audio_file_is_a_data_error(run, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        run_inputs(run, read_inputs(run, [{"audio": tmp_path / "nope.wav", "text": "a"}]))
+
+
+def test_write_predictions_csv_and_jsonl(run, tmp_path):
+    rows = predictions(run, run_inputs(run, read_inputs(run, write_manifest(run, tmp_path / "w"))))
+    path = write_predictions(tmp_path / "p.csv", rows, run.classes)
+    got = list(csv.DictReader(path.open()))
+    assert list(got[0]) == ["id", "class", "label", "prob_class0", "prob_class1", "prob_class2"]
+    assert len(got) == len(rows) and got[0]["class"] == rows[0]["class"]
+    lines = write_predictions(tmp_path / "p.jsonl", rows, run.classes).read_text().splitlines()
+    assert json.loads(lines[0]) == json.loads(json.dumps(rows[0]))
+    with pytest.raises(MultiturboError, match=".csv or .jsonl"):
+        write_predictions(tmp_path / "p.txt", rows, run.classes)
+
+
+def test_write_embeddings_in_every_format(run, tmp_path):
+    out = run_inputs(run, read_inputs(run, write_manifest(run, tmp_path / "e")))
+    n = len(out.ids)
+    [st] = write_embeddings(tmp_path / "emb.safetensors", run, out)
+    with safe_open(str(st), "pt") as f:
+        assert set(f.keys()) == {"audio", "audio.raw", "text", "text.raw", "labels"}
+        audio, raw = f.get_tensor("audio"), f.get_tensor("audio.raw")
+        assert audio.shape == (n, 16) and torch.allclose(audio.norm(dim=1), torch.ones(n))
+        torch.testing.assert_close(audio, torch.nn.functional.normalize(raw, dim=1))
+        assert f.get_tensor("labels").tolist() == out.labels
+        assert json.loads(f.metadata()["ids"]) == out.ids and json.loads(f.metadata()["classes"]) == run.classes
+    [npz] = write_embeddings(tmp_path / "emb.npz", run, out)
+    z = np.load(npz)
+    assert z["text"].shape == (n, 16) and z["ids"].tolist() == out.ids
+    files = write_embeddings(tmp_path / "emb.npy", run, out)
+    assert {p.name for p in files} >= {"emb.audio.npy", "emb.audio.raw.npy", "emb.text.npy", "emb.labels.npy", "emb.ids.npy"}
+    np.testing.assert_allclose(np.load(tmp_path / "emb.text.npy"), z["text"])
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+def test_cli_predict_evaluate_embed(run, tiny_run, tmp_path):
+    manifest = write_manifest(run, tmp_path / "c")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["predict", str(tiny_run), str(manifest), "--output", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0, res.output
+    assert len(list(csv.DictReader((tmp_path / "p.csv").open()))) == len(test_split(run))
+    res = runner.invoke(cli, ["evaluate", str(tiny_run), str(manifest), "--output", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    assert "audio->text recall@1" in res.output and "ua" in res.output
+    saved = json.loads((tiny_run / "metrics.json").read_text())
+    assert json.loads((tmp_path / "m.json").read_text())["confusion"] == saved["confusion"]
+    res = runner.invoke(cli, ["embed", str(tiny_run), str(manifest), "--output", str(tmp_path / "e.npz")])
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "e.npz")["audio"].shape[0] == len(test_split(run))
+
+
+def test_cli_predict_one_item_from_options(run, tiny_run, tmp_path):
+    sf.write(tmp_path / "one.wav", np.asarray(test_split(run)[0].inputs["audio"]), 16000)
+    res = CliRunner().invoke(cli, ["predict", str(tiny_run), "--input", f"audio={tmp_path / 'one.wav'}", "--input", "text=hello world", "-o", str(tmp_path / "one.jsonl")])
+    assert res.exit_code == 0, res.output
+    [row] = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert row["class"] in run.classes and row["id"] == "0"
+    res = CliRunner().invoke(cli, ["predict", str(tiny_run), "--input", "text=hello"])
+    assert res.exit_code == 0 and "predictions" in res.output  # audio missing: the head handles it
+
+
+def test_cli_evaluate_a_data_set_config(tiny_run, tmp_path):
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"data": TINY["data"]}))
+    res = CliRunner().invoke(cli, ["evaluate", str(tiny_run), str(tmp_path / "data.yaml"), "--split", "test"])
+    assert res.exit_code == 0, res.output
+    assert "wa" in res.output
+
+
+def test_cli_errors_are_one_paragraph(run, tiny_run, tmp_path):
+    manifest = write_manifest(run, tmp_path / "x")
+    manifest.write_text(manifest.read_text().replace(",class1\n", ",nope\n", 1))
+    res = CliRunner().invoke(cli, ["evaluate", str(tiny_run), str(manifest)])
+    assert res.exit_code == 2 and "'nope' is not a class" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["predict", str(tmp_path / "norun"), str(manifest)])
+    assert res.exit_code == 2 and "no such run directory" in res.output
+    res = CliRunner().invoke(cli, ["predict", str(tiny_run)])
+    assert res.exit_code == 2 and "Nothing to run on" in res.output
