@@ -36,7 +36,6 @@ ENCODERS = {"audio": "hf_audio", "whisper": "hf_whisper", "text": "hf_text"}
 
 def run_one(kind: str, path: str, batch_size: int = 16, seconds: float | None = None) -> dict:
     import numpy as np
-    import torch
 
     import multiturbo_hf
 

@@ -50,18 +50,36 @@ def cli() -> None:
 @set_option
 @overwrite_option
 @quiet_option
-def run(config: Path, out: Path | None, overrides: tuple[str, ...], overwrite: bool, quiet: bool) -> None:
+@click.option(
+    "--resume", is_flag=True,
+    help="Continue the unfinished run in --out from its last checkpoint (CONFIG must match its config.yaml); "
+    "or give the run directory as CONFIG: multiturbo run DIR --resume.",
+)
+def run(config: Path, out: Path | None, overrides: tuple[str, ...], overwrite: bool, quiet: bool, resume: bool) -> None:
     """Train and test the experiment in CONFIG; write a run directory."""
     from .config import load_config
     from .progress import ProgressReporter
     from .run import default_run_dir, run_experiment
 
+    if resume and config.is_dir():  # multiturbo run RUN_DIR --resume: the run's own config
+        if out is not None and out.resolve() != config.resolve():
+            raise MultiturboError(f"--resume with a run directory ({config}) continues that directory; drop --out {out}.")
+        out, config = config, config / "config.yaml"
+    if resume and out is None:
+        raise MultiturboError("--resume needs the run directory: multiturbo run RUN_DIR --resume, or multiturbo run CONFIG --out RUN_DIR --resume.")
     cfg = load_config(config, overrides)
     out = out or default_run_dir(cfg)
     with ProgressReporter(quiet=quiet) as progress:
-        metrics = run_experiment(cfg, out, overwrite=overwrite, progress=progress)
+        metrics = run_experiment(cfg, out, overwrite=overwrite, progress=progress, resume=resume)
     shown = {k: round(v, 4) for k, v in metrics.items() if k in ("wa", "ua", "f1", "eer") and isinstance(v, float)}
     out_console.print(f"test {json.dumps(shown)}  (run directory: {out})", markup=False, highlight=False)
+
+
+folds_option = click.option("--folds", default=None, metavar="LIST", help="Folds to run: all, or e.g. 0,2,5 or 0-4.")
+seeds_option = click.option("--seeds", default=None, metavar="LIST", help="Seeds to run, e.g. 0,1,2 (default: the config's seed).")
+grid_overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Rerun every run, even finished ones, even if OUT holds runs of another config.",
+)
 
 
 @cli.command()
@@ -69,17 +87,58 @@ def run(config: Path, out: Path | None, overrides: tuple[str, ...], overwrite: b
 @out_option
 @set_option
 @click.option("--methods", default="vanilla,cross,turbo", show_default=True, help="Comma-separated methods to compare.")
-@overwrite_option
+@folds_option
+@seeds_option
+@grid_overwrite_option
 @quiet_option
-def compare(config: Path, out: Path | None, overrides: tuple[str, ...], methods: str, overwrite: bool, quiet: bool) -> None:
-    """Train and test each method (vanilla, cross, turbo) on CONFIG; print the table."""
-    from .compare import compare_methods, method_configs, to_rich_table
+def compare(
+    config: Path, out: Path | None, overrides: tuple[str, ...], methods: str, folds: str | None, seeds: str | None,
+    overwrite: bool, quiet: bool,
+) -> None:
+    """Train and test each method (vanilla, cross, turbo) on CONFIG; print the table.
+
+    With --folds and/or --seeds, every method runs on every fold x seed: mean ± std per
+    method and paired differences between methods. Rerunning resumes: finished runs are skipped."""
+    from .compare import compare_methods, method_configs, paired_rich_table, to_rich_table
+    from .crossval import parse_folds, parse_seeds
     from .progress import ProgressReporter
 
+    fold_list, seed_list = parse_folds(folds), parse_seeds(seeds)
     configs = method_configs(config, overrides, [m.strip() for m in methods.split(",") if m.strip()])
     with ProgressReporter(quiet=quiet) as progress:
-        rows = compare_methods(configs, out, overwrite=overwrite, progress=progress)
-    out_console.print(to_rich_table(rows, title=f"{next(iter(configs.values())).name}: test metrics"))
+        result = compare_methods(configs, out, folds=fold_list, seeds=seed_list, overwrite=overwrite, progress=progress)
+    out_console.print(to_rich_table(result, title=f"{next(iter(configs.values())).name}: test metrics"))
+    if any(p.stats.n >= 2 for p in result.paired):
+        out_console.print(paired_rich_table(result))
+    out_console.print(f"(output directory: {result.out})", markup=False, highlight=False, soft_wrap=True)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@out_option
+@set_option
+@folds_option
+@seeds_option
+@grid_overwrite_option
+@quiet_option
+def cv(config: Path, out: Path | None, overrides: tuple[str, ...], folds: str | None, seeds: str | None, overwrite: bool, quiet: bool) -> None:
+    """Cross-validate CONFIG: every fold (default all) x seed; mean ± std of the test metrics.
+
+    One run directory per fold and seed under OUT; cv.md, cv.csv and cv.json summarise them.
+    Rerunning the same command resumes: finished runs are skipped, failed ones rerun."""
+    import datetime as dt
+
+    from .config import load_config
+    from .crossval import cross_validate, cv_rich_table, parse_folds, parse_seeds
+    from .progress import ProgressReporter
+
+    fold_list, seed_list = parse_folds(folds), parse_seeds(seeds)
+    cfg = load_config(config, overrides)
+    out = out or Path("runs") / f"{cfg.name or 'run'}-cv-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    with ProgressReporter(quiet=quiet) as progress:
+        result = cross_validate(cfg, out, folds="all" if fold_list is None else fold_list, seeds=seed_list, overwrite=overwrite, progress=progress)
+    out_console.print(cv_rich_table(result))
+    out_console.print(f"(output directory: {result.out})", markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -115,6 +174,167 @@ def show_config(config: Path, overrides: tuple[str, ...]) -> None:
     from .config import config_to_yaml, load_config
 
     click.echo(config_to_yaml(load_config(config, overrides)), nl=False)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--device", default="auto", show_default=True, help="Device for the embedding pass: auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=None, help="Batch size of the embedding pass (default: the run's eval batch size).")
+@quiet_option
+def analyze(run_dir: Path, device: str, batch_size: int | None, quiet: bool) -> None:
+    """Measure alignment / uniformity of RUN_DIR; write figures and report.md."""
+    from .analysis import analyze_run
+    from .progress import ProgressReporter
+    from .report import write_run_report
+    from .run import resolve_device
+    from .tensorboard import export_tensorboard
+
+    if batch_size is not None and batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    with ProgressReporter(quiet=quiet) as progress:
+        result = analyze_run(run_dir, progress, device=resolve_device(device), batch_size=batch_size)
+    tb = export_tensorboard(run_dir)
+    report = write_run_report(run_dir)
+    table = Table(title=f"{run_dir.name}: alignment / uniformity", caption=f"test split, {result['n_items']} items; lower is better")
+    for col in ("measure", "of", "value"):
+        table.add_column(col)
+    for pair, value in result["alignment"].items():
+        table.add_row("alignment", pair, f"{value:.4f}")
+    for m, value in result["uniformity"].items():
+        table.add_row("uniformity", m, f"{value:.4f}")
+    out_console.print(table)
+    if not quiet:
+        out_console.print(f"report: {report}" + (f"  tensorboard: {tb}" if tb else "  (tensorboard not installed: no event files)"), markup=False, highlight=False)
+
+
+# -- using a trained run: predict, evaluate, embed (multiturbo.inference) -------------------------
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{v!r} is not MODALITY=VALUE", param_hint=option)
+        out[key.strip()] = value
+    return out
+
+
+def _load_for_inference(run_dir: Path, device: str, batch_size: int | None, kinds: tuple[str, ...] = ()):
+    from .api import load
+
+    if batch_size is not None and batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    return load(run_dir, device=device, batch_size=batch_size, kinds=_pairs(kinds, "--kind") or None)
+
+
+def _inference_inputs(run, data: Path | None, items: tuple[str, ...], columns: tuple[str, ...], labels: str, split: str = "test"):
+    from .inference import Inputs, read_inputs
+
+    if data is not None and items:
+        raise MultiturboError("Give either INPUT (a manifest) or --input MODALITY=VALUE options, not both.")
+    if items:
+        return Inputs([_pairs(items, "--input")], ["0"], source="the --input item")
+    if data is None:
+        raise MultiturboError("Nothing to run on: give INPUT (a CSV / JSONL manifest) or --input MODALITY=VALUE per modality.")
+    kwargs = {"columns": _pairs(columns, "--column"), "kinds": run.kinds or None} if data.suffix.lower() not in (".yaml", ".yml") else {}
+    return read_inputs(run.loaded, data, labels=labels, split=split, **kwargs)
+
+
+inference_options = [
+    click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."),
+    click.option("--batch-size", type=int, default=None, help="Items per forward (default: the run's eval batch size)."),
+    click.option("--column", "columns", multiple=True, metavar="MODALITY=COLUMN", help="The manifest column of a modality (default: the training manifest's, else the modality's name)."),
+    click.option("--kind", "kinds", multiple=True, metavar="MODALITY=KIND", help="How to read a modality's values: audio / image (file paths) or text."),
+]
+
+
+def _with_inference_options(fn):
+    for option in reversed(inference_options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.option("--input", "items", multiple=True, metavar="MODALITY=VALUE", help="One item instead of a manifest: --input audio=a.wav --input text='hello'.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the predictions to a .csv or .jsonl file.")
+@_with_inference_options
+def predict(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path | None, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+    """Predict the class of every item of DATA (a CSV / JSONL manifest; labels optional) with RUN_DIR.
+
+    Writes one row per item: id, predicted class, one probability per class (prob_<class>)."""
+    from .inference import predictions, run_inputs, write_predictions
+
+    run = _load_for_inference(run_dir, device, batch_size, kinds)
+    inputs = _inference_inputs(run, data, items, columns, "optional")
+    rows = predictions(run.loaded, run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds))
+    if output is not None:
+        write_predictions(output, rows, run.classes)
+        out_console.print(f"{len(rows)} prediction(s) written to {output}", markup=False, highlight=False)
+        return
+    table = Table(title=f"{run_dir.name}: predictions")
+    for col in ("id", "class", *run.classes):
+        table.add_column(col)
+    for r in rows[:50]:
+        table.add_row(r["id"], r["class"], *(f"{r['probabilities'][c]:.3f}" for c in run.classes))
+    out_console.print(table)
+    if len(rows) > 50:
+        out_console.print(f"({len(rows) - 50} more; write them all with --output FILE.csv)", markup=False, highlight=False)
+
+
+@cli.command("evaluate")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the metrics to this JSON file.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]), help="With a data set config as DATA: the split to evaluate.")
+@_with_inference_options
+def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+    """Test RUN_DIR on DATA: a labelled manifest (labels are class names) or a data set config (.yaml).
+
+    The metrics of training's evaluation (wa, ua, f1, eer for two classes, confusion) and
+    cross-modal retrieval (recall@1, recall@5 per modality pair)."""
+    from .checkpoint import write_json
+    from .inference import evaluate_outputs, run_inputs
+
+    run = _load_for_inference(run_dir, device, batch_size, kinds)
+    inputs = _inference_inputs(run, data, (), columns, "required", split)
+    metrics = evaluate_outputs(run.loaded, run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds))
+    if output is not None:
+        write_json(output, metrics)
+    table = Table(title=f"{run_dir.name} on {data.name}", caption=f"{metrics['n_items']} items")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("wa", "ua", "f1", "eer", "loss"):
+        if key in metrics:
+            table.add_row(key, f"{metrics[key]:.4f}")
+    for pair, res in metrics["retrieval"].items():
+        for k, v in res.items():
+            if k != "n":
+                table.add_row(f"{pair} {k}", f"{v:.4f}")
+    out_console.print(table)
+    if output is not None:
+        out_console.print(f"metrics: {output}", markup=False, highlight=False)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.option("--input", "items", multiple=True, metavar="MODALITY=VALUE", help="One item instead of a manifest.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="A .safetensors, .npz or .npy file (.npy: one file per array).")
+@_with_inference_options
+def embed(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+    """Export the projected views of every item of DATA (one eval pass) per modality.
+
+    Each modality m is written L2-normalised as m and before normalisation as m.raw,
+    with labels (-1 when unknown) and the item ids (docs/using-a-trained-model.md)."""
+    from .inference import run_inputs, write_embeddings
+
+    run = _load_for_inference(run_dir, device, batch_size, kinds)
+    inputs = _inference_inputs(run, data, items, columns, "optional")
+    out = run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds)
+    files = write_embeddings(output, run.loaded, out)
+    dims = ", ".join(f"{m} [{v.shape[0]}, {v.shape[1]}]" for m, v in out.views.items())
+    out_console.print(f"embeddings {dims} written to {', '.join(map(str, files))}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

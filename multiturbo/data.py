@@ -32,26 +32,88 @@ class LabelledBatch:
 
 
 class Collator:
-    """Turns a list of samples into a :class:`LabelledBatch` with each encoder's ``collate``."""
+    """Turns a list of samples into a :class:`LabelledBatch` with each encoder's ``collate``.
+
+    Missing modalities: an input of ``None`` means the item lacks that modality (data sets emit
+    it only when their options allow missing data). The encoder then collates the present items
+    only, and the modality's batch gets ``PRESENT_KEY``: a bool mask [B] over the whole batch
+    (see multiturbo.model). A modality every item has carries no mask. An item with none of the
+    configured modalities is a DataError; so is a modality key absent from ``Sample.inputs``.
+    """
 
     def __init__(self, encoders: Mapping[str, Encoder], num_classes: int):
         self.collates = {m: enc.collate for m, enc in encoders.items()}
         self.num_classes = num_classes
 
     def __call__(self, samples: Sequence[Sample]) -> LabelledBatch:
+        from .model import PRESENT_KEY
+
         inputs = {}
+        for s in samples:
+            if all(s.inputs.get(m) is None for m in self.collates):
+                raise DataError(f"Item {dict(s.meta)} has none of the configured modalities {list(self.collates)} (all missing); drop it from the data set.")
         for m, collate in self.collates.items():
-            raw = []
+            raw, present = [], []
             for s in samples:
                 if m not in s.inputs:
-                    raise DataError(f"Item {dict(s.meta)} has no {m!r} input (it has {sorted(s.inputs)}); every item needs every configured modality.")
-                raw.append(s.inputs[m])
-            inputs[m] = collate(raw)
+                    raise DataError(f"Item {dict(s.meta)} has no {m!r} input (it has {sorted(s.inputs)}); every item needs every configured modality (a data set marks a missing one with None).")
+                present.append(s.inputs[m] is not None)
+                if present[-1]:
+                    raw.append(s.inputs[m])
+            batch = collate(raw) if raw else {}
+            if len(raw) < len(samples):
+                batch = {**batch, PRESENT_KEY: torch.tensor(present, dtype=torch.bool)}
+            inputs[m] = batch
         labels = torch.tensor([s.label for s in samples], dtype=torch.long)
         bad = [(dict(s.meta), s.label) for s in samples if not 0 <= s.label < self.num_classes]
         if bad:
             raise DataError(f"Label out of range in item {bad[0][0]}: {bad[0][1]} is not in 0..{self.num_classes - 1}. The data set's labels must index its class list.")
         return LabelledBatch(inputs, labels, [s.meta for s in samples])
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Item order of one epoch, reproducible from (seed, epoch) alone, and resumable mid-epoch.
+
+    With ``shuffle`` the order of epoch e is a permutation drawn from a generator seeded by
+    ``seed`` and e (so a resumed run sees the same order without replaying earlier epochs);
+    without, it is 0..n-1. ``set_epoch(e, start)`` picks the epoch and skips its first
+    ``start`` items (a whole number of batches when resuming); iterating without calling it
+    again moves on to the next epoch.
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int = 0, shard: tuple[int, int] = (0, 1), equal_shards: bool = False):
+        self.n = n
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank, self.world = shard
+        self.equal_shards = equal_shards
+        self.epoch = 1
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's items of epoch ``epoch``: the epoch's order, then every world-th item from
+        position rank (a multi-process run; with ``equal_shards`` the tail that would give ranks
+        unequal counts is left out, as DistributedSampler's drop_last)."""
+        if not self.shuffle:
+            order = list(range(self.n))
+        else:
+            g = torch.Generator().manual_seed((self.seed * 0x9E3779B97F4A7C15 + epoch) % 2**63)
+            order = torch.randperm(self.n, generator=g).tolist()
+        if self.world == 1:
+            return order
+        end = (self.n // self.world) * self.world if self.equal_shards else self.n
+        return order[self.rank : end : self.world]
+
+    def __iter__(self):
+        order = self.order(self.epoch)[self.start:]
+        self.epoch, self.start = self.epoch + 1, 0
+        return iter(order)
+
+    def __len__(self) -> int:
+        return max(len(self.order(self.epoch)) - self.start, 0) if self.world > 1 else max(self.n - self.start, 0)
 
 
 def make_loader(
@@ -63,19 +125,35 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     drop_singleton: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    pin_memory: bool | None = None,
+    prefetch_factor: int | None = None,
 ) -> DataLoader:
     """A DataLoader over a split. ``drop_singleton`` drops a last batch of one item
-    (InfoNCE needs at least two items); only that batch, and only when it would occur."""
-    generator = torch.Generator().manual_seed(seed)
-    drop_last = drop_singleton and len(split) % batch_size == 1
+    (InfoNCE needs at least two items); only that batch, and only when it would occur.
+
+    The loader's ``sampler`` is an :class:`EpochSampler`: the order of each epoch depends only
+    on ``seed`` and the epoch number, and ``loader.sampler.set_epoch(e, start)`` resumes it.
+    ``shard = (rank, world)`` in a multi-process run: a shuffled (training) loader gives every
+    rank the same number of items and drops the last incomplete batch, so the ranks' batches
+    match for the gathered contrastive loss; an evaluation loader (no shuffle) splits the items
+    without dropping any. Workers persist across epochs; ``pin_memory`` defaults to CUDA's presence.
+    """
+    generator = torch.Generator().manual_seed(seed)  # worker seeds; the order comes from the sampler
+    distributed = shard[1] > 1
+    sampler = EpochSampler(len(split), shuffle=shuffle, seed=seed, shard=shard, equal_shards=distributed and shuffle)
+    n_items = len(sampler)
+    drop_last = (distributed and shuffle) or (drop_singleton and n_items % batch_size == 1)
+    extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor is not None else {}
     return DataLoader(
         split,  # type: ignore[arg-type]
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
         collate_fn=collator,
         num_workers=num_workers,
         generator=generator,
         drop_last=drop_last,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
+        **extra,
     )

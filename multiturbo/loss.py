@@ -13,6 +13,15 @@ How: the partners of a view form a contiguous range of later views, so one matmu
 writes all its B x B blocks into one [P, B, B] buffer, each elementwise step runs once over it, one
 exp gives each block's row and column sums (both directions), and the backward is written out
 (_TurboPairs). benchmarks/bench_turbo_loss.py compares it with one call per pair and the FLOP floor.
+
+Across processes (torchrun): every rank's views are all-gathered with gradient and each rank
+computes its own rows against all columns (multiturbo.distributed.gathered_turbo_loss), so the
+negatives span the global batch; the logged per-pair values are this rank's rows.
+
+Missing modalities: ``present`` maps a modality to a bool mask [B] (True = the item has it). A term
+of views of modalities m and n then only uses the items present in both: they are its anchors and
+its negatives, a missing item is neither (masked, not zero-filled). A term with fewer than 2 such
+items contributes nothing (and is left out of ``terms``). Complete batches take the path above.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from .distributed import current_world, gathered_turbo_loss
+from .errors import MultiturboError
 
 _LOG2E = 1.0 / math.log(2.0)
 _DEFAULTS = dict(in_modal=True, cross_modal=True, symmetric=True, reduction="sum", in_modal_weight=1.0, cross_modal_weight=1.0)
@@ -65,7 +77,8 @@ def info_nce(x: Tensor, y: Tensor, temperature: float | Tensor = 0.07, symmetric
 
 def turbo_loss(views: Mapping[str, Tensor], *, temperature: float | Tensor = 0.07, in_modal: bool = True,
                cross_modal: bool = True, symmetric: bool = True, reduction: Literal["sum", "mean"] = "sum",
-               in_modal_weight: float = 1.0, cross_modal_weight: float = 1.0) -> TurboLossOutput:
+               in_modal_weight: float = 1.0, cross_modal_weight: float = 1.0,
+               present: Mapping[str, Tensor] | None = None) -> TurboLossOutput:
     """The Turbo loss (paper eq. 4, generalised to M modalities and K passes).
 
     views: modality -> [K, B, d], not normalised; same K, B, d for every modality; dict order is
@@ -78,15 +91,30 @@ def turbo_loss(views: Mapping[str, Tensor], *, temperature: float | Tensor = 0.0
     With no terms (both families off, or one modality with K = 1) total is a zero that is still
     part of the graph and terms is empty. The loss runs in float32 at least; first-order gradients
     only; a tensor temperature is read once (a device sync on GPU).
+    present: optional {modality: bool [B]} for batches with missing modalities (a modality not in
+    it is complete; the rows of a missing item's views are ignored, whatever they hold). Each term
+    then runs on the items present in both of its modalities; a term with fewer than 2 of them
+    contributes nothing and is not in ``terms``; reduction "mean" divides by the number of terms
+    that contribute.
     """
     _check_temperature(temperature)
     _check_reduction(reduction)
-    return _turbo_loss(views, temperature, in_modal, cross_modal, symmetric, reduction, in_modal_weight, cross_modal_weight)
+    return _turbo_loss(views, temperature, in_modal, cross_modal, symmetric, reduction, in_modal_weight,
+                       cross_modal_weight, present)
 
 
-def _turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_modal_weight, cross_modal_weight):
+def _turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_modal_weight, cross_modal_weight, present=None):
     """turbo_loss after its option checks (TurboLoss checks once and passes a clamped temperature)."""
     K, B, d = _check_views(views)
+    distributed = current_world().distributed
+    if present is not None:
+        present = _check_present(present, views, B)
+        if present and distributed:
+            raise MultiturboError("Items with missing modalities are not supported in a multi-process run yet (the gathered "
+                                  "loss assumes complete batches). Train with one process, or give every item every modality.")
+        if present:
+            return _masked_turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_modal_weight,
+                                      cross_modal_weight, present)
     names = pair_names(list(views), K, in_modal, cross_modal)
     if not names:
         return TurboLossOutput(total=sum(v.sum() * 0 for v in views.values()), terms={})
@@ -96,7 +124,10 @@ def _turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_moda
     V = len(views) * K  # views in (modality, pass) order; anchor i pairs with views lo..hi-1
     ranges = [(i, lo, hi) for i in range(V) for lo, hi in [_partners(i, K, V, in_modal, cross_modal)] if hi > lo]
     tau = tau.to(next(iter(views.values())).device) if isinstance(tau, Tensor) else float(tau)
-    per_pair = _TurboPairs.apply(tau, ranges, 0.5 if symmetric else 0.0, *views.values())  # [P], `names` order
+    if distributed:  # this rank's rows against every rank's columns (open_clip's local loss)
+        per_pair = gathered_turbo_loss(views, [(i, j) for i, lo, hi in ranges for j in range(lo, hi)], tau, symmetric=symmetric)
+    else:
+        per_pair = _TurboPairs.apply(tau, ranges, 0.5 if symmetric else 0.0, *views.values())  # [P], `names` order
     if in_modal_weight == cross_modal_weight:
         total = per_pair.sum() * in_modal_weight
     else:  # pair (i, j) is in-modal when both views belong to one modality
@@ -105,6 +136,64 @@ def _turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_moda
     if reduction == "mean":
         total = total / len(names)
     return TurboLossOutput(total=total, terms=dict(zip(names, per_pair.detach().unbind())))
+
+
+def _masked_turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_modal_weight, cross_modal_weight, present):
+    """The loss with missing items: one _TurboPairs call per modality (in-modal) and per modality
+    pair (cross-modal), each on the sub-batch of items present in all of its modalities."""
+    K = next(iter(views.values())).shape[0]
+    mods = list(views)
+    everyone = None
+    groups = []  # (modalities, in-modal?, weight)
+    for a, m in enumerate(mods):
+        if in_modal and K > 1:
+            groups.append(([m], True, in_modal_weight))
+        if cross_modal:
+            groups.extend(([m, n], False, cross_modal_weight) for n in mods[a + 1 :])
+    tau = tau.to(next(iter(views.values())).device) if isinstance(tau, Tensor) else float(tau)
+    terms, totals = {}, []
+    for group, in_family, weight in groups:
+        masks = [present[m] for m in group if m in present]
+        if masks:
+            keep = masks[0] if len(masks) == 1 else masks[0] & masks[1]
+            idx = keep.nonzero().squeeze(1)  # [n] items present in every modality of the group
+            if idx.numel() < 2:
+                continue  # no negatives: the term contributes nothing
+            sub = [views[m].index_select(1, idx) for m in group]
+        else:
+            if everyone is None:
+                everyone = next(iter(views.values())).shape[1]
+            if everyone < 2:
+                continue
+            sub = [views[m] for m in group]
+        V = len(group) * K
+        ranges = [(i, lo, hi) for i in range(V) for lo, hi in [_partners(i, K, V, in_family, not in_family)] if hi > lo]
+        per_pair = _TurboPairs.apply(tau, ranges, 0.5 if symmetric else 0.0, *sub)
+        totals.append(per_pair.sum() * weight)
+        terms.update(zip(pair_names(group, K, in_family, not in_family), per_pair.detach().unbind()))
+    order = pair_names(mods, K, in_modal, cross_modal)
+    terms = {name: terms[name] for name in order if name in terms}
+    if not totals:
+        return TurboLossOutput(total=sum(v.sum() * 0 for v in views.values()), terms={})
+    total = torch.stack(totals).sum()
+    if reduction == "mean":
+        total = total / len(terms)
+    return TurboLossOutput(total=total, terms=terms)
+
+
+def _check_present(present: Mapping[str, Tensor], views: Mapping[str, Tensor], B: int) -> dict[str, Tensor]:
+    """The masks of the modalities that miss an item ({} when the batch is complete)."""
+    unknown = sorted(set(present) - set(views))
+    if unknown:
+        raise ValueError(f"present names modalities that have no views: {unknown} (views: {list(views)}).")
+    out = {}
+    for m, p in present.items():
+        if not isinstance(p, Tensor) or p.dtype != torch.bool or p.shape != (B,):
+            got = f"{p.dtype} {tuple(p.shape)}" if isinstance(p, Tensor) else type(p).__name__
+            raise ValueError(f"present[{m!r}] must be a bool tensor [B] = [{B}], got {got}.")
+        if not bool(p.all()):
+            out[m] = p.to(views[m].device)
+    return out
 
 
 def _partners(i: int, K: int, V: int, in_modal: bool, cross_modal: bool) -> tuple[int, int]:
@@ -246,13 +335,13 @@ class TurboLoss(nn.Module):
         """The current temperature (0-d tensor), clamped at min_temperature."""
         return self.log_temperature.clamp(min=math.log(self.min_temperature)).exp()
 
-    def forward(self, views: Mapping[str, Tensor]) -> TurboLossOutput:
-        """views: modality -> [K, B, d]. See :func:`turbo_loss`."""
+    def forward(self, views: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None) -> TurboLossOutput:
+        """views: modality -> [K, B, d]; present: optional {modality: bool [B]}. See :func:`turbo_loss`."""
         tau = self.temperature
         if self.learnable and self.training:  # as open_clip clamps logit_scale after each step
             self.log_temperature.data.clamp_(min=math.log(self.min_temperature))
             tau = self.log_temperature.exp()  # no clamp here, so the gradient flows at the bound
-        return _turbo_loss(views, tau, **self.options)
+        return _turbo_loss(views, tau, **self.options, present=present)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature.item():.4g}, learnable={self.learnable}, min_temperature={self.min_temperature}"

@@ -7,6 +7,13 @@ Shapes: B items, K passes, d shared dimension, C classes, M modalities.
       -> encoder_m -> [K*B, dim_m] -> dropout + linear -> [K*B, d] -> views_m [K, B, d]
     head({m: views_m[0]}) -> logits [B, C]                   (paper eq. 5, pass 1)
     loss = lambda * CE + (1 - lambda) * turbo_loss(views)   (paper eq. 6)
+
+Missing modalities: when some items of a batch lack modality m, the collated batch of m holds
+only the n present items plus ``batch[m][PRESENT_KEY]``, a bool mask [B]. The encoder runs on
+the n items only; their views are scattered into [K, B, d] (zeros at the missing rows), the loss
+leaves the missing items out of every term that involves m, and the head gets the masks
+(heads declare ``handles_missing``; a head that does not is an error naming the modality and item).
+A complete modality carries no mask and takes the plain path.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .encoder import Batch, Encoder
+from .errors import DataError
 from .head import Head
 from .loss import TurboLoss
+
+PRESENT_KEY = "_present"  # in a modality's collated batch: bool [B], True = the item has this modality
 
 
 @dataclass
@@ -80,39 +90,76 @@ class TurboModel(nn.Module):
         self.ce_weight = ce_weight
         self.ce_passes = ce_passes
 
+    @staticmethod
+    def presence(batch: Mapping[str, Batch]) -> dict[str, Tensor] | None:
+        """{m: bool [B]} for the modalities that miss some item of the batch; None when it is complete."""
+        present = {m: b[PRESENT_KEY] for m, b in batch.items() if PRESENT_KEY in b}
+        return present or None
+
     def views(self, batch: Mapping[str, Batch], passes: int | None = None) -> dict[str, Tensor]:
-        """Projected views of every modality: {m: [K, B, d]} (not normalised)."""
+        """Projected views of every modality: {m: [K, B, d]} (not normalised; zeros for missing items)."""
         K = self.passes if passes is None else passes
         out = {}
         for m in self.modalities:
+            b, mask = batch[m], batch[m].get(PRESENT_KEY)
+            if mask is not None:
+                b = {key: t for key, t in b.items() if key != PRESENT_KEY}  # n present items
             encode = lambda b, m=m: self.projections[m](self.encoders[m](b))  # [n, d]  # noqa: E731
+            if mask is not None and not bool(mask.any()):  # nobody has m: nothing to encode
+                w = self.projections[m][-1].weight
+                out[m] = w.new_zeros(K, mask.numel(), w.shape[0])
+                continue
             if self.forward_mode == "batched" or K == 1:
-                h = encode(repeat_batch(batch[m], K))  # [K*B, d]
-                out[m] = h.view(K, -1, h.shape[-1])
+                h = encode(repeat_batch(b, K))  # [K*n, d]
+                h = h.view(K, -1, h.shape[-1])  # [K, n, d]
             else:
-                out[m] = torch.stack([encode(batch[m]) for _ in range(K)])  # [K, B, d]
+                h = torch.stack([encode(b) for _ in range(K)])  # [K, n, d]
+            if mask is not None:  # scatter the n present items into the batch: [K, B, d]
+                idx = mask.nonzero().squeeze(1)
+                h = h.new_zeros(K, mask.numel(), h.shape[-1]).index_copy(1, idx, h)
+            out[m] = h
         return out
 
-    def logits(self, views: Mapping[str, Tensor], pass_index: int = 0) -> Tensor:
-        """Logits [B, C] from the views {m: [K, B, d]} of one pass."""
-        return self.head({m: v[pass_index] for m, v in views.items()})
+    def logits(self, views: Mapping[str, Tensor], pass_index: int = 0, present: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Logits [B, C] from the views {m: [K, B, d]} of one pass (present: see :meth:`presence`)."""
+        one = {m: v[pass_index] for m, v in views.items()}
+        present = {m: p for m, p in (present or {}).items() if not bool(p.all())}
+        if not present:
+            return self.head(one)
+        if not getattr(self.head, "handles_missing", False):
+            m, mask = next(iter(present.items()))
+            item = int((~mask).nonzero()[0])
+            raise DataError(
+                f"Modality {m!r} is missing for item {item} of the batch, but the head {type(self.head).__name__} "
+                f"cannot handle missing modalities (it does not set handles_missing = True). Use the head "
+                f"concat_linear or mean_linear, or give every item every modality."
+            )
+        return self.head(one, present=present)
 
-    def forward(self, batch: Mapping[str, Batch]) -> Tensor:
-        """Inference: logits [B, C] from one pass (use eval() to switch dropout off)."""
-        return self.logits(self.views(batch, passes=1))
+    def forward(self, batch: Mapping[str, Batch], labels: Tensor | None = None) -> Tensor | StepOutput:
+        """Without labels, inference: logits [B, C] from one pass (use eval() to switch dropout
+        off). With labels [B], a training step (:meth:`step`), so DistributedDataParallel, which
+        wraps forward, can run it."""
+        if labels is not None:
+            return self.step(batch, labels)
+        return self.logits(self.views(batch, passes=1), present=self.presence(batch))
 
     def step(self, batch: Mapping[str, Batch], labels: Tensor) -> StepOutput:
         """One training forward: eq. 6 on a batch with labels [B]."""
-        views = self.views(batch)
+        return self.objective(self.views(batch), labels, self.presence(batch))
+
+    def objective(self, views: Mapping[str, Tensor], labels: Tensor, present: Mapping[str, Tensor] | None = None) -> StepOutput:
+        """Eq. 6 from the views {m: [K, B, d]}: the head's CE (pass 1, or the mean over passes) and
+        the Turbo loss. Split from :meth:`step` so gradient caching can call it on cached views."""
         if self.ce_passes == "all":
-            all_logits = [self.logits(views, k) for k in range(self.passes)]
+            all_logits = [self.logits(views, k, present) for k in range(self.passes)]
             ce = torch.stack([F.cross_entropy(lg, labels) for lg in all_logits]).mean()
             logits = all_logits[0]
         else:
-            logits = self.logits(views, 0)
+            logits = self.logits(views, 0, present)
             ce = F.cross_entropy(logits, labels)
         if self.contrastive is None:
             return StepOutput(loss=ce, ce=ce, contrastive=torch.zeros_like(ce), logits=logits)
-        out = self.contrastive(views)
+        out = self.contrastive(views, present) if present is not None else self.contrastive(views)
         loss = self.ce_weight * ce + (1.0 - self.ce_weight) * out.total
         return StepOutput(loss=loss, ce=ce, contrastive=out.total, terms=out.terms, logits=logits)

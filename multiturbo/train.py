@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .checkpoint import save_weights
+from .checkpoint import _atomic, load_checkpoint, restore_checkpoint, save_checkpoint, save_weights
 from .config import TrainConfig
-from .data import LabelledBatch
+from .data import EpochSampler, LabelledBatch
+from .distributed import current_world, gather_rows
 from .errors import MultiturboError
 from .metrics import HIGHER_IS_BETTER, classification_metrics
-from .model import TurboModel
+from .gradcache import cached_backward
+from .model import StepOutput, TurboModel
 from .progress import ProgressReporter
 
 
 class TrainingError(MultiturboError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 @dataclass
@@ -31,6 +37,42 @@ class FitResult:
     best_value: float
     epochs_run: int
     stopped_early: bool
+    nonfinite_skipped: int = 0
+
+
+@dataclass
+class LoopState:
+    """Where the loop is and what it has accumulated: saved in every checkpoint (as JSON).
+
+    ``epoch`` is the epoch in progress (1-based) and ``batch`` how many of its batches are done,
+    so a resumed run starts at batch ``batch`` of epoch ``epoch`` in that epoch's data order.
+    ``pending`` holds the record of an epoch whose outputs (best/last weights, its
+    metrics.jsonl line) are written just after the checkpoint; a resume writes them again.
+    """
+
+    epoch: int = 1
+    batch: int = 0
+    step: int = 0
+    best_value: float = math.nan
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+    done: bool = False
+    sums: dict = field(default_factory=dict)
+    n_items: int = 0
+    epoch_seconds: float = 0.0
+    epoch_skipped: int = 0
+    skipped_total: int = 0
+    skipped_in_a_row: int = 0
+    pending: dict | None = None
+
+    def to_json(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LoopState":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -46,9 +88,12 @@ def predict_probs(model: TurboModel, loader: DataLoader, device: torch.device) -
     probs, labels = [], []
     for batch in loader:
         batch: LabelledBatch = batch.to(device)
-        probs.append(model(batch.inputs).float().softmax(-1).cpu())
-        labels.append(batch.labels.cpu())
-    return torch.cat(probs), torch.cat(labels)
+        probs.append(model(batch.inputs).float().softmax(-1))
+        labels.append(batch.labels)
+    if not probs:  # an empty shard of a multi-process run
+        probs, labels = [torch.zeros(0, model.head.num_classes, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
+    # multi-process: every rank scored its shard of the split; the metrics are computed on all of them
+    return gather_rows(torch.cat(probs)).cpu(), gather_rows(torch.cat(labels)).cpu()
 
 
 def evaluate(model: TurboModel, loader: DataLoader, device: torch.device) -> dict:
@@ -59,12 +104,107 @@ def evaluate(model: TurboModel, loader: DataLoader, device: torch.device) -> dic
     return metrics
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class StepRunner:
+    """One training step's forward and backward under the config's precision and batching.
+
+    - ``amp``: autocast (bf16 / fp16) around the encoders, projections and head; the Turbo loss
+      computes its logits in float32 in any case. fp16 scales the loss (torch.amp.GradScaler).
+    - ``grad_cache_chunk``: batches larger than the chunk go through
+      :func:`multiturbo.gradcache.cached_backward` (dropout masks replayed).
+    - ``runner``: the module called for the step (DDP around the model, or the model itself),
+      whose forward(inputs, labels) returns the StepOutput.
+    """
+
+    def __init__(self, model: TurboModel, cfg: TrainConfig, device: torch.device, runner: torch.nn.Module | None = None):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.runner = runner if runner is not None else model
+        if cfg.amp == "fp16" and device.type != "cuda":
+            raise MultiturboError("train.amp: fp16 needs a CUDA device (float16 on the CPU is slow and its gradient scaler is CUDA-only). Use train.amp=bf16 or off.")
+        self.dtype = AMP_DTYPES.get(cfg.amp)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
+
+    def forward_backward(self, batch: LabelledBatch) -> StepOutput:
+        """Forward, then (when the loss is finite) backward; gradients end in the parameters."""
+        chunk = self.cfg.grad_cache_chunk
+        if chunk is not None and len(batch) > chunk:
+            return self._cached(batch, chunk)
+        with self.autocast():
+            out = self.runner(batch.inputs, batch.labels)
+        if bool(torch.isfinite(out.loss)):
+            (self.scaler.scale(out.loss) if self.scaler is not None else out.loss).backward()
+        return out
+
+    def _cached(self, batch: LabelledBatch, chunk: int) -> StepOutput:
+        model, present = self.model, TurboModel.presence(batch.inputs)
+        result: dict[str, StepOutput] = {}
+
+        def encode(inputs):
+            with self.autocast():
+                return model.views(inputs)
+
+        def objective(views):
+            with self.autocast():
+                result["out"] = model.objective(views, batch.labels, present)
+            loss = result["out"].loss
+            return self.scaler.scale(loss) if self.scaler is not None else loss
+
+        cached_backward(encode, objective, batch.inputs, chunk, self.device)
+        return result["out"]
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Unscale fp16 gradients before they are checked or clipped."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+
 def _improved(value: float, best: float, monitor: str) -> bool:
     if math.isnan(value):
         return False
     if math.isnan(best):
         return True
     return value > best if HIGHER_IS_BETTER[monitor] else value < best
+
+
+def _nonfinite_grads(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters whose gradient holds a NaN or inf (one device sync when all are finite)."""
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(g).all() for _, g in named])
+    if bool(flags.all()):
+        return []
+    return [n for (n, _), ok in zip(named, flags.tolist()) if not ok]
+
+
+def _truncate_log(path: Path, keep_below: int) -> None:
+    """Keep only the metrics.jsonl lines of epochs < ``keep_below`` (a resume rewrites the rest)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            epoch = json.loads(line).get("epoch")
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if isinstance(epoch, int) and epoch < keep_below:
+            kept.append(line)
+    text = "".join(f"{line}\n" for line in kept)
+    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def fit(
@@ -76,77 +216,168 @@ def fit(
     device: torch.device,
     progress: ProgressReporter,
     label: str = "",
+    *,
+    resume: bool = False,
+    runner: torch.nn.Module | None = None,
 ) -> FitResult:
     """Train with early stopping on ``cfg.monitor``; writes ``metrics.jsonl``, ``best`` and
     ``last`` safetensors into ``run_dir`` and leaves the model holding the best weights' state
-    on disk (load ``best.safetensors`` to use them)."""
-    optimizer = make_optimizer(model, cfg)
-    best_value, best_epoch, bad_epochs, stopped = math.nan, 0, 0, False
-    log_path = run_dir / "metrics.jsonl"
-    global_step = 0
-    epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        sums: dict[str, float] = {}
-        n_items = 0
-        progress.start(f"{label}epoch {epoch}/{cfg.epochs}", total=len(train_loader))
-        for batch in train_loader:
-            batch: LabelledBatch = batch.to(device)
-            out = model.step(batch.inputs, batch.labels)
-            if not torch.isfinite(out.loss):
-                bad = [name for name, t in {"ce": out.ce, **out.terms}.items() if not torch.isfinite(t)]
-                raise TrainingError(
-                    f"Non-finite loss at epoch {epoch}, step {global_step + 1} (terms: {', '.join(bad) or 'total'}). "
-                    f"The last good weights are in {run_dir / 'last.safetensors'} if an epoch finished. "
-                    f"Lower train.lr, raise turbo.temperature, or set train.grad_clip."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            global_step += 1
-            b = len(batch)
-            n_items += b
-            scalars = {"loss": out.loss, "ce": out.ce, "contrastive": out.contrastive, **{f"term/{k}": v for k, v in out.terms.items()}}
-            for key, value in scalars.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) * b
-            progress.advance(f"loss {sums['loss'] / n_items:.4f}")
+    on disk (load ``best.safetensors`` to use them).
 
-        train_stats = {k: v / max(n_items, 1) for k, v in sums.items()}
+    A resumable checkpoint (``checkpoint.safetensors``: model, optimizer, RNG states, the
+    loop's position and early-stopping state) is written every ``cfg.checkpoint_every`` steps
+    and at every epoch end. ``resume=True`` continues from it: with the loader built by
+    :func:`~multiturbo.data.make_loader` the continued run is the uninterrupted one, bit for
+    bit on a CPU. ``cfg.nonfinite`` says what a NaN/inf loss or gradient does (stop or skip).
+    ``runner``: the module whose forward runs a training step (DistributedDataParallel around
+    ``model`` in a multi-process run); ``cfg.amp`` and ``cfg.grad_cache_chunk`` apply
+    (:class:`StepRunner`). In a multi-process run only rank 0 writes files.
+    """
+    optimizer = make_optimizer(model, cfg)
+    step = StepRunner(model, cfg, device, runner=runner)
+    is_main = current_world().is_main
+    log_path = run_dir / "metrics.jsonl"
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    sampler = getattr(train_loader, "sampler", None)
+    batch_size = train_loader.batch_size or 1
+    st = LoopState()
+
+    def write_epoch_outputs(record: dict) -> None:
+        if not is_main:
+            return
+        if record["best"]:
+            save_weights(model, run_dir / "best.safetensors")
+        save_weights(model, run_dir / "last.safetensors")
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    if resume:
+        if not ckpt_path.exists():
+            raise MultiturboError(f"There is no checkpoint to resume from in {run_dir} ({CHECKPOINT_NAME} is missing).")
+        st = LoopState.from_json(restore_checkpoint(load_checkpoint(ckpt_path), model, optimizer, scaler=step.scaler))
+        if st.batch and not isinstance(sampler, EpochSampler):
+            raise MultiturboError("Resuming in the middle of an epoch needs a loader made by multiturbo.data.make_loader.")
+        if st.pending is not None:  # the checkpoint was written at an epoch end: redo that epoch's outputs
+            if is_main:
+                _truncate_log(log_path, st.pending["epoch"])
+            write_epoch_outputs(st.pending)
+            st.pending = None
+        elif is_main:
+            _truncate_log(log_path, st.epoch)
+        progress.log(f"{label}resumed at epoch {st.epoch}, batch {st.batch} (step {st.step})")
+
+    def checkpoint() -> None:
+        if is_main:
+            save_checkpoint(ckpt_path, model, optimizer, st.to_json(), scaler=step.scaler)
+
+    def nonfinite(kind: str, what: str) -> None:
+        where = f"at epoch {st.epoch}, step {st.step + 1} (batch {st.batch + 1} of the epoch)"
+        if cfg.nonfinite == "skip":
+            st.epoch_skipped += 1
+            st.skipped_total += 1
+            st.skipped_in_a_row += 1
+            if st.skipped_in_a_row <= cfg.nonfinite_max_skips:
+                progress.log(f"{label}skipped step {st.step + 1}: non-finite {kind} ({what})")
+                return
+            first = f"{cfg.nonfinite_max_skips + 1} steps in a row had a non-finite loss or gradient; the last one: "
+        else:
+            first = ""
+        kept = (
+            f"The last good checkpoint is {ckpt_path} (continue from it with --resume --set train.nonfinite=skip); "
+            f"the weights of the last finished epoch are in {run_dir / 'last.safetensors'}. "
+            if ckpt_path.exists() else "No checkpoint had been written yet. "
+        )
+        raise TrainingError(
+            f"{first}Non-finite {kind} {where}: {what}. {kept}"
+            f"Lower train.lr, raise turbo.temperature, set train.grad_clip, or set train.nonfinite=skip."
+        )
+
+    while not st.done and st.epoch <= cfg.epochs:
+        epoch = st.epoch
+        start = time.perf_counter() - st.epoch_seconds
+        model.train()
+        if isinstance(sampler, EpochSampler):
+            sampler.set_epoch(epoch, st.batch * batch_size)
+        n_batches = st.batch + len(train_loader)
+        progress.start(f"{label}epoch {epoch}/{cfg.epochs}", total=n_batches)
+        for _ in range(st.batch):
+            progress.advance()
+        for batch in train_loader:
+            batch: LabelledBatch = batch.to(device)  # non_blocking copies from pinned memory
+            b = len(batch)
+            optimizer.zero_grad(set_to_none=True)
+            out = step.forward_backward(batch)
+            ok = bool(torch.isfinite(out.loss))
+            if not ok:
+                bad = [name for name, t in {"ce": out.ce, **out.terms}.items() if not torch.isfinite(t)]
+                nonfinite("loss", f"term(s) {', '.join(bad) or 'total'} = {float(out.loss.detach())}")
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                step.unscale(optimizer)
+                bad = _nonfinite_grads(model) if step.scaler is None else []  # fp16: the scaler skips overflowing steps itself
+                if bad:
+                    ok = False
+                    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                    nonfinite("gradient", f"parameter(s) {shown}")
+                    optimizer.zero_grad(set_to_none=True)
+            if ok:
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                step.optimizer_step(optimizer)
+                st.skipped_in_a_row = 0
+                st.n_items += b
+                scalars = {"loss": out.loss, "ce": out.ce, "contrastive": out.contrastive, **{f"term/{k}": v for k, v in out.terms.items()}}
+                for key, value in scalars.items():
+                    st.sums[key] = st.sums.get(key, 0.0) + float(value.detach()) * b
+            st.step += 1
+            st.batch += 1
+            progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}")
+            if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < n_batches:  # epoch ends write one anyway
+                st.epoch_seconds = time.perf_counter() - start
+                checkpoint()
+
+        train_stats = {k: v / max(st.n_items, 1) for k, v in st.sums.items()}
         if model.contrastive is not None:
             train_stats["temperature"] = float(model.contrastive.temperature)
         val = evaluate(model, val_loader, device)
         value = float(val[cfg.monitor])
-        improved = _improved(value, best_value, cfg.monitor)
+        improved = _improved(value, st.best_value, cfg.monitor)
         if improved:
-            best_value, best_epoch, bad_epochs = value, epoch, 0
-            save_weights(model, run_dir / "best.safetensors")
+            st.best_value, st.best_epoch, st.bad_epochs = value, epoch, 0
         else:
-            bad_epochs += 1
-        save_weights(model, run_dir / "last.safetensors")
+            st.bad_epochs += 1
         record = {
             "epoch": epoch,
-            "step": global_step,
+            "step": st.step,
             "train": {k: v for k, v in train_stats.items() if not k.startswith("term/")},
             "terms": {k.removeprefix("term/"): v for k, v in train_stats.items() if k.startswith("term/")},
             "val": val,
             "best": improved,
             "seconds": time.perf_counter() - start,
+            "nonfinite_skipped": st.epoch_skipped,
         }
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        st.stopped = cfg.patience is not None and st.bad_epochs >= cfg.patience
+        st.done = st.stopped or epoch >= cfg.epochs
+        st.epoch, st.batch, st.sums, st.n_items, st.epoch_seconds, st.epoch_skipped = epoch + 1, 0, {}, 0, 0.0, 0
+        st.pending = record
+        checkpoint()  # first the checkpoint, then the outputs it describes (a resume rewrites them)
+        st.pending = None
+        write_epoch_outputs(record)
+        ts = record["train"]
         progress.log(
-            f"{label}epoch {epoch}: loss {train_stats['loss']:.3f} ce {train_stats['ce']:.3f} "
-            f"contr {train_stats['contrastive']:.3f} | val wa {val['wa']:.3f} ua {val['ua']:.3f} "
+            f"{label}epoch {epoch}: loss {ts.get('loss', math.nan):.3f} ce {ts.get('ce', math.nan):.3f} "
+            f"contr {ts.get('contrastive', math.nan):.3f} | val wa {val['wa']:.3f} ua {val['ua']:.3f} "
             f"f1 {val['f1']:.3f}{' *' if improved else ''}"
+            + (f" | {record['nonfinite_skipped']} step(s) skipped" if record["nonfinite_skipped"] else "")
         )
-        if cfg.patience is not None and bad_epochs >= cfg.patience:
-            stopped = True
-            progress.log(f"{label}early stop: no better val {cfg.monitor} for {cfg.patience} epochs (best {best_value:.4f} at epoch {best_epoch})")
-            break
-    if best_epoch == 0:  # every monitored value was NaN: keep the last weights as "best"
-        save_weights(model, run_dir / "best.safetensors")
-        best_epoch = epoch
-    return FitResult(best_epoch=best_epoch, best_value=best_value, epochs_run=epoch, stopped_early=stopped)
+        if st.stopped:
+            progress.log(f"{label}early stop: no better val {cfg.monitor} for {cfg.patience} epochs (best {st.best_value:.4f} at epoch {st.best_epoch})")
+    epochs_run = st.epoch - 1
+    if st.best_epoch == 0:  # every monitored value was NaN: keep the last weights as "best"
+        if is_main:
+            save_weights(model, run_dir / "best.safetensors")
+        st.best_epoch = epochs_run
+    return FitResult(
+        best_epoch=st.best_epoch, best_value=st.best_value, epochs_run=epochs_run,
+        stopped_early=st.stopped, nonfinite_skipped=st.skipped_total,
+    )

@@ -39,6 +39,14 @@ def test_run_writes_a_complete_run_directory(tiny_config_path, tmp_path):
     for name in ("best.safetensors", "last.safetensors"):
         tensors = load_file(out / name)
         assert any(k.startswith("encoders.audio.") for k in tensors) and any(k.startswith("head.") for k in tensors)
+    # the analysis of the test split and the report come with every finished run
+    analysis = json.loads((out / "analysis" / "analysis.json").read_text())
+    assert set(analysis["alignment"]) == {"audio~text"} and set(analysis["uniformity"]) == {"audio", "text"}
+    assert analysis["n_items"] == info["split_sizes"]["test"]
+    for figure in ("confusion", "learning_curves", "embeddings", "align_uniform"):
+        assert (out / "analysis" / f"{figure}.png").stat().st_size > 0, figure
+    assert "analysis/confusion.png" in (out / "report.md").read_text()
+    assert "warning" not in res.output
 
 
 def test_a_finished_run_is_not_overwritten_silently(tiny_config_path, tmp_path):

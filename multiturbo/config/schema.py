@@ -87,6 +87,25 @@ class TrainConfig(StrictModel):
     grad_clip: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this value.")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1...")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    checkpoint_every: int | None = Field(
+        200, ge=1,
+        description="Write the resumable checkpoint every this many steps, besides every epoch end; None = at epoch ends only.",
+    )
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/inf loss or gradient: stop the run (naming the step and term), or skip that step (no update).",
+    )
+    nonfinite_max_skips: int = Field(
+        10, ge=1, description="With nonfinite=skip: stop after this many skipped steps in a row.",
+    )
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="Mixed precision: autocast encoders, projections and head to bf16 or fp16 (fp16 with a gradient scaler, CUDA only); the contrastive logits and losses stay float32.",
+    )
+    grad_cache_chunk: int | None = Field(
+        None, ge=1,
+        description="Gradient caching: encode the batch in chunks of this many items (no-grad pass, full-batch loss, then a second pass per chunk with the dropout masks replayed), so a contrastive batch larger than memory keeps every negative; None = off.",
+    )
+    pin_memory: bool | None = Field(None, description="Pin loader memory for faster host-to-GPU copies; None = when CUDA is available.")
+    prefetch_factor: int | None = Field(None, ge=1, description="Batches each loader worker prepares ahead (with num_workers > 0); None = PyTorch's default (2).")
 
 
 class ExperimentConfig(StrictModel):

@@ -89,6 +89,10 @@ def _hub_cache() -> str:
 
 def load(what: str, encoder: str, options: HFOptions, loader: Any, **kwargs: Any) -> Any:
     """``loader.from_pretrained(options.model, ...)`` with a ConfigError naming the model and the fix on failure."""
+    from .assets import is_config_only  # lazy: assets imports this module
+
+    if what == "weights" and is_config_only(options.model):  # a run directory's assets: best.safetensors holds the weights
+        return loader.from_config(kwargs["config"])
     name = options.model
     if _looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
         raise ConfigError(

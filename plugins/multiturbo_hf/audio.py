@@ -71,6 +71,7 @@ from multiturbo.audio import to_rate
 from multiturbo.encoder import Encoder
 from multiturbo.errors import ConfigError, DataError
 
+from . import assets
 from ._common import HFOptions, freeze, load, load_config, pool, warn_cut
 
 
@@ -134,6 +135,8 @@ class _AudioBase(Encoder):
 
 class HFAudio(_AudioBase):
     """wav2vec2 / HuBERT / WavLM: AutoFeatureExtractor + AutoModel + pooling over valid frames."""
+
+    export_assets = assets.export_assets  # config + preprocessor into the run directory (no weights)
 
     def __init__(self, options: HFAudioOptions):
         super().__init__(options)

@@ -31,6 +31,7 @@ from torch import Tensor
 from multiturbo.encoder import Encoder
 from multiturbo.errors import DataError
 
+from . import assets
 from ._common import HFOptions, freeze, load, load_config, pool, warn_cut
 
 
@@ -40,6 +41,8 @@ class HFTextOptions(HFOptions):
 
 class HFText(Encoder):
     """AutoTokenizer + AutoModel + pooling over valid tokens."""
+
+    export_assets = assets.export_assets  # config + preprocessor into the run directory (no weights)
 
     Options = HFTextOptions
 

@@ -1,0 +1,142 @@
+"""torch.distributed support: rank bookkeeping, gathering views with gradient, the "local loss".
+
+Launch with plain ``torchrun``; nothing here is home-made transport. Contrastive negatives span
+the global batch: every rank all-gathers the views of all ranks WITH gradient
+(``torch.distributed.nn.functional.all_gather``) and computes its own rows against all columns,
+with positives at column ``rank * B + i`` (open_clip's "local loss"). DistributedDataParallel
+averages the parameter gradients over ranks, and the all-gather's backward sums the column
+gradients of every rank back to their owner, so the step equals one process on the concatenated
+batch (tests/test_distributed.py checks loss and gradients with 2 gloo processes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import MultiturboError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place: ``rank`` in ``range(size)``; ``local_rank`` picks the GPU on its node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes outputs (run directory, checkpoints, reports)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def current_world() -> World:
+    """The world of the initialised default process group, or a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return World()
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or another launcher) set WORLD_SIZE > 1 in the environment."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device_type: str) -> World:
+    """Initialise the default process group from torchrun's environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT): NCCL for CUDA, gloo for CPU. A no-op for a single process."""
+    if not launched_by_torchrun():
+        return World()
+    if not dist.is_available():
+        raise MultiturboError("WORLD_SIZE > 1 but this torch build has no torch.distributed. Launch a single process, or install a torch build with distributed support.")
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise MultiturboError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch multi-process runs with torchrun "
+                                  "(e.g. torchrun --nproc-per-node 2 -m multiturbo run CONFIG), which sets them.")
+        dist.init_process_group(backend=backend)
+    world = current_world()
+    if device_type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    return world
+
+
+def gather_with_grad(x: Tensor, dim: int = 0) -> Tensor:
+    """All ranks' ``x`` concatenated along ``dim`` (rank order), differentiable: [.., B, ..] -> [.., W*B, ..].
+
+    Every rank must pass the same shape (equal per-rank batches: use drop_last in the sampler)."""
+    world = current_world()
+    if not world.distributed:
+        return x
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world.size)]
+    dist.all_gather(sizes, torch.tensor([x.shape[dim]], device=x.device))
+    if len({int(s) for s in sizes}) > 1:
+        raise MultiturboError(f"Ranks hold different batch sizes {[int(s) for s in sizes]} for the gathered contrastive loss. "
+                              "Use drop_last=True for the training sampler and loader so every rank has the same batch size.")
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=dim)
+
+
+def gathered_turbo_loss(
+    views: Mapping[str, Tensor],
+    pairs: Sequence[tuple[int, int]],
+    tau: Tensor | float,
+    *,
+    symmetric: bool = True,
+) -> Tensor:
+    """Per-pair InfoNCE of this rank's rows against every rank's columns: [P] (local means).
+
+    views: modality -> [K, B, d] local views (not normalised); pairs: (i, j) indices into the
+    (modality, pass)-ordered list of V = M*K views, in the order of :func:`multiturbo.loss.pair_names`.
+    Term (i, j): x = view i, y = view j; x->y is mean over local rows a of
+    CE(x_a . Y_all / tau, rank*B + a); y->x likewise; symmetric averages the two. With one process
+    this equals :func:`multiturbo.loss.turbo_loss`'s per-pair values. Float32 at least.
+    """
+    z = torch.cat(list(views.values()))  # [V, B, d]
+    z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
+    zg = gather_with_grad(z, dim=1)  # [V, W*B, d]
+    B = z.shape[1]
+    target = torch.arange(B, device=z.device) + current_world().rank * B  # [B] positives' global columns
+    inv_tau = 1.0 / tau
+    losses = []
+    for i, j in pairs:
+        loss = F.cross_entropy(z[i] @ zg[j].T * inv_tau, target)  # x->y: [B, W*B]
+        if symmetric:
+            loss = 0.5 * (loss + F.cross_entropy(z[j] @ zg[i].T * inv_tau, target))  # y->x
+        losses.append(loss)
+    return torch.stack(losses)
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """Every rank's rows of ``x`` [n_r, ...] concatenated in rank order: [sum n_r, ...] (no gradient;
+    ranks may hold different n_r, e.g. the shards of a validation split). ``x`` itself for one process."""
+    world = current_world()
+    if not world.distributed:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world.size)]
+    dist.all_gather(sizes, n)
+    longest = int(max(int(s) for s in sizes))
+    padded = x.new_zeros((longest, *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+
+def barrier() -> None:
+    if current_world().distributed:
+        dist.barrier()

@@ -1,0 +1,126 @@
+"""Gathered negatives across processes: 2 gloo ranks under torchrun equal one process on the whole batch."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from multiturbo.distributed import World, current_world, gather_with_grad, gathered_turbo_loss
+from multiturbo.loss import turbo_loss
+
+WORKER = Path(__file__).parent / "distributed" / "gather_worker.py"
+PAIRS = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]  # audio1 audio2 text1 text2: pair_names order
+B = 8
+
+
+def _global_views():
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from gather_worker import global_views
+    finally:
+        sys.path.pop(0)
+    return global_views(B)
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 ARGS`` on the CPU (gloo)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MULTITURBO_NO_EXTERNAL_PLUGINS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _gathered_ranks(tmp_path: Path, symmetric: bool) -> list[dict[str, torch.Tensor]]:
+    _torchrun(str(WORKER), str(tmp_path), str(B), "symmetric" if symmetric else "one-way")
+    return [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_two_gloo_ranks_equal_one_process_on_the_concatenated_batch(tmp_path, symmetric):
+    ranks = _gathered_ranks(tmp_path, symmetric)
+    views = {m: v.clone().requires_grad_() for m, v in _global_views().items()}
+    out = turbo_loss(views, temperature=0.1, symmetric=symmetric)
+    out.total.backward()
+    reference = torch.stack(list(out.terms.values()))
+    # each rank's local loss is the mean over its rows; their mean over ranks is the global mean
+    assert torch.allclose((ranks[0]["per_pair"] + ranks[1]["per_pair"]) / 2, reference, atol=1e-10, rtol=0)
+    for m, v in views.items():
+        gathered_grad = torch.cat([ranks[0][f"grad/{m}"], ranks[1][f"grad/{m}"]], dim=1)
+        assert torch.allclose(gathered_grad, v.grad, atol=1e-10, rtol=0), m
+    # the local losses themselves differ between ranks (different rows): the check above is not vacuous
+    assert not torch.allclose(ranks[0]["per_pair"], ranks[1]["per_pair"])
+
+
+def test_single_process_gathered_loss_equals_turbo_loss():
+    views = {m: v.clone().requires_grad_() for m, v in _global_views().items()}
+    local = gathered_turbo_loss(views, PAIRS, 0.1)
+    reference = torch.stack(list(turbo_loss(views, temperature=0.1).terms.values()))
+    assert torch.allclose(local.detach(), reference, atol=1e-12)
+
+
+def test_without_a_process_group_the_world_is_one_process():
+    assert current_world() == World(rank=0, size=1, local_rank=0)
+    x = torch.randn(3, 4)
+    assert gather_with_grad(x) is x
+
+
+def _no_dropout(raw: dict) -> dict:
+    raw = copy.deepcopy(raw)
+    raw["model"]["dropout"] = 0.0
+    raw["modalities"]["audio"]["options"]["dropout"] = 0.0
+    raw["modalities"]["text"]["options"]["dropout"] = 0.0
+    return raw
+
+
+def test_ddp_training_step_equals_one_process_on_the_whole_batch(tmp_path, tiny_raw):
+    """The real path: TurboModel under DistributedDataParallel, the gathered Turbo loss inside."""
+    raw = _no_dropout(tiny_raw)
+    _torchrun(str(WORKER.parent / "ddp_worker.py"), json.dumps(raw), str(tmp_path))
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from ddp_worker import fixed_batch
+    finally:
+        sys.path.pop(0)
+    model, batch = fixed_batch(raw)
+    out = model.train().step(batch.inputs, batch.labels)
+    out.loss.backward()
+    # the mean of the ranks' losses is the loss of the whole batch; DDP's averaged gradients are its gradients
+    assert torch.allclose((ranks[0]["loss"] + ranks[1]["loss"]) / 2, out.loss.detach().reshape(1), rtol=1e-5, atol=1e-6)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert {k.removeprefix("grad/") for k in ranks[0] if k.startswith("grad/")} == set(grads)
+    for name, g in grads.items():
+        torch.testing.assert_close(ranks[0][f"grad/{name}"], g, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # the ranks saw different items
+
+
+def test_torchrun_multiturbo_run_writes_one_complete_run_directory(tmp_path, tiny_raw):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_raw))
+    out = tmp_path / "run"
+    _torchrun("-m", "multiturbo", "run", str(config), "--out", str(out), "--quiet")
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["processes"] == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]  # written once (rank 0), not once per process
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(map(sum, metrics["confusion"])) == info["split_sizes"]["test"]  # every test item, over both shards
+    assert (out / "report.md").is_file() and not (out / "checkpoint.safetensors").exists()
