@@ -36,7 +36,7 @@ from .data import Collator, LabelledBatch, make_loader
 from .errors import MultiturboError
 from .loss import pair_names
 from .model import TurboModel, repeat_batch
-from .train import make_optimizer
+from .train import StepRunner, nonfinite_grad_names, make_optimizer
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,6 +71,8 @@ class BenchReport:
     steps: int
     methods: list[MethodBench] = field(default_factory=list)
     memory_note: str = ""
+    loader_items_per_s: float = float("nan")  # reading + collating the training data alone (train.num_workers workers)
+    num_workers: int = 0
 
     def by_method(self) -> dict[str, MethodBench]:
         return {m.method: m for m in self.methods}
@@ -84,10 +86,13 @@ class BenchReport:
         if "turbo" in b:
             out["turbo_loss_share"] = b["turbo"].loss_share
             out["turbo_over_handwritten"] = b["turbo"].vs_handwritten
+        fastest = max((m.items_per_s for m in self.methods), default=float("nan"))
+        out["loader_over_fastest_step"] = self.loader_items_per_s / fastest  # >= 1: the loader keeps up
         return out
 
     def to_dict(self) -> dict:
         return {"device": self.device, "amp": self.amp, "steps": self.steps, "memory_note": self.memory_note,
+                "loader_items_per_s": self.loader_items_per_s, "num_workers": self.num_workers,
                 "methods": [{**asdict(m), "loss_share": m.loss_share, "vs_handwritten": m.vs_handwritten} for m in self.methods],
                 "ratios": self.ratios()}
 
@@ -125,12 +130,17 @@ def handwritten_step(model: TurboModel, optimizer: torch.optim.Optimizer, inputs
     optimizer.step()
 
 
-def _multiturbo_step(model: TurboModel, optimizer, inputs, labels, autocast) -> None:
-    with autocast():
-        out = model.step(inputs, labels)
+def _multiturbo_step(runner: StepRunner, model: TurboModel, optimizer, batch: LabelledBatch) -> None:
+    """What :func:`multiturbo.train.fit` does per batch: forward + backward (StepRunner: amp, grad
+    cache), the non-finite loss and gradient checks, the optimizer step."""
     optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    optimizer.step()
+    out = runner.forward_backward(batch)
+    if not bool(torch.isfinite(out.loss)):
+        raise MultiturboError("The benchmark's training step produced a non-finite loss; lower train.lr or check the config.")
+    runner.unscale(optimizer)
+    if runner.scaler is None and nonfinite_grad_names(model):
+        raise MultiturboError("The benchmark's training step produced non-finite gradients; lower train.lr or check the config.")
+    runner.optimizer_step(optimizer)
 
 
 def _loss_only(model: TurboModel, shape: tuple[int, int, int], device: torch.device) -> Callable[[], None]:
@@ -182,8 +192,11 @@ def _autocast(device: torch.device, amp: str):
 
 
 def bench_methods(configs: Mapping[str, ExperimentConfig], *, steps: int = 10, warmup: int = 2, device: str | torch.device = "cpu",
-                  amp: str = "off", memory: bool = True, progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Time every method's step, its hand-written twin and its loss, interleaved; median over ``steps``."""
+                  amp: str | None = None, memory: bool = True, progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Time every method's step, its hand-written twin and its loss, interleaved; median over ``steps``.
+    ``amp``: off / bf16 / fp16, default the config's ``train.amp``."""
+    if amp is None:
+        amp = next(iter(configs.values())).train.amp
     if amp not in AMP_DTYPES:
         raise MultiturboError(f"--amp {amp!r} is not known; use one of {', '.join(AMP_DTYPES)}.")
     device = torch.device(device)
@@ -201,7 +214,8 @@ def bench_methods(configs: Mapping[str, ExperimentConfig], *, steps: int = 10, w
         say(f"building {method}")
         model, twin, batches = _setup(cfg, warmup + steps, device)
         t = cfg.turbo
-        state[method] = dict(cfg=cfg, model=model, twin=twin, batches=batches, opt=make_optimizer(model, cfg.train),
+        runner = StepRunner(model, cfg.train.model_copy(update={"amp": amp}), device)
+        state[method] = dict(cfg=cfg, model=model, twin=twin, batches=batches, opt=make_optimizer(model, cfg.train), runner=runner,
                              twin_opt=make_optimizer(twin, cfg.train), times={"step": [], "hand": [], "loss": []}, peak=0)
         if model.contrastive is not None:
             state[method]["loss"] = _loss_only(model, (model.passes, cfg.train.batch_size, cfg.model.dim), device)
@@ -213,7 +227,7 @@ def bench_methods(configs: Mapping[str, ExperimentConfig], *, steps: int = 10, w
             batch = s["batches"][r]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            step_ms = timed(lambda: _multiturbo_step(s["model"], s["opt"], batch.inputs, batch.labels, autocast))
+            step_ms = timed(lambda: _multiturbo_step(s["runner"], s["model"], s["opt"], batch))
             if device.type == "cuda":
                 s["peak"] = max(s["peak"], torch.cuda.max_memory_allocated(device))
             hand_ms = timed(lambda: handwritten_step(s["twin"], s["twin_opt"], batch.inputs, batch.labels, *s["hand_args"], autocast))
@@ -222,7 +236,10 @@ def bench_methods(configs: Mapping[str, ExperimentConfig], *, steps: int = 10, w
                 s["times"]["step"].append(step_ms)
                 s["times"]["hand"].append(hand_ms)
                 s["times"]["loss"].append(loss_ms)
-    report = BenchReport(device=str(device), amp=amp, steps=steps)
+    first = next(iter(configs.values()))
+    say("timing the data loader alone")
+    report = BenchReport(device=str(device), amp=amp, steps=steps, num_workers=first.train.num_workers,
+                         loader_items_per_s=loader_throughput(first, warmup + steps))
     for method, s in state.items():
         cfg, model, times = s["cfg"], s["model"], s["times"]
         step_ms = statistics.median(times["step"])
@@ -244,6 +261,27 @@ def bench_methods(configs: Mapping[str, ExperimentConfig], *, steps: int = 10, w
     return report
 
 
+def loader_throughput(cfg: ExperimentConfig, batches: int) -> float:
+    """Items/s of reading and collating ``batches`` training batches of ``cfg`` (no model), with
+    ``train.num_workers`` workers, after one warm-up batch (worker start-up is not counted)."""
+    exp = build_experiment(cfg)
+    t = cfg.train
+    loader = make_loader(exp.splits.train, Collator(exp.model.encoders, num_classes=len(exp.dataset.classes)),
+                         batch_size=t.batch_size, shuffle=True, seed=cfg.seed, num_workers=t.num_workers,
+                         pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor)
+    n, start, seen = 0, None, 0
+    while seen <= batches:
+        for batch in loader:
+            if start is None:
+                start = time.perf_counter()  # after the first batch
+            else:
+                n += len(batch)
+            seen += 1
+            if seen > batches:
+                break
+    return n / (time.perf_counter() - start) if n else float("nan")
+
+
 def _rss_worker(cfg: ExperimentConfig, steps: int, queue) -> None:
     try:
         torch.set_num_threads(1)
@@ -251,8 +289,9 @@ def _rss_worker(cfg: ExperimentConfig, steps: int, queue) -> None:
         del _
         opt = make_optimizer(model, cfg.train)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        runner = StepRunner(model, cfg.train, torch.device("cpu"))
         for batch in batches:
-            _multiturbo_step(model, opt, batch.inputs, batch.labels, contextlib.nullcontext)
+            _multiturbo_step(runner, model, opt, batch)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
         queue.put((peak - base) * scale / 2**20)

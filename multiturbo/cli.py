@@ -1,4 +1,4 @@
-"""The ``multiturbo`` command line: run, compare, plugins, schema, config."""
+"""The ``multiturbo`` command line: run, compare, cv, analyze, predict, evaluate, embed, bench, plugins, schema, config."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def cv(config: Path, out: Path | None, overrides: tuple[str, ...], folds: str | 
 @cli.command()
 def plugins() -> None:
     """List every registered encoder, data set and head, with the plugin that provides it."""
-    from .plugins import get_registries, plugin_source
+    from .plugins import blocked_plugins, broken_plugins, get_registries, plugin_source
 
     regs = get_registries()
     table = Table(title="multiturbo plugins")
@@ -156,6 +156,10 @@ def plugins() -> None:
             doc = (entry.cls.__doc__ or "").strip().splitlines()
             table.add_row(kind, entry.name, entry.plugin, plugin_source(entry.plugin), doc[0] if doc else "")
     out_console.print(table)
+    for name, problem in broken_plugins().items():
+        out_console.print(f"skipped (broken): {name}: {problem}", markup=False, highlight=False, soft_wrap=True)
+    for name in blocked_plugins():
+        out_console.print(f"skipped (MULTITURBO_BLOCK_PLUGINS): {name}", markup=False, highlight=False)
 
 
 @cli.command()
@@ -335,6 +339,52 @@ def embed(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path
     files = write_embeddings(output, run.loaded, out)
     dims = ", ".join(f"{m} [{v.shape[0]}, {v.shape[1]}]" for m, v in out.views.items())
     out_console.print(f"embeddings {dims} written to {', '.join(map(str, files))}", markup=False, highlight=False, soft_wrap=True)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@set_option
+@click.option("--methods", default="vanilla,cross,turbo", show_default=True, help="Comma-separated methods to time side by side.")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1), help="Timed steps per method (the median is reported).")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed steps first.")
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default=None, help="Mixed precision (default: the config's train.amp).")
+@click.option("--device", default=None, help="Device (default: the config's train.device).")
+@click.option("--no-memory", is_flag=True, help="On the CPU, skip the peak-memory subprocesses.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the figures as JSON.")
+@quiet_option
+def bench(config: Path, overrides: tuple[str, ...], methods: str, steps: int, warmup: int, amp: str | None, device: str | None,
+          no_memory: bool, json_path: Path | None, quiet: bool) -> None:
+    """Time a training step of each method of CONFIG: items/s, peak memory, the loss's share of
+    the step, and a hand-written PyTorch loop doing the same computation (docs/scaling.md)."""
+    from .bench import COLUMNS, bench_methods, format_rows
+    from .checkpoint import write_json
+    from .compare import method_configs
+    from .run import resolve_device
+
+    configs = method_configs(config, overrides, [m.strip() for m in methods.split(",") if m.strip()])
+    first = next(iter(configs.values()))
+    dev = resolve_device(device or first.train.device)
+    say = None if quiet else (lambda line: err_console.print(line, markup=False, highlight=False))
+    report = bench_methods(configs, steps=steps, warmup=warmup, device=dev, amp=amp, memory=not no_memory, progress=say)
+    table = Table(title=f"{first.name}: training step on {report.device} (amp {report.amp}, median of {steps})",
+                  caption=report.memory_note or None)
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c == "method" else "right")
+    for row in format_rows(report):
+        table.add_row(*row)
+    out_console.print(table)
+    ratios = report.ratios()
+    targets = {"turbo_over_vanilla": ("turbo step / vanilla step", 2.1), "turbo_loss_share": ("loss share of a turbo step", 0.03),
+               "turbo_over_handwritten": ("turbo step / hand-written loop", 1.05)}
+    for key, (text, target) in targets.items():
+        if key in ratios:
+            value = ratios[key]
+            verdict = "ok" if value <= target else "ABOVE target"
+            out_console.print(f"{text}: {value:.3f} (target <= {target}: {verdict})", markup=False, highlight=False)
+    out_console.print(f"data loader alone: {report.loader_items_per_s:.1f} items/s with {report.num_workers} worker(s) "
+                      f"= {ratios['loader_over_fastest_step']:.2f}x the fastest step's items/s (>= 1: it keeps up)", markup=False, highlight=False)
+    if json_path is not None:
+        write_json(json_path, report.to_dict())
 
 
 def main() -> None:

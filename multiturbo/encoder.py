@@ -36,6 +36,11 @@ class Encoder(nn.Module):
 
     Options: ClassVar[type[EncoderOptions]] = EncoderOptions
     output_dim: int
+    #: Audio encoders: the sample rate (Hz) their ``collate`` resamples a
+    #: :class:`multiturbo.audio.Waveform` to (with :func:`multiturbo.audio.to_rate`); None for
+    #: encoders of other inputs. ``train.audio_cache`` uses it to store each item's audio already
+    #: at this rate (multiturbo.audio_cache); an audio encoder that leaves it None is not cached.
+    input_sample_rate: int | None = None
 
     def __init__(self, options: EncoderOptions):
         super().__init__()

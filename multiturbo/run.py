@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from . import __version__
+from .audio_cache import cache_splits
 from .build import build_experiment
 from .checkpoint import load_weights, read_checkpoint_loop_state, write_json
 from .config import ExperimentConfig, config_to_yaml
@@ -46,7 +47,8 @@ RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "metrics.json", "best.s
              "report.md", "assets.json")
 RUN_DIRS = ("analysis", "tensorboard", "assets")  # written by a run; --overwrite removes them with the files
 # Config keys that may differ between a run and its resumption (they do not change what is computed).
-RESUME_MAY_CHANGE = ("train.device", "train.num_workers", "train.checkpoint_every", "train.nonfinite", "train.nonfinite_max_skips")
+RESUME_MAY_CHANGE = ("train.device", "train.num_workers", "train.checkpoint_every", "train.nonfinite", "train.nonfinite_max_skips",
+                     "train.audio_cache", "train.audio_cache_dir")
 
 
 def seed_everything(seed: int) -> None:
@@ -211,13 +213,14 @@ def run_experiment(
     t = cfg.train
     shard = (world.rank, world.size)
     loader_options = dict(num_workers=t.num_workers, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor, shard=shard)
+    splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
     train_loader = make_loader(
-        exp.splits.train, collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
+        splits.train, collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
         drop_singleton=model.contrastive is not None, **loader_options,
     )
     eval_bs = t.eval_batch_size or t.batch_size
-    val_loader = make_loader(exp.splits.val, collator, batch_size=eval_bs, shuffle=False, **loader_options)
-    test_loader = make_loader(exp.splits.test, collator, batch_size=eval_bs, shuffle=False, **loader_options)
+    val_loader = make_loader(splits.val, collator, batch_size=eval_bs, shuffle=False, **loader_options)
+    test_loader = make_loader(splits.test, collator, batch_size=eval_bs, shuffle=False, **loader_options)
 
     start = time.perf_counter()
     try:
@@ -239,7 +242,7 @@ def run_experiment(
         save_info()
         (out / CHECKPOINT_NAME).unlink(missing_ok=True)  # the run is finished: nothing left to resume
         analysis_loader = test_loader if not world.distributed else make_loader(
-            exp.splits.test, collator, batch_size=eval_bs, shuffle=False, num_workers=t.num_workers)
+            splits.test, collator, batch_size=eval_bs, shuffle=False, num_workers=t.num_workers)
         write_outputs(out, model, analysis_loader, device, exp.dataset.classes, cfg.method, progress)
     barrier()
     return metrics

@@ -142,6 +142,9 @@ class StepRunner:
 
     def _cached(self, batch: LabelledBatch, chunk: int) -> StepOutput:
         model, present = self.model, TurboModel.presence(batch.inputs)
+        if present is not None:
+            raise MultiturboError("train.grad_cache_chunk does not support items with missing modalities yet (a chunk of a "
+                                  "modality's batch holds only its present items). Turn gradient caching off, or give every item every modality.")
         result: dict[str, StepOutput] = {}
 
         def encode(inputs):
@@ -178,7 +181,7 @@ def _improved(value: float, best: float, monitor: str) -> bool:
     return value > best if HIGHER_IS_BETTER[monitor] else value < best
 
 
-def _nonfinite_grads(model: torch.nn.Module) -> list[str]:
+def nonfinite_grad_names(model: torch.nn.Module) -> list[str]:
     """Names of the parameters whose gradient holds a NaN or inf (one device sync when all are finite)."""
     named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     if not named:
@@ -314,7 +317,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
             else:
                 step.unscale(optimizer)
-                bad = _nonfinite_grads(model) if step.scaler is None else []  # fp16: the scaler skips overflowing steps itself
+                bad = nonfinite_grad_names(model) if step.scaler is None else []  # fp16: the scaler skips overflowing steps itself
                 if bad:
                     ok = False
                     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")

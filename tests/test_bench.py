@@ -42,7 +42,8 @@ def test_bench_reports_every_method_and_the_ratios(tiny_raw):
     assert by["turbo"].items_per_s == pytest.approx(8 / by["turbo"].step_ms * 1e3)
     ratios = report.ratios()
     assert ratios["turbo_over_vanilla"] == pytest.approx(by["turbo"].step_ms / by["vanilla"].step_ms)
-    assert set(report.to_dict()["ratios"]) == {"turbo_over_vanilla", "turbo_loss_share", "turbo_over_handwritten"}
+    assert set(report.to_dict()["ratios"]) == {"turbo_over_vanilla", "turbo_loss_share", "turbo_over_handwritten", "loader_over_fastest_step"}
+    assert report.loader_items_per_s > 0
 
 
 def test_bench_refuses_what_the_handwritten_loop_does_not_compute(tiny_raw):
@@ -54,3 +55,27 @@ def test_bench_refuses_what_the_handwritten_loop_does_not_compute(tiny_raw):
 def test_fp16_on_cpu_is_refused(tiny_raw):
     with pytest.raises(MultiturboError, match="fp16"):
         bench_methods({"turbo": _config(tiny_raw, "turbo")}, steps=1, amp="fp16")
+
+
+def test_cli_bench_prints_the_table_and_the_targets_and_writes_json(tiny_config_path, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from multiturbo.cli import cli
+
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(cli, ["bench", str(tiny_config_path), "--methods", "vanilla,turbo", "--steps", "1", "--warmup", "0",
+                                   "--no-memory", "--json", str(out), "-q"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "turbo step / vanilla step" in res.output and "loss share of a turbo step" in res.output and "data loader alone" in res.output
+    data = json.loads(out.read_text())
+    assert [m["method"] for m in data["methods"]] == ["vanilla", "turbo"] and data["loader_items_per_s"] > 0
+    assert data["ratios"]["turbo_over_vanilla"] == pytest.approx(data["methods"][1]["step_ms"] / data["methods"][0]["step_ms"])
+
+
+def test_cpu_peak_memory_is_measured_in_a_fresh_process(tiny_raw):
+    from multiturbo.bench import cpu_step_peak_mb
+
+    peak = cpu_step_peak_mb(_config(tiny_raw, "turbo"), steps=1)
+    assert isinstance(peak, float) and 0.0 <= peak < 4096  # MiB of RSS growth over one tiny step

@@ -106,6 +106,14 @@ class TrainConfig(StrictModel):
     )
     pin_memory: bool | None = Field(None, description="Pin loader memory for faster host-to-GPU copies; None = when CUDA is available.")
     prefetch_factor: int | None = Field(None, ge=1, description="Batches each loader worker prepares ahead (with num_workers > 0); None = PyTorch's default (2).")
+    audio_cache: Literal["off", "memory", "disk"] = Field(
+        "off",
+        description="Cache each item's decoded audio, resampled to its encoder's rate, so later epochs read no audio file and run no resampler: off, memory (per process; each DataLoader worker keeps its own copy) or disk (float32 files under audio_cache_dir, shared by workers, runs and folds). The results are bit-identical to off.",
+    )
+    audio_cache_dir: str | None = Field(
+        None, min_length=1,
+        description="Directory of the disk audio cache; None = $XDG_CACHE_HOME/multiturbo/audio (~/.cache/multiturbo/audio). Used with audio_cache=disk.",
+    )
 
 
 class ExperimentConfig(StrictModel):

@@ -94,6 +94,7 @@ class LogMelCNN(Encoder):
         super().__init__(options)
         o = options
         self.output_dim = o.output_dim
+        self.input_sample_rate = o.sample_rate  # Waveforms are resampled to it (train.audio_cache stores them so)
         self.max_samples = max(1, int(round(o.max_seconds * o.sample_rate)))
         self.register_buffer("window", torch.hann_window(o.n_fft), persistent=False)
         self.register_buffer("mel", mel_filterbank(o.n_fft // 2 + 1, o.n_mels, o.sample_rate), persistent=False)

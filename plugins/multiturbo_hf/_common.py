@@ -36,6 +36,16 @@ class HFOptions(EncoderOptions):
     freeze: Literal["none", "feature_encoder", "all"] = Field("none", description="'feature_encoder': freeze the convolutional front end (audio); 'all': freeze every weight (dropout stays on).")
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="Set the model's hidden and attention dropout to this value (paper: 0.2); None keeps the model's own.")
     local_files_only: bool = Field(False, description="Never contact the hub (set HF_HUB_OFFLINE=1 as well for a fully offline run).")
+    gradient_checkpointing: bool = Field(False, description="Recompute the transformer layers' activations in the backward instead of storing them (less memory, about one more forward of time); dropout masks are replayed, so Turbo's views are unchanged.")
+
+
+def enable_gradient_checkpointing(model: Any, options: HFOptions, encoder: str) -> None:
+    """Turn on transformers' gradient checkpointing when ``options.gradient_checkpointing``."""
+    if not options.gradient_checkpointing:
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError([f"gradient_checkpointing: the {encoder} model {type(model).__name__} does not support gradient checkpointing; set it to false."])
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def last_valid(x: Tensor, mask: Tensor) -> Tensor:

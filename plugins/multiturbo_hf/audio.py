@@ -72,7 +72,7 @@ from multiturbo.encoder import Encoder
 from multiturbo.errors import ConfigError, DataError
 
 from . import assets
-from ._common import HFOptions, freeze, load, load_config, pool, warn_cut
+from ._common import HFOptions, enable_gradient_checkpointing, freeze, load, load_config, pool, warn_cut
 
 
 class HFAudioOptions(HFOptions):
@@ -113,6 +113,11 @@ class _AudioBase(Encoder):
         if options.pooling == "cls":
             raise ConfigError(["pooling: 'cls' is not defined for audio models (they have no class token); use 'mean' or 'last'."])
         self.cut_items = 0  # items cut to max_seconds, over this encoder's lifetime
+
+    @property
+    def input_sample_rate(self) -> int:
+        """The feature extractor's rate, which Waveforms are resampled to (see Encoder.input_sample_rate)."""
+        return self.rate
 
     def _cut(self, raw: Sequence[Any], rate: int, min_samples: int = 1) -> list[np.ndarray]:
         if len(raw) == 0:
@@ -166,6 +171,7 @@ class HFAudio(_AudioBase):
         self.min_samples = hi
         fe = getattr(self.model, "feature_extractor", None)
         freeze(self.model, options.freeze, "hf_audio", [fe] if fe is not None else None)
+        enable_gradient_checkpointing(self.model, options, "hf_audio")
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B waveforms -> {"input_values": [B, T] float, "attention_mask": [B, T] long}."""
@@ -247,6 +253,7 @@ class HFWhisper(_AudioBase):
         self.max_frames = 2 * self.model.embed_positions.num_embeddings
         self.output_dim = int(config.d_model)
         freeze(self.model, options.freeze, "hf_whisper", [self.model.conv1, self.model.conv2])
+        enable_gradient_checkpointing(self.model, options, "hf_whisper")
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B waveforms -> {"input_features": [B, n_mels, F] log-mel, "frame_mask": [B, F] long}, F even."""

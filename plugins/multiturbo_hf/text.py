@@ -32,7 +32,7 @@ from multiturbo.encoder import Encoder
 from multiturbo.errors import DataError
 
 from . import assets
-from ._common import HFOptions, freeze, load, load_config, pool, warn_cut
+from ._common import HFOptions, enable_gradient_checkpointing, freeze, load, load_config, pool, warn_cut
 
 
 class HFTextOptions(HFOptions):
@@ -72,6 +72,7 @@ class HFText(Encoder):
         self.cut_items = 0  # texts cut to max_length tokens, over this encoder's lifetime
         self.output_dim = int(config.hidden_size)
         freeze(self.model, options.freeze, "hf_text", None)
+        enable_gradient_checkpointing(self.model, options, "hf_text")
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B strings -> tokenizer output, each [B, L] (L = longest item, at most max_tokens)."""
