@@ -33,11 +33,11 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
+    from multiturbo_iemocap import IemocapDataset, IemocapOptions, write_mini_iemocap
 
     from multiturbo.audio_cache import CachedAudioSplit
     from multiturbo.data import Collator, make_loader
     from multiturbo.plugins import get_registries
-    from multiturbo_iemocap import IemocapDataset, IemocapOptions, write_mini_iemocap
 
     torch.set_num_threads(1)
     reg = get_registries().encoders

@@ -20,9 +20,9 @@ as they are: there is nothing to decode or resample.
 ``disk``
     One file per item, ``<dir>/<k[:2]>/<k>.f32``: a magic line, the length of a JSON header
     (8 bytes), the header (rates and sample counts, the other inputs, a CRC-32 of the samples),
-    then the float32 samples at the encoder rates; reading it is one read and no copy (a .npz
-    took twice as long to open as the item took to decode). It is written to a temporary file
-    and moved into place with
+    then the float32 samples at the encoder rates. Reading an entry is one read into a buffer
+    the arrays view (a .npz took 0.75 ms per 3 s item, this 0.43 ms, decoding the 44.1 kHz wav
+    1.1 ms before resampling). It is written to a temporary file and moved into place with
     ``os.replace``, so concurrent workers and processes (torchrun ranks, runs in parallel) never
     see half a file. The key ``k`` is a SHA-256 of: the format version, the soxr and libsndfile
     versions, the split's load function (with its arguments) and the item's record, in which every
@@ -41,7 +41,7 @@ as they are: there is nothing to decode or resample.
     only, and a hit loads the item (decoding its audio again) and skips the resampling only.
     Disk mode needs a LazySplit whose records can be keyed (dataclasses, dicts, lists, paths,
     strings, numbers); any other split (a list of samples already in memory, records of other
-    types) gets the memory cache instead, with a warning when it is lazy.
+    types) gets the memory cache instead, with a warning when it is a LazySplit.
 """
 
 from __future__ import annotations
@@ -174,25 +174,23 @@ class CachedAudioSplit(Sequence[Sample]):
         self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
         self._memory: dict[int, Sample] = {}
         self._records: dict[int, tuple[str | None, list[Path]]] = {}  # disk: item -> (record JSON, its paths)
-        self._write_failed = False
+        self._write_failed = self._warned_unkeyable = False
         self.stats = {"hits": 0, "partial_hits": 0, "misses": 0, "recomputed": 0}
         self._prefix: str | None = None
-        if mode == "disk":
-            if isinstance(split, LazySplit):
-                try:
-                    self._prefix = json.dumps([FORMAT_VERSION, _library_versions(), _canon(split._load), sorted(self.rates.items())])
-                except _Unkeyable as exc:
-                    warnings.warn(f"train.audio_cache=disk: the split's load function cannot be keyed ({exc}); using the memory cache for it.", stacklevel=2)
-            # a split already in memory has nothing to decode: the memory cache skips the resampling
+        if mode == "disk" and isinstance(split, LazySplit):  # a split in memory has nothing to decode: memory cache
+            try:
+                self._prefix = json.dumps([FORMAT_VERSION, _library_versions(), _canon(split._load), sorted(self.rates.items())])
+            except _Unkeyable as exc:
+                warnings.warn(f"train.audio_cache=disk: the split's load function cannot be keyed ({exc}); using the memory cache for it.", stacklevel=2)
 
     # passthroughs that loaders and samplers may use
     @property
     def labels(self):
-        return getattr(self.split, "labels")
+        return self.split.labels
 
     @property
     def meta(self):
-        return getattr(self.split, "meta")
+        return self.split.meta
 
     def __len__(self) -> int:
         return len(self.split)
@@ -251,25 +249,39 @@ class CachedAudioSplit(Sequence[Sample]):
     def _disk_item(self, i: int) -> Sample:
         key = self._key(i)
         if key is None:  # this record cannot be keyed: per-process memory instead
+            if not self._warned_unkeyable:
+                self._warned_unkeyable = True
+                warnings.warn("train.audio_cache=disk: some records of this split cannot be keyed (types other than dataclasses, "
+                              "dicts, lists, paths, strings, numbers); they use the memory cache.", stacklevel=3)
             sample = self._memory.get(i)
             if sample is None:
                 sample = self._memory[i] = self._convert(self.split[i])
             return sample
         path = self._path(key)
-        if path.is_file():
-            try:
-                sample = self._read(path, i)
-            except Exception as exc:  # noqa: BLE001 - any damage to an entry means: compute it again
-                warnings.warn(f"audio cache entry {path} cannot be read ({type(exc).__name__}: {exc}); recomputing it.", stacklevel=2)
-                self.stats["recomputed"] += 1
-            else:
-                return sample
+        entry = None
+        try:
+            entry = self._read(path)
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # not cached yet
+        except Exception as exc:  # noqa: BLE001 - any damage to an entry means: compute it again
+            warnings.warn(f"audio cache entry {path} cannot be read ({type(exc).__name__}: {exc}); recomputing it.", stacklevel=2)
+            self.stats["recomputed"] += 1
+        if entry is not None:
+            audio, header = entry
+            if header["complete"]:
+                inputs = {**header["inputs"], **audio}
+                self.stats["hits"] += 1
+                return Sample(inputs={m: inputs[m] for m in header["order"]}, label=self.split.labels[i], meta=self.split.meta[i])  # type: ignore[attr-defined]
+            sample = self.split[i]  # other inputs are not JSON values: load the item, keep the resampled audio
+            self.stats["partial_hits"] += 1
+            return dataclasses.replace(sample, inputs={**sample.inputs, **audio})
         sample = self._convert(self.split[i])
         self.stats["misses"] += 1
         self._write(path, sample)
         return sample
 
-    def _read(self, path: Path, i: int) -> Sample:
+    def _read(self, path: Path) -> tuple[dict[str, Waveform], dict]:
+        """The audio and the header of an entry; FileNotFoundError when absent, another error when damaged."""
         with open(path, "rb") as f:
             data = bytearray(os.fstat(f.fileno()).st_size)  # writable, like a freshly decoded array
             if f.readinto(data) != len(data):
@@ -291,14 +303,9 @@ class CachedAudioSplit(Sequence[Sample]):
                 raise ValueError(f"modality {m!r} stored at {rate} Hz, wanted {self.rates.get(m)}")
             audio[m] = Waveform(np.frombuffer(data, dtype="<f4", count=size, offset=offset), rate)
             offset += 4 * size
-        if header["complete"]:
-            inputs = {**header["inputs"], **audio}
-            inputs = {m: inputs[m] for m in header["order"]}
-            self.stats["hits"] += 1
-            return Sample(inputs=inputs, label=self.split.labels[i], meta=self.split.meta[i])  # type: ignore[attr-defined]
-        sample = self.split[i]  # other inputs are not JSON values: load the item, keep the resampled audio
-        self.stats["partial_hits"] += 1
-        return dataclasses.replace(sample, inputs={**sample.inputs, **audio})
+        if set(header["order"]) != set(header["inputs"]) | set(audio) and header["complete"]:
+            raise ValueError("the header's inputs do not match its modalities")
+        return audio, header
 
     def _write(self, path: Path, sample: Sample) -> None:
         audio = {m: v for m, v in sample.inputs.items() if m in self.rates and isinstance(v, Waveform)}
@@ -307,21 +314,25 @@ class CachedAudioSplit(Sequence[Sample]):
         others = {m: v for m, v in sample.inputs.items() if m not in audio}
         complete = all(_is_json_value(v) for v in others.values())
         arrays = [np.ascontiguousarray(w.samples, dtype="<f4").reshape(-1) for w in audio.values()]
-        samples = b"".join(a.tobytes() for a in arrays)
+        crc = 0
+        for a in arrays:
+            crc = zlib.crc32(a.data, crc)
         header = json.dumps({
             "version": FORMAT_VERSION,
             "audio": {m: [w.sample_rate, a.size] for (m, w), a in zip(audio.items(), arrays)},
             "inputs": others if complete else {},
             "order": list(sample.inputs),
             "complete": complete,
-            "crc32": zlib.crc32(samples),
+            "crc32": crc,
         }).encode()
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + len(header).to_bytes(8, "little") + header + samples)
+                f.write(MAGIC + len(header).to_bytes(8, "little") + header)
+                for a in arrays:
+                    f.write(a.data)
             os.replace(tmp, path)
         except OSError as exc:
             self._write_failed = True

@@ -7,7 +7,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class ProgressReporter:
-    """Shows a bar per epoch over the steps, with the running loss; ``quiet`` shows nothing.
+    """Shows a bar over the epochs and, below it, a bar over the current epoch's steps with the
+    running loss and an ETA; ``quiet`` shows nothing.
 
     Use as a context manager around a run; ``log`` prints a line above the bars.
     """
@@ -17,6 +18,7 @@ class ProgressReporter:
         self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
         self._task = None
+        self._epochs = None
 
     def __enter__(self) -> "ProgressReporter":
         if not self.quiet:
@@ -38,6 +40,27 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.__exit__(*exc)
             self._progress = None
+
+    def start_epochs(self, description: str, total: int, completed: int = 0) -> None:
+        """The outer bar over epochs (early stopping may end it before ``total``)."""
+        if self._progress is None:
+            return
+        if self._epochs is not None:
+            self._progress.remove_task(self._epochs)
+        self._epochs = self._progress.add_task(description, total=total, completed=completed, status="")
+
+    def epoch_done(self, status: str = "") -> None:
+        if self._progress is not None and self._epochs is not None:
+            self._progress.update(self._epochs, advance=1, status=status)
+
+    def finish_epochs(self) -> None:
+        """Remove the epoch and step bars (the run's training is over)."""
+        if self._progress is None:
+            return
+        for task in (self._epochs, self._task):
+            if task is not None:
+                self._progress.remove_task(task)
+        self._epochs = self._task = None
 
     def start(self, description: str, total: int) -> None:
         """Start a new bar (replacing the previous one)."""

@@ -295,6 +295,7 @@ def fit(
             f"Lower train.lr, raise turbo.temperature, set train.grad_clip, or set train.nonfinite=skip."
         )
 
+    progress.start_epochs(f"{label}epochs", total=cfg.epochs, completed=st.epoch - 1)
     while not st.done and st.epoch <= cfg.epochs:
         epoch = st.epoch
         start = time.perf_counter() - st.epoch_seconds
@@ -373,8 +374,10 @@ def fit(
             f"f1 {val['f1']:.3f}{' *' if improved else ''}"
             + (f" | {record['nonfinite_skipped']} step(s) skipped" if record["nonfinite_skipped"] else "")
         )
+        progress.epoch_done(f"val {cfg.monitor} {value:.3f} (best {st.best_value:.3f} @ {st.best_epoch})")
         if st.stopped:
             progress.log(f"{label}early stop: no better val {cfg.monitor} for {cfg.patience} epochs (best {st.best_value:.4f} at epoch {st.best_epoch})")
+    progress.finish_epochs()
     epochs_run = st.epoch - 1
     if st.best_epoch == 0:  # every monitored value was NaN: keep the last weights as "best"
         if is_main:

@@ -31,3 +31,25 @@ def tiny_config_path(tmp_path, tiny_raw):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_raw))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny experiment trained once per test session: a finished run directory. Tests that
+    change files in it work on a copy (shutil.copytree)."""
+    from multiturbo.config import check_config, validate_config
+    from multiturbo.run import run_experiment
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    run_experiment(check_config(validate_config(copy.deepcopy(TINY))), out)
+    return out
+
+
+@pytest.fixture
+def folds_config(tmp_path, tiny_raw):
+    """The tiny experiment on a 3-fold synthetic data set, one epoch per run."""
+    tiny_raw["data"]["options"]["folds"] = 3
+    tiny_raw["train"]["epochs"] = 1
+    path = tmp_path / "tiny3.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw))
+    return path

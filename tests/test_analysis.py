@@ -23,13 +23,6 @@ from multiturbo.rundir import load_run, make_eval_loader, test_split
 from multiturbo.run import run_experiment
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("analysis") / "run"
-    run_experiment(check_config(validate_config(copy.deepcopy(TINY))), out)
-    return out
-
-
 # --- the two measures, by hand ---------------------------------------------------------------
 
 def test_alignment_by_hand():

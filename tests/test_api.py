@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import runpy
 import sys
@@ -16,19 +15,10 @@ from conftest import TINY
 
 import multiturbo
 from multiturbo.api import TrainedRun
-from multiturbo.config import check_config, validate_config
 from multiturbo.errors import MultiturboError
 from multiturbo.rundir import test_split
-from multiturbo.run import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("api") / "run"
-    run_experiment(check_config(validate_config(copy.deepcopy(TINY))), out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,17 @@ import subprocess
 import sys
 import warnings
 
+import multiturbo_iemocap
 import numpy as np
 import pydantic
 import pytest
 import soundfile as sf
+from multiturbo_iemocap import IemocapDataset, IemocapOptions, write_mini_iemocap
 
-import multiturbo_iemocap
 from multiturbo.audio import Waveform, to_rate
 from multiturbo.audio_cache import CachedAudioSplit, cache_splits, encoder_rates
 from multiturbo.config.schema import TrainConfig
 from multiturbo.dataset import Sample, Splits
-from multiturbo_iemocap import IemocapDataset, IemocapOptions, write_mini_iemocap
 
 FILE_RATE, RATE = 44100, 16000
 
@@ -143,13 +143,16 @@ def test_same_size_but_newer_file_is_recomputed(tmp_path):
     assert not np.array_equal(c2[0].inputs["audio"].samples, old)
 
 
-@pytest.mark.parametrize("damage", [b"", b"not a zip file", "truncate"])
+@pytest.mark.parametrize("damage", [b"", b"not a cache entry", "truncate", "flip"])
 def test_an_unreadable_entry_is_recomputed_with_a_warning(root, tmp_path, damage):
     split = split_of(root)
     c = CachedAudioSplit(split, rates={"audio": RATE}, mode="disk", directory=tmp_path)
     _ = c[0]
     (entry,) = tmp_path.rglob("*.f32")
-    entry.write_bytes(entry.read_bytes()[:100] if damage == "truncate" else damage)
+    data = bytearray(entry.read_bytes())
+    if damage == "flip":
+        data[-5] ^= 0x10  # a sample's bits: the checksum catches it
+    entry.write_bytes(data[:100] if damage == "truncate" else data if damage == "flip" else damage)
     c2 = CachedAudioSplit(split, rates={"audio": RATE}, mode="disk", directory=tmp_path)
     with pytest.warns(UserWarning, match="cannot be read.*recomputing"):
         s = c2[0]
@@ -165,9 +168,12 @@ def test_an_unwritable_directory_warns_and_goes_on(root, tmp_path):
     blocker.write_text("not a directory")
     split = split_of(root)
     c = CachedAudioSplit(split, rates={"audio": RATE}, mode="disk", directory=blocker / "cache")
-    with pytest.warns(UserWarning, match="cannot write"):
+    with pytest.warns(UserWarning, match="cannot write") as record:
         assert_same(c[0], split, 0)
-    assert_same(c[1], split, 1)
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        assert_same(c[1], split, 1)
 
 
 def test_items_with_other_inputs_keep_the_audio_only(tmp_path):
@@ -269,12 +275,66 @@ def test_hf_audio_encoders_declare_their_rate(tmp_path, monkeypatch):
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
-    from tiny_hf import RATE as HF_RATE, build_tiny_models
-
     from multiturbo_hf import HFAudio, HFText, HFWhisper
+    from tiny_hf import RATE as HF_RATE
+    from tiny_hf import build_tiny_models
 
     models = build_tiny_models(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         encoders = {m: cls(cls.Options(model=models[m])) for m, cls in (("wav2vec2", HFAudio), ("whisper", HFWhisper), ("bert", HFText))}
     assert encoder_rates(encoders) == {"wav2vec2": HF_RATE, "whisper": HF_RATE}
+
+
+def test_loader_workers_share_the_disk_cache(root, tmp_path):
+    import torch
+
+    from multiturbo.data import Collator, make_loader
+    from multiturbo.plugins import get_registries
+
+    logmel = get_registries().encoders.get("logmel_cnn")
+    collator = Collator({"audio": logmel(logmel.Options(sample_rate=RATE))}, num_classes=4)
+    split = split_of(root)
+
+    def batches(data):
+        loader = make_loader(data, collator, batch_size=4, shuffle=True, seed=1, num_workers=2, pin_memory=False)
+        return [b.inputs["audio"]["waveform"] for b in loader]
+
+    plain = batches(split)
+    for _ in range(2):  # cold, then warm
+        cached = batches(CachedAudioSplit(split, rates={"audio": RATE}, mode="disk", directory=tmp_path))
+        assert len(cached) == len(plain) and all(torch.equal(a, b) for a, b in zip(plain, cached))
+    assert len(list(tmp_path.rglob("*.f32"))) == len(split) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_manifest_items_are_served_from_the_disk_cache(tmp_path, monkeypatch):
+    import multiturbo_manifest
+    from multiturbo_manifest import ManifestDataset, ManifestOptions
+
+    rng = np.random.default_rng(0)
+    lines = ["wav,text,label"]
+    for i in range(12):
+        sf.write(tmp_path / f"{i}.wav", rng.uniform(-0.5, 0.5, 2205 + 10 * i).astype(np.float32), FILE_RATE)
+        lines.append(f"{i}.wav,item {i},{'ab'[i % 2]}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    options = ManifestOptions(path=tmp_path / "m.csv", modalities={"audio": {"column": "wav", "kind": "audio"}, "text": {"column": "text", "kind": "text"}})
+    split = ManifestDataset(options).splits().train
+    c = CachedAudioSplit(split, rates={"audio": RATE}, mode="disk", directory=tmp_path / "c")
+    for i in range(len(c)):
+        assert_same(c[i], split, i)
+    reference = [expected(split, i)[0] for i in range(len(split))]
+    monkeypatch.setattr(multiturbo_manifest, "LOADERS", {})  # any load would fail now
+    forbid_reading(monkeypatch)
+    c2 = CachedAudioSplit(ManifestDataset(options).splits().train, rates={"audio": RATE}, mode="disk", directory=tmp_path / "c")
+    for i in range(len(c2)):
+        s = c2[i]
+        np.testing.assert_array_equal(s.inputs["audio"].samples, reference[i])
+        assert s.inputs["text"] == split._records[i]["inputs"]["text"] and s.meta == split.meta[i]
+    assert c2.stats["hits"] == len(split)
+
+
+def test_resuming_may_change_the_cache_setting():
+    from multiturbo.run import _config_differences
+
+    saved = {"train": {"audio_cache": "off", "audio_cache_dir": None, "lr": 0.1}}
+    assert _config_differences(saved, {"train": {"audio_cache": "disk", "audio_cache_dir": "/c", "lr": 0.1}}) == []

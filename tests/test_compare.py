@@ -9,7 +9,6 @@ import statistics
 
 import numpy as np
 import pytest
-import yaml
 from click.testing import CliRunner
 from scipy import stats as sps
 
@@ -20,15 +19,6 @@ from multiturbo.compare import CompareResult, compare_methods, method_configs
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture
-def folds_config(tmp_path, tiny_raw):
-    tiny_raw["data"]["options"]["folds"] = 3
-    tiny_raw["train"]["epochs"] = 1
-    path = tmp_path / "tiny3.yaml"
-    path.write_text(yaml.safe_dump(tiny_raw))
-    return path
 
 
 def test_compare_over_folds_and_seeds(folds_config, tmp_path):

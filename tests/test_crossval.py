@@ -24,16 +24,6 @@ def invoke(*args):
 
 
 @pytest.fixture
-def folds_config(tmp_path, tiny_raw):
-    """The tiny experiment on a 3-fold synthetic data set, one epoch per run."""
-    tiny_raw["data"]["options"]["folds"] = 3
-    tiny_raw["train"]["epochs"] = 1
-    path = tmp_path / "tiny3.yaml"
-    path.write_text(yaml.safe_dump(tiny_raw))
-    return path
-
-
-@pytest.fixture
 def count_runs(monkeypatch):
     """Counts the runs that actually train (by run directory name)."""
     calls: Counter[str] = Counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 
@@ -17,7 +16,6 @@ from conftest import TINY
 from safetensors import safe_open
 
 from multiturbo.cli import cli
-from multiturbo.config import check_config, validate_config
 from multiturbo.errors import DataError, MultiturboError
 from multiturbo.inference import (
     Inputs,
@@ -29,16 +27,8 @@ from multiturbo.inference import (
     write_predictions,
 )
 from multiturbo.rundir import load_run, test_split
-from multiturbo.run import run_experiment
 
 RATE = TINY["data"]["options"]["sample_rate"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("inference") / "run"
-    run_experiment(check_config(validate_config(copy.deepcopy(TINY))), out)
-    return out
 
 
 @pytest.fixture(scope="module")

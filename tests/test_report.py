@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
 
 import pytest
-from conftest import TINY
 
 from multiturbo import tensorboard as tb
 from multiturbo.analysis import analyze_run, read_metrics_log
-from multiturbo.config import check_config, validate_config
 from multiturbo.errors import MultiturboError
 from multiturbo.report import markdown_table, write_comparison_report, write_run_report
-from multiturbo.run import run_experiment
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "run"
-    run_experiment(check_config(validate_config(copy.deepcopy(TINY))), out)
-    return out
 
 
 def image_links(md: str) -> list[str]:

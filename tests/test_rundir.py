@@ -20,13 +20,6 @@ from multiturbo.run import run_experiment
 from multiturbo.train import predict_probs
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rundir") / "run"
-    run_experiment(check_config(validate_config(copy.deepcopy(TINY))), out)
-    return out
-
-
 @pytest.fixture
 def run_copy(tiny_run, tmp_path):
     dst = tmp_path / "run"
