@@ -11,7 +11,7 @@ For each method of a config the same pre-collated batches go through:
 
 Methods and variants are interleaved round by round, so the ratios compare figures taken under
 the same machine load. On CUDA every timing synchronises and peak memory is the allocator's peak
-per step; on the CPU peak memory is the process's peak RSS growth over one method's steps, measured
+per step; on the CPU it is the growth of the resident set during two steps (sampled in a thread),
 in a fresh subprocess per method.
 """
 
@@ -22,7 +22,7 @@ import copy
 import multiprocessing
 import resource
 import statistics
-import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -257,7 +257,7 @@ def bench_methods(configs: Mapping[str, ExperimentConfig], *, steps: int = 10, w
         say("measuring peak memory (one subprocess per method)")
         for m in report.methods:
             m.peak_mb = cpu_step_peak_mb(configs[m.method], steps=2)
-        report.memory_note = "peak_mb: growth of peak RSS over 2 steps, in a fresh process per method"
+        report.memory_note = "peak MiB: RSS growth over 2 steps (activations, gradients, optimizer state), fresh process per method"
     return report
 
 
@@ -282,25 +282,60 @@ def loader_throughput(cfg: ExperimentConfig, batches: int) -> float:
     return n / (time.perf_counter() - start) if n else float("nan")
 
 
+def current_rss_bytes() -> int | None:
+    """This process's resident set size now (Linux: /proc/self/statm), or None elsewhere."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class RssSampler:
+    """Samples the current RSS every ``interval`` seconds in a thread (torch releases the GIL in
+    its kernels, so the samples land inside the step); ``peak`` is the largest sample."""
+
+    def __init__(self, interval: float = 0.0005):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, current_rss_bytes() or 0)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_bytes() or 0)
+
+
 def _rss_worker(cfg: ExperimentConfig, steps: int, queue) -> None:
     try:
         torch.set_num_threads(1)
         model, _, batches = _setup(cfg, steps, torch.device("cpu"))
         del _
         opt = make_optimizer(model, cfg.train)
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         runner = StepRunner(model, cfg.train, torch.device("cpu"))
-        for batch in batches:
-            _multiturbo_step(runner, model, opt, batch)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-        queue.put((peak - base) * scale / 2**20)
+        base = current_rss_bytes()
+        if base is None:
+            raise MultiturboError("Peak memory on the CPU is measured from /proc/self/statm (Linux); use --no-memory here.")
+        with RssSampler() as sampler:
+            for batch in batches:
+                _multiturbo_step(runner, model, opt, batch)
+        queue.put((sampler.peak - base) / 2**20)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         queue.put(exc)
 
 
 def cpu_step_peak_mb(cfg: ExperimentConfig, steps: int = 2) -> float:
-    """Peak RSS growth (MiB) of ``steps`` training steps of ``cfg`` in a fresh process (the model is built first)."""
+    """Peak RSS during ``steps`` training steps of ``cfg`` minus the RSS just before them (MiB),
+    in a fresh process (model, optimizer and batches are built first): activations, gradients
+    and optimizer states. Linux only (reads /proc/self/statm)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_rss_worker, args=(cfg, steps, queue))
@@ -319,7 +354,7 @@ def format_rows(report: BenchReport) -> list[list[str]]:
         rows.append([m.method, str(m.batch_size), str(m.passes), str(m.terms), f"{m.items_per_s:.1f}", f"{m.step_ms:.1f}",
                      f"{m.handwritten_ms:.1f}", f"{m.vs_handwritten:.3f}",
                      "-" if m.loss_ms != m.loss_ms else f"{m.loss_ms:.2f}",
-                     "-" if m.loss_ms != m.loss_ms else f"{100 * m.loss_share:.1f}%",
+                     "-" if m.loss_ms != m.loss_ms else f"{100 * m.loss_share:.2f}%",
                      "-" if m.peak_mb is None else f"{m.peak_mb:.0f}"])
     return rows
 
