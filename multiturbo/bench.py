@@ -134,8 +134,8 @@ def _multiturbo_step(runner: StepRunner, model: TurboModel, optimizer, batch: La
     """What :func:`multiturbo.train.fit` does per batch: forward + backward (StepRunner: amp, grad
     cache), the non-finite loss and gradient checks, the optimizer step."""
     optimizer.zero_grad(set_to_none=True)
-    out = runner.forward_backward(batch)
-    if not bool(torch.isfinite(out.loss)):
+    out, ok = runner.forward_backward(batch)
+    if not ok:
         raise MultiturboError("The benchmark's training step produced a non-finite loss; lower train.lr or check the config.")
     runner.unscale(optimizer)
     if runner.scaler is None and nonfinite_grad_names(model):
@@ -256,7 +256,7 @@ def bench_methods(configs: Mapping[str, ExperimentConfig], *, steps: int = 10, w
     elif memory:
         say("measuring peak memory (one subprocess per method)")
         for m in report.methods:
-            m.peak_mb = cpu_step_peak_mb(configs[m.method], steps=2)
+            m.peak_mb = cpu_step_peak_mb(configs[m.method], steps=2, amp=amp)
         report.memory_note = "peak MiB: RSS growth over 2 steps (activations, gradients, optimizer state), fresh process per method"
     return report
 
@@ -314,13 +314,13 @@ class RssSampler:
         self.peak = max(self.peak, current_rss_bytes() or 0)
 
 
-def _rss_worker(cfg: ExperimentConfig, steps: int, queue) -> None:
+def _rss_worker(cfg: ExperimentConfig, steps: int, amp: str, queue) -> None:
     try:
         torch.set_num_threads(1)
         model, _, batches = _setup(cfg, steps, torch.device("cpu"))
         del _
         opt = make_optimizer(model, cfg.train)
-        runner = StepRunner(model, cfg.train, torch.device("cpu"))
+        runner = StepRunner(model, cfg.train.model_copy(update={"amp": amp}), torch.device("cpu"))
         base = current_rss_bytes()
         if base is None:
             raise MultiturboError("Peak memory on the CPU is measured from /proc/self/statm (Linux); use --no-memory here.")
@@ -332,13 +332,13 @@ def _rss_worker(cfg: ExperimentConfig, steps: int, queue) -> None:
         queue.put(exc)
 
 
-def cpu_step_peak_mb(cfg: ExperimentConfig, steps: int = 2) -> float:
+def cpu_step_peak_mb(cfg: ExperimentConfig, steps: int = 2, amp: str | None = None) -> float:
     """Peak RSS during ``steps`` training steps of ``cfg`` minus the RSS just before them (MiB),
     in a fresh process (model, optimizer and batches are built first): activations, gradients
     and optimizer states. Linux only (reads /proc/self/statm)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_rss_worker, args=(cfg, steps, queue))
+    proc = ctx.Process(target=_rss_worker, args=(cfg, steps, amp or cfg.train.amp, queue))
     proc.start()
     result = queue.get(timeout=600)
     proc.join()

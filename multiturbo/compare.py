@@ -118,7 +118,7 @@ def compare_methods(
     seed_list = list(seeds) if seeds else [first.seed]
     plan = make_plan("compare", configs, fold_list, seed_list)
     check_plan(out, plan, overwrite)
-    write_plan(out, plan)
+    write_plan(out, plan, overwrite)
     for method, cfg in configs.items():
         n_in, n_cross = _term_counts(cfg)
         progress.log(f"{method}: K={cfg.turbo.passes}, in-modal terms {n_in}, cross-modal terms {n_cross}")

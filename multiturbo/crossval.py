@@ -40,7 +40,7 @@ from .config import ExperimentConfig, config_to_yaml
 from .errors import MultiturboError
 from .plugins import Registries, get_registries
 from .progress import ProgressReporter
-from .run import run_experiment
+from .run import result_relevant, run_experiment
 from .stats import Summary, fmt, fmt_mean_std, mean_std
 
 METRICS = ("wa", "ua", "f1", "eer")
@@ -173,7 +173,7 @@ def post_process(record: RunRecord) -> None:
 # -- the plan guard -----------------------------------------------------------------------------
 def _config_key(cfg: ExperimentConfig) -> dict[str, Any]:
     """The part of a config a plan pins down: everything but ``seed`` and ``data.fold``."""
-    d = cfg.model_dump(mode="json")
+    d = result_relevant(cfg.model_dump(mode="json"))  # the device, workers, caching... may change between invocations
     d.pop("seed", None)
     d["data"].pop("fold", None)
     return d
@@ -237,9 +237,18 @@ def check_plan(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
             )
 
 
-def write_plan(out: Path, plan: dict[str, Any]) -> None:
+def write_plan(out: Path, plan: dict[str, Any], overwrite: bool = False) -> None:
+    """Write ``out/plan.yaml``. Unless ``overwrite``, merged with the plan already there (its
+    methods, folds, seeds and configs are kept), so runs of a method left out this time stay
+    guarded against another config."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / PLAN_FILE).write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
+    path = out / PLAN_FILE
+    if not overwrite and path.is_file():
+        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        union = lambda a, b: list(dict.fromkeys([*(a or []), *b]))  # noqa: E731
+        plan = {**plan, "methods": union(old.get("methods"), plan["methods"]), "folds": union(old.get("folds"), plan["folds"]),
+                "seeds": union(old.get("seeds"), plan["seeds"]), "configs": {**(old.get("configs") or {}), **plan["configs"]}}
+    path.write_text(yaml.safe_dump(plan, sort_keys=False), encoding="utf-8")
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -282,7 +291,7 @@ def run_grid(
         metrics = None if overwrite else finished_metrics(spec.run_dir)
         if metrics is not None:
             saved = yaml.safe_load((spec.run_dir / "config.yaml").read_text(encoding="utf-8")) if (spec.run_dir / "config.yaml").is_file() else None
-            if saved != yaml.safe_load(config_to_yaml(spec.config)):
+            if saved is None or result_relevant(saved) != result_relevant(yaml.safe_load(config_to_yaml(spec.config))):
                 raise MultiturboError(
                     f"The finished run directory {spec.run_dir} was made with another config than the one asked for now. "
                     f"Pass another --out, or --overwrite to rerun it."
@@ -358,7 +367,7 @@ def cross_validate(
     seed_list = list(seeds) if seeds else [cfg.seed]
     plan = make_plan("cv", {cfg.method: cfg}, fold_list, seed_list)
     check_plan(out, plan, overwrite)
-    write_plan(out, plan)
+    write_plan(out, plan, overwrite)
     specs = [
         RunSpec(cfg.method, f, s, with_fold_seed(cfg, f, s), out / run_name(f, s), _title(cfg.method, f, s))
         for f in fold_list for s in seed_list

@@ -106,18 +106,19 @@ def gathered_turbo_loss(
     this equals :func:`multiturbo.loss.turbo_loss`'s per-pair values. Float32 at least.
     """
     z = torch.cat(list(views.values()))  # [V, B, d]
-    z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
-    zg = gather_with_grad(z, dim=1)  # [V, W*B, d]
-    B = z.shape[1]
-    target = torch.arange(B, device=z.device) + current_world().rank * B  # [B] positives' global columns
-    inv_tau = 1.0 / tau
-    losses = []
-    for i, j in pairs:
-        loss = F.cross_entropy(z[i] @ zg[j].T * inv_tau, target)  # x->y: [B, W*B]
-        if symmetric:
-            loss = 0.5 * (loss + F.cross_entropy(z[j] @ zg[i].T * inv_tau, target))  # y->x
-        losses.append(loss)
-    return torch.stack(losses)
+    with torch.autocast(z.device.type, enabled=False):  # logits and losses in float32 whatever train.amp says
+        z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
+        zg = gather_with_grad(z, dim=1)  # [V, W*B, d]
+        B = z.shape[1]
+        target = torch.arange(B, device=z.device) + current_world().rank * B  # [B] positives' global columns
+        inv_tau = 1.0 / tau
+        losses = []
+        for i, j in pairs:
+            loss = F.cross_entropy(z[i] @ zg[j].T * inv_tau, target)  # x->y: [B, W*B]
+            if symmetric:
+                loss = 0.5 * (loss + F.cross_entropy(z[j] @ zg[i].T * inv_tau, target))  # y->x
+            losses.append(loss)
+        return torch.stack(losses)
 
 
 def gather_rows(x: Tensor) -> Tensor:
@@ -135,6 +136,30 @@ def gather_rows(x: Tensor) -> Tensor:
     parts = [torch.empty_like(padded) for _ in range(world.size)]
     dist.all_gather(parts, padded.contiguous())
     return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+
+def all_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True only if ``flag`` is true on every rank (one all-reduce; ``flag`` itself for one process).
+    Keeps collective decisions (e.g. skipping a non-finite step) identical across ranks."""
+    if not current_world().distributed:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def average_gradients(module: torch.nn.Module) -> None:
+    """All-reduce every parameter gradient and divide by the world size (what DDP's hooks do),
+    for backward passes that did not go through DDP's forward (gradient caching)."""
+    world = current_world()
+    if not world.distributed:
+        return
+    for p in module.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(world.size)
 
 
 def barrier() -> None:

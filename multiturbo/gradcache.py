@@ -63,6 +63,7 @@ def cached_backward(
     chunk_size: int,
     device: torch.device,
     chunk_backward: Callable[[Callable[[], None], bool], None] | None = None,
+    finite: Callable[[Tensor], bool] | None = None,
 ) -> Tensor:
     """Backpropagate ``objective(encode(inputs))`` chunk by chunk; returns the loss (detached).
 
@@ -71,7 +72,8 @@ def cached_backward(
     closure. chunk_backward(run, last): wraps each chunk's re-forward + backward (e.g. in DDP's
     no_sync for all chunks but the last); by default ``run()`` is called directly.
     The RNG state after the call is the one after the first (no-grad) pass, as for a plain step.
-    A non-finite loss is returned without any backward (no gradient is written).
+    A non-finite loss is returned without any backward (no gradient is written); ``finite(loss)``
+    decides (default: torch.isfinite; a multi-process run passes a decision shared by all ranks).
     """
     chunks = split_inputs(inputs, chunk_size)
     states: list[RngState] = []
@@ -84,7 +86,7 @@ def cached_backward(
     modalities = list(cached[0])
     views = {m: torch.cat([c[m] for c in cached], dim=1).detach().requires_grad_() for m in modalities}
     loss = objective(views)
-    if not bool(torch.isfinite(loss)):  # nothing to backpropagate: the caller reports the step
+    if not (finite(loss) if finite is not None else bool(torch.isfinite(loss))):  # nothing to backpropagate: the caller reports the step
         after.restore()
         return loss.detach()
     loss.backward()

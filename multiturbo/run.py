@@ -51,6 +51,17 @@ RESUME_MAY_CHANGE = ("train.device", "train.num_workers", "train.checkpoint_ever
                      "train.audio_cache", "train.audio_cache_dir")
 
 
+def result_relevant(config: dict) -> dict:
+    """A config mapping (``model_dump(mode="json")`` or config.yaml) without the keys of
+    :data:`RESUME_MAY_CHANGE`, which do not change what a run computes: what runs compare on."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for key in RESUME_MAY_CHANGE:
+        section, name = key.split(".")
+        if isinstance(out.get(section), dict):
+            out[section].pop(name, None)
+    return out
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -205,9 +216,10 @@ def run_experiment(
 
     save_info()
     model = exp.model.to(device)
-    runner = None
+    runner, rank_seed = None, None
     if world.distributed:
-        torch.manual_seed(cfg.seed + 1_000_003 * world.rank)  # each rank its own dropout masks (the weights are rank 0's)
+        rank_seed = cfg.seed + 1_000_003 * world.rank
+        torch.manual_seed(rank_seed)  # each rank its own dropout masks (the weights are rank 0's)
         runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     collator = Collator(model.encoders, num_classes=len(exp.dataset.classes))
     t = cfg.train
@@ -224,7 +236,7 @@ def run_experiment(
 
     start = time.perf_counter()
     try:
-        result = fit(model, train_loader, val_loader, t, out, device, progress, label, resume=resume, runner=runner)
+        result = fit(model, train_loader, val_loader, t, out, device, progress, label, resume=resume, runner=runner, rank_seed=rank_seed)
         barrier()  # rank 0 has written best.safetensors
         load_weights(model, out / "best.safetensors")
         metrics = evaluate(model, test_loader, device)

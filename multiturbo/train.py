@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import _atomic, load_checkpoint, restore_checkpoint, save_checkpoint, save_weights
 from .config import TrainConfig
 from .data import EpochSampler, LabelledBatch
-from .distributed import current_world, gather_rows
+from .distributed import all_ranks, average_gradients, current_world, gather_rows
 from .errors import MultiturboError
 from .metrics import HIGHER_IS_BETTER, classification_metrics
 from .gradcache import cached_backward
@@ -123,22 +123,30 @@ class StepRunner:
         self.runner = runner if runner is not None else model
         if cfg.amp == "fp16" and device.type != "cuda":
             raise MultiturboError("train.amp: fp16 needs a CUDA device (float16 on the CPU is slow and its gradient scaler is CUDA-only). Use train.amp=bf16 or off.")
+        self.world = current_world()
         self.dtype = AMP_DTYPES.get(cfg.amp)
         self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
 
-    def forward_backward(self, batch: LabelledBatch) -> StepOutput:
-        """Forward, then (when the loss is finite) backward; gradients end in the parameters."""
+    def finite(self, loss: torch.Tensor) -> bool:
+        """Whether the step's loss is finite on every rank (one decision for all, so that no rank
+        enters a gradient all-reduce that another skips)."""
+        return all_ranks(bool(torch.isfinite(loss)), loss.device)
+
+    def forward_backward(self, batch: LabelledBatch) -> tuple[StepOutput, bool]:
+        """Forward, then (when the loss is finite on every rank) backward; gradients end in the
+        parameters. Returns the step's output and whether it was backpropagated."""
         chunk = self.cfg.grad_cache_chunk
-        if chunk is not None and len(batch) > chunk:
+        if chunk is not None and (len(batch) > chunk or self.world.distributed):
             return self._cached(batch, chunk)
         with self.autocast():
             out = self.runner(batch.inputs, batch.labels)
-        if bool(torch.isfinite(out.loss)):
+        ok = self.finite(out.loss)
+        if ok:
             (self.scaler.scale(out.loss) if self.scaler is not None else out.loss).backward()
-        return out
+        return out, ok
 
     def _cached(self, batch: LabelledBatch, chunk: int) -> StepOutput:
         model, present = self.model, TurboModel.presence(batch.inputs)
@@ -157,8 +165,11 @@ class StepRunner:
             loss = result["out"].loss
             return self.scaler.scale(loss) if self.scaler is not None else loss
 
-        cached_backward(encode, objective, batch.inputs, chunk, self.device)
-        return result["out"]
+        loss = cached_backward(encode, objective, batch.inputs, chunk, self.device, finite=self.finite)
+        ok = bool(torch.isfinite(loss)) if not self.world.distributed else self.finite(loss)
+        if ok:  # the chunks' backward bypassed DDP's forward, so its hooks did not average the gradients
+            average_gradients(self.model)
+        return result["out"], ok
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Unscale fp16 gradients before they are checked or clipped."""
@@ -222,6 +233,7 @@ def fit(
     *,
     resume: bool = False,
     runner: torch.nn.Module | None = None,
+    rank_seed: int | None = None,
 ) -> FitResult:
     """Train with early stopping on ``cfg.monitor``; writes ``metrics.jsonl``, ``best`` and
     ``last`` safetensors into ``run_dir`` and leaves the model holding the best weights' state
@@ -234,7 +246,9 @@ def fit(
     bit on a CPU. ``cfg.nonfinite`` says what a NaN/inf loss or gradient does (stop or skip).
     ``runner``: the module whose forward runs a training step (DistributedDataParallel around
     ``model`` in a multi-process run); ``cfg.amp`` and ``cfg.grad_cache_chunk`` apply
-    (:class:`StepRunner`). In a multi-process run only rank 0 writes files.
+    (:class:`StepRunner`). In a multi-process run only rank 0 writes files, and a resume, which
+    restores rank 0's RNG state, reseeds each rank from ``rank_seed`` + the step so that the
+    ranks keep drawing different dropout masks (such a resume is not bit-exact).
     """
     optimizer = make_optimizer(model, cfg)
     step = StepRunner(model, cfg, device, runner=runner)
@@ -258,6 +272,8 @@ def fit(
         if not ckpt_path.exists():
             raise MultiturboError(f"There is no checkpoint to resume from in {run_dir} ({CHECKPOINT_NAME} is missing).")
         st = LoopState.from_json(restore_checkpoint(load_checkpoint(ckpt_path), model, optimizer, scaler=step.scaler))
+        if rank_seed is not None:
+            torch.manual_seed(rank_seed + st.step)
         if st.batch and not isinstance(sampler, EpochSampler):
             raise MultiturboError("Resuming in the middle of an epoch needs a loader made by multiturbo.data.make_loader.")
         if st.pending is not None:  # the checkpoint was written at an epoch end: redo that epoch's outputs
@@ -310,8 +326,7 @@ def fit(
             batch: LabelledBatch = batch.to(device)  # non_blocking copies from pinned memory
             b = len(batch)
             optimizer.zero_grad(set_to_none=True)
-            out = step.forward_backward(batch)
-            ok = bool(torch.isfinite(out.loss))
+            out, ok = step.forward_backward(batch)
             if not ok:
                 bad = [name for name, t in {"ce": out.ce, **out.terms}.items() if not torch.isfinite(t)]
                 nonfinite("loss", f"term(s) {', '.join(bad) or 'total'} = {float(out.loss.detach())}")

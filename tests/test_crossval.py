@@ -138,6 +138,26 @@ def test_cv_refuses_to_mix_configs_unless_overwrite(folds_config, tmp_path, coun
     assert res.exit_code == 2 and "holds no plan.yaml" in res.output
 
 
+def test_settings_that_do_not_change_results_may_change_between_invocations(folds_config, tmp_path, count_runs):
+    out = tmp_path / "cv"
+    assert invoke("cv", folds_config, "--folds", "1", "--out", out, "-q").exit_code == 0
+    count_runs.clear()
+    res = invoke("cv", folds_config, "--folds", "1", "--out", out, "-q", "--set", "train.checkpoint_every=7", "--set", "train.device=cpu")
+    assert res.exit_code == 0, res.output
+    assert not count_runs  # the finished run is reused: the device and checkpointing do not change what it computed
+
+
+def test_compare_on_fewer_methods_keeps_guarding_the_others(folds_config, tmp_path, count_runs):
+    out = tmp_path / "cmp"
+    assert invoke("compare", folds_config, "--methods", "vanilla,turbo", "--folds", "1", "--out", out, "-q").exit_code == 0
+    assert invoke("compare", folds_config, "--methods", "turbo", "--folds", "1", "--out", out, "-q").exit_code == 0
+    plan = yaml.safe_load((out / "plan.yaml").read_text())
+    assert plan["methods"] == ["vanilla", "turbo"] and set(plan["configs"]) == {"vanilla", "turbo"}
+    count_runs.clear()
+    res = invoke("compare", folds_config, "--methods", "vanilla", "--folds", "1", "--out", out, "-q", "--set", "train.lr=0.01")
+    assert res.exit_code == 2 and "holds vanilla runs of another config" in res.output and not count_runs
+
+
 def test_cv_checks_folds_before_training(folds_config, tmp_path):
     res = invoke("cv", folds_config, "--folds", "1,3", "--out", tmp_path / "cv", "-q")
     assert res.exit_code == 2 and "fold(s) 3 out of range" in res.output and "has 3 fold(s)" in res.output

@@ -39,8 +39,8 @@ def _no_dropout(raw: dict) -> dict:
 
 def test_bf16_autocasts_the_network_but_the_contrastive_loss_stays_float32(tiny_raw):
     cfg, model, batch = _setup(tiny_raw, amp="bf16")
-    out = StepRunner(model, cfg.train, CPU).forward_backward(batch)
-    assert out.logits.dtype == torch.bfloat16  # the head ran under autocast
+    out, ok = StepRunner(model, cfg.train, CPU).forward_backward(batch)
+    assert ok and out.logits.dtype == torch.bfloat16  # the head ran under autocast
     assert out.contrastive.dtype == torch.float32 and all(t.dtype == torch.float32 for t in out.terms.values())
     assert torch.isfinite(out.loss) and all(p.grad is not None for p in model.head.parameters())
 
@@ -56,7 +56,8 @@ def test_gradient_caching_gives_the_gradients_of_the_plain_step(tiny_raw):
     grads = {}
     for chunk in (None, 3):
         cfg, model, batch = _setup(raw, grad_cache_chunk=chunk)
-        out = StepRunner(model, cfg.train, CPU).forward_backward(batch)
+        out, ok = StepRunner(model, cfg.train, CPU).forward_backward(batch)
+        assert ok
         grads[chunk] = (out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     (loss_plain, plain), (loss_cached, cached) = grads[None], grads[3]
     assert torch.allclose(loss_plain, loss_cached, atol=1e-6)

@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 
 from multiturbo.build import build_experiment
 from multiturbo.config import check_config, validate_config
-from multiturbo.data import Collator, make_loader
+from multiturbo.data import Collator, LabelledBatch, make_loader
 from multiturbo.distributed import init_from_env
+from multiturbo.train import StepRunner
 
 
 def fixed_batch(raw: dict):
@@ -27,13 +28,18 @@ def fixed_batch(raw: dict):
 
 
 def main(raw_json: str, out_dir: str) -> None:
+    """The training step of multiturbo.train.StepRunner on this rank's half of the batch: through
+    DDP's forward, or with train.grad_cache_chunk set in the config (chunks of 2, gradients
+    averaged by hand since the chunks bypass DDP's forward)."""
     world = init_from_env("cpu")
-    model, batch = fixed_batch(json.loads(raw_json))
+    raw = json.loads(raw_json)
+    model, batch = fixed_batch(raw)
     half = slice(world.rank * 4, (world.rank + 1) * 4)
-    inputs = {m: {k: t[half] for k, t in b.items()} for m, b in batch.inputs.items()}
+    mine = LabelledBatch({m: {k: t[half] for k, t in b.items()} for m, b in batch.inputs.items()}, batch.labels[half], batch.meta[half])
     ddp = torch.nn.parallel.DistributedDataParallel(model.train())
-    out = ddp(inputs, batch.labels[half])
-    out.loss.backward()
+    cfg = check_config(validate_config(raw)).train
+    out, ok = StepRunner(model, cfg, torch.device("cpu"), runner=ddp).forward_backward(mine)
+    assert ok
     tensors = {"loss": out.loss.detach().reshape(1)}
     if world.rank == 0:
         tensors.update({f"grad/{n}": p.grad for n, p in model.named_parameters() if p.grad is not None})
