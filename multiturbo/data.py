@@ -113,7 +113,14 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return iter(order)
 
     def __len__(self) -> int:
-        return max(len(self.order(self.epoch)) - self.start, 0) if self.world > 1 else max(self.n - self.start, 0)
+        """Items left in this epoch for this rank (the shard's size, without drawing the order)."""
+        if self.world == 1:
+            size = self.n
+        elif self.equal_shards:
+            size = self.n // self.world
+        else:
+            size = len(range(self.rank, self.n, self.world))
+        return max(size - self.start, 0)
 
 
 def make_loader(
