@@ -31,6 +31,7 @@ from .data import LabelledBatch
 from .errors import MultiturboError
 from .model import TurboModel
 from .progress import ProgressReporter
+from .retrieval import cross_modal_retrieval
 
 ANALYSIS_DIR = "analysis"
 
@@ -107,7 +108,7 @@ def embed(model: TurboModel, loader, device: torch.device | str = "cpu", progres
         progress.start("embedding", total=len(loader))
     for batch in loader:
         batch: LabelledBatch = batch.to(device)
-        views = model.views(batch.inputs, passes=1)  # {m: [1, B, d]}
+        views = model.contrastive_views(model.views(batch.inputs, passes=1))  # {m: [1, B, d]}, where the contrastive terms act
         present = TurboModel.presence(batch.inputs) or {}
         for m, v in views.items():
             chunks[m].append(F.normalize(v[0].float(), dim=-1).cpu())
@@ -203,6 +204,7 @@ def write_analysis(
     run_dir = Path(run_dir)
     result: dict[str, Any] = {
         **alignment_uniformity(emb.views, emb.present),
+        "retrieval": cross_modal_retrieval(emb.views, emb.present) if len(emb.views) > 1 else {},
         "n_items": int(emb.labels.numel()),
         "n_present": {m: int(p.sum()) for m, p in emb.present.items()},
         "split": "test",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .config import ExperimentConfig
 from .dataset import Dataset, Splits
 from .errors import ConfigError, DataError
+from .feature_cache import frozen_modalities
 from .loss import TurboLoss
 from .model import TurboModel
 from .plugins import Registries, get_registries
@@ -67,6 +68,7 @@ def build_model(cfg: ExperimentConfig, num_classes: int, registries: Registries)
     return TurboModel(
         encoders, head, contrastive, dim=cfg.model.dim, dropout=cfg.model.dropout, passes=t.passes,
         forward_mode=cfg.model.forward_mode, ce_weight=t.ce_weight if contrastive else 1.0, ce_passes=t.ce_passes,
+        feature_norm=cfg.model.feature_norm, contrastive_head=cfg.model.contrastive_head if contrastive else "none",
     )
 
 
@@ -75,4 +77,10 @@ def build_experiment(cfg: ExperimentConfig, registries: Registries | None = None
     registries = registries or get_registries()
     dataset, splits = build_dataset(cfg, registries)
     model = build_model(cfg, len(dataset.classes), registries)
+    if cfg.train.frozen_features == "cache" and not frozen_modalities(model.encoders):
+        raise ConfigError([
+            "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter), but "
+            f"every encoder of {list(model.encoders)} trains. Set `freeze: all` in an encoder's options, or set "
+            "train.frozen_features: recompute."
+        ])
     return Experiment(cfg, dataset, splits, model)

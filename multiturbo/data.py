@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from .dataset import Sample
 from .encoder import Batch, Encoder
 from .errors import DataError
+from .feature_cache import FEATURES_KEY, FrozenFeature
 
 
 @dataclass
@@ -60,7 +61,10 @@ class Collator:
                 present.append(s.inputs[m] is not None)
                 if present[-1]:
                     raw.append(s.inputs[m])
-            batch = collate(raw) if raw else {}
+            if raw and isinstance(raw[0], FrozenFeature):  # train.frozen_features: cache
+                batch = {FEATURES_KEY: torch.stack([r.vector for r in raw])}  # [n, dim]
+            else:
+                batch = collate(raw) if raw else {}
             if len(raw) < len(samples):
                 batch = {**batch, PRESENT_KEY: torch.tensor(present, dtype=torch.bool)}
             inputs[m] = batch

@@ -33,6 +33,17 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def run_title(info: dict, fallback: str) -> str:
+    """What a run is, for titles: "demo: turbo on synthetic, fold 0, seed 1" (run.json's fields;
+    run directories written before they existed give the directory name)."""
+    name, method, dataset = info.get("experiment"), info.get("method"), info.get("dataset")
+    if not (method and dataset):
+        return f"{method or 'run'}: {fallback}"
+    where = [f"fold {info['fold']}"] if info.get("fold") is not None else []
+    where += [f"seed {info['seed']}"] if info.get("seed") is not None else []
+    return f"{name or fallback}: {method} on {dataset}" + (f", {', '.join(where)}" if where else "")
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.md``: run facts, test metrics, confusion matrix, learning curves
     and, when ``analysis/analysis.json`` exists, alignment / uniformity and their figures.
@@ -48,7 +59,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         draw_run_figures(run_dir)
     analysis = read_json(fig_dir / "analysis.json")
 
-    parts = [f"# Run report: {run_dir.name}", ""]
+    parts = [f"# Run report: {run_title(info, run_dir.name)}", ""]
     facts = [
         ("method", info.get("method")), ("status", info.get("status")), ("modalities", ", ".join(info.get("modalities", []))),
         ("classes", ", ".join(info.get("classes", []))),
@@ -70,8 +81,10 @@ def write_run_report(run_dir: str | Path) -> Path:
     else:
         parts += ["No metrics.json: the run has not been tested (it did not finish).", ""]
 
-    if read_metrics_log(run_dir) and (fig_dir / "learning_curves.png").is_file():
+    log = read_metrics_log(run_dir)
+    if log and (fig_dir / "learning_curves.png").is_file():
         parts += ["## Learning curves", "", _image(run_dir, fig_dir / "learning_curves.png", "learning curves"), ""]
+    parts += diagnostics_section(log)
 
     parts += ["## Alignment and uniformity (test split, lower is better)", ""]
     if analysis:
@@ -89,6 +102,32 @@ def write_run_report(run_dir: str | Path) -> Path:
     else:
         parts += [f"Not analysed yet: run `multiturbo analyze {run_dir}`.", ""]
     return _write(run_dir / "report.md", "\n".join(parts))
+
+
+def diagnostics_section(log: Sequence[dict]) -> list[str]:
+    """Markdown lines: the contrastive space on the validation split, per epoch (uniformity, recall@1
+    against chance, terms against log(B)), and every collapse warning of the run, or nothing when the
+    run logged no diagnostics (docs/training-dynamics.md)."""
+    records = [r for r in log if r.get("diagnostics")]
+    if not records:
+        return []
+    lines = ["## Contrastive space during training (validation split)", "",
+             "Uniformity: mean over modalities (0 = collapsed to a point); recall@1: mean over ordered modality pairs; "
+             "terms / log(B): mean over the contrastive terms (1.0 = what a collapsed space gives).", ""]
+    rows = []
+    for r in records:
+        d = r["diagnostics"]
+        mean = lambda xs: format_number(sum(xs) / len(xs), 3) if xs else "n/a"  # noqa: E731
+        rows.append((r["epoch"], mean(list(d.get("uniformity", {}).values())), mean(list(d.get("recall@1", {}).values())),
+                     format_number(d.get("chance_recall@1"), 3), mean(list(d.get("term_ratio", {}).values()))))
+    lines += [markdown_table(["epoch", "uniformity", "recall@1", "chance", "terms / log(B)"], rows), ""]
+    warned = [(r["epoch"], w) for r in records for w in r.get("warnings", [])]
+    if warned:
+        lines += [f"**Warning** (epoch {e}): {w}" for e, w in warned[-2:]]
+        lines += ["", f"{len(warned)} warning(s) in all; the last ones are shown.", ""]
+    else:
+        lines += ["No collapse warning.", ""]
+    return lines
 
 
 def write_comparison_report(

@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from . import __version__
+from .feature_cache import cache_frozen_features
 from .audio_cache import cache_splits
 from .build import build_experiment
 from .checkpoint import load_weights, read_checkpoint_loop_state, write_json
@@ -202,6 +203,10 @@ def run_experiment(
         "classes": exp.dataset.classes,
         "modalities": list(cfg.modalities),
         "method": cfg.method,
+        "experiment": cfg.name,
+        "dataset": cfg.data.name,
+        "fold": cfg.data.fold,
+        "seed": cfg.seed,
         "split_sizes": {s: len(getattr(exp.splits, s)) for s in ("train", "val", "test")},
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "status": "running",
@@ -226,6 +231,7 @@ def run_experiment(
     shard = (world.rank, world.size)
     loader_options = dict(num_workers=t.num_workers, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor, shard=shard)
     splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
+    splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, t.eval_batch_size or t.batch_size, progress, label)
     train_loader = make_loader(
         splits.train, collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
         drop_singleton=model.contrastive is not None, **loader_options,

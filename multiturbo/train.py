@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import _atomic, load_checkpoint, restore_checkpoint, save_checkpoint, save_weights
 from .config import TrainConfig
 from .data import EpochSampler, LabelledBatch
+from .diagnostics import collapse_warnings, normalised_views, representation_diagnostics
 from .distributed import all_ranks, average_gradients, current_world, gather_rows
 from .errors import MultiturboError
 from .metrics import HIGHER_IS_BETTER, classification_metrics
@@ -365,6 +366,12 @@ def fit(
             st.best_value, st.best_epoch, st.bad_epochs = value, epoch, 0
         else:
             st.bad_epochs += 1
+        diagnostics, warnings = None, []
+        if cfg.diagnostics:  # vanilla runs too, so that methods can be compared; warnings only for contrastive ones
+            terms = {k.removeprefix("term/"): v for k, v in train_stats.items() if k.startswith("term/")}
+            views, present = normalised_views(model, val_loader, device)
+            diagnostics = representation_diagnostics(views, present, terms, batch_size * current_world().size)
+            warnings = collapse_warnings(diagnostics, epoch) if model.contrastive is not None else []
         record = {
             "epoch": epoch,
             "step": st.step,
@@ -374,6 +381,8 @@ def fit(
             "best": improved,
             "seconds": time.perf_counter() - start,
             "nonfinite_skipped": st.epoch_skipped,
+            **({"diagnostics": diagnostics} if diagnostics is not None else {}),
+            **({"warnings": warnings} if warnings else {}),
         }
         st.stopped = cfg.patience is not None and st.bad_epochs >= cfg.patience
         st.done = st.stopped or epoch >= cfg.epochs
@@ -389,6 +398,8 @@ def fit(
             f"f1 {val['f1']:.3f}{' *' if improved else ''}"
             + (f" | {record['nonfinite_skipped']} step(s) skipped" if record["nonfinite_skipped"] else "")
         )
+        for warning in warnings:
+            progress.log(f"{label}warning: {warning}")
         progress.epoch_done(f"val {cfg.monitor} {value:.3f} (best {st.best_value:.3f} @ {st.best_epoch})")
         if st.stopped:
             progress.log(f"{label}early stop: no better val {cfg.monitor} for {cfg.patience} epochs (best {st.best_value:.4f} at epoch {st.best_epoch})")

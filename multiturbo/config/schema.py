@@ -43,6 +43,14 @@ class ModelConfig(StrictModel):
 
     dim: int = Field(128, ge=1, description="Dimension d of the shared space (projection output).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before each modality's projection (paper: 0.2).")
+    feature_norm: Literal["none", "batch", "layer"] = Field(
+        "batch",
+        description="Standardise each modality's pooled encoder output before its projection: batch (BatchNorm1d, the default: pooled encoder outputs are anisotropic, so without it the views start as one point and the contrastive terms at log(B)), layer (LayerNorm) or none (the paper's plain linear projection). docs/training-dynamics.md.",
+    )
+    contrastive_head: Literal["none", "mlp"] = Field(
+        "none",
+        description="none: the contrastive terms read the views the classifier reads (the paper); mlp: a small per-modality head (linear, GELU, linear) that only the contrastive terms read (SimCLR/SimCSE).",
+    )
     head: str = Field("concat_linear", description="Registered head name.")
     head_options: dict[str, Any] = Field(default_factory=dict, description="The head plugin's own options.")
     forward_mode: Literal["batched", "sequential"] = Field(
@@ -109,6 +117,14 @@ class TrainConfig(StrictModel):
     audio_cache: Literal["off", "memory", "disk"] = Field(
         "off",
         description="Cache each item's decoded audio, resampled to its encoder's rate, so later epochs read no audio file and run no resampler: off, memory (per process; each DataLoader worker keeps its own copy) or disk (float32 files under audio_cache_dir, shared by workers, runs and folds). The results are bit-identical to off.",
+    )
+    frozen_features: Literal["recompute", "cache"] = Field(
+        "recompute",
+        description="Modalities whose encoder is fully frozen (freeze: all): recompute runs the encoder on every pass (its own dropout acts, so the K views differ inside the encoder too); cache computes each item's encoder output once before training, with the encoder in eval mode, and the K views then differ by the dropout before the projection only (the frozen-encoder protocol of SUPERB; many times faster).",
+    )
+    diagnostics: bool = Field(
+        True,
+        description="Every epoch, on the validation split: alignment, uniformity, cross-modal recall@1 and each contrastive term against log(B), logged in metrics.jsonl, with a warning when the contrastive space collapses (docs/training-dynamics.md). Costs one more pass over the validation split per epoch.",
     )
     audio_cache_dir: str | None = Field(
         None, min_length=1,
