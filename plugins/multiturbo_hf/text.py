@@ -7,6 +7,8 @@ Raw input: a string.
               says how many, as for audio cut to max_seconds)
               -> {"input_ids": [B, L], "attention_mask": [B, L], and "token_type_ids" [B, L] if the tokenizer makes them}
     forward:  AutoModel(**batch).last_hidden_state     [B, L, hidden]
+              (layers: i -> hidden_states[i]; weighted -> softmax(w)-weighted sum of the N + 1
+              hidden states; then output_dropout)
               -> pooling over valid tokens             [B, hidden]   (output_dim = hidden size)
 
 Pooling: "mean" (masked mean; what sentence-transformers' MiniLM was trained with), "cls"
