@@ -209,7 +209,8 @@ class HiddenStates(nn.Module):
 
     Finds the model's stack of N layers, places each parameter in it (:meth:`layer_id`: 0 for
     the embeddings / front end, i for layer i, None after the last layer), freezes the front end
-    and the first ``freeze_layers`` layers, and turns the model's hidden states into the
+    and the first ``freeze_layers`` layers (with ``layers: i`` also what lies above layer i, which
+    never reaches the loss), and turns the model's hidden states into the
     sequence that is pooled: :meth:`select` (the N + 1 hidden states of ``output_hidden_states``
     are the embeddings' output and every layer's output; the last one is the model's output,
     ``last_hidden_state``, with any final LayerNorm).
@@ -244,6 +245,14 @@ class HiddenStates(nn.Module):
             for name, p in model.named_parameters():
                 lid = self.layer_id(name)
                 if lid is not None and lid <= options.freeze_layers:
+                    p.requires_grad_(False)
+        if isinstance(options.layers, int) and options.layers % (n + 1) < n:
+            # the layers above the chosen one (and a final norm) do not reach the loss: without
+            # requires_grad they get no optimiser state, and DDP finds no unused parameter
+            chosen = options.layers % (n + 1)
+            for name, p in model.named_parameters():
+                lid = self.layer_id(name)
+                if lid is None or lid > chosen:
                     p.requires_grad_(False)
         self.mix = LayerMix(n + 1) if options.layers == "weighted" else None
 

@@ -57,7 +57,10 @@ def test_layers_index_last_equals_the_default_output(models, family):
     default = encode(enc)
     assert torch.allclose(encode(build(models, family, layers=2)), default, atol=1e-6)
     assert torch.allclose(encode(build(models, family, layers=-1)), default, atol=1e-6)
-    assert not torch.allclose(encode(build(models, family, layers=1)), default, atol=1e-4)
+    middle = build(models, family, layers=1)
+    assert not torch.allclose(encode(middle), default, atol=1e-4)
+    # what lies above the chosen layer never reaches the loss: it is frozen, the rest trains
+    assert all(p.requires_grad == (middle.layer_id(n) in (0, 1)) for n, p in middle.named_parameters())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -119,3 +122,21 @@ def test_layers_and_freeze_layers_beyond_the_depth_are_clear_errors(models, fami
         build(models, family, layers=30)
     with pytest.raises(ConfigError, match="freeze_layers: 3 is more than the 2 layers"):
         build(models, family, freeze_layers=3)
+
+
+def test_layer_decay_groups_of_a_hf_encoder(models):
+    from torch import nn
+
+    from multiturbo.config import TrainConfig
+    from multiturbo.optim import param_groups
+
+    model = nn.Module()
+    model.encoders = nn.ModuleDict({"text": build(models, "bert", layers="weighted")})
+    groups = param_groups(model, TrainConfig(lr=1.0, layer_decay=0.5, weight_decay=0.1))
+    lrs = {g.layer: g.lr for g in groups}
+    assert lrs == {0: 0.125, 1: 0.25, 2: 0.5, 3: 1.0}  # embeddings, layer 1, layer 2, top (pooler, layer weights)
+    embeddings = next(g for g in groups if g.layer == 0 and g.decay)
+    word = model.encoders["text"].model.embeddings.word_embeddings.weight
+    assert any(p is word for p in embeddings.params)
+    top = [g for g in groups if g.layer == 3 and not g.decay]
+    assert any(p is model.encoders["text"].hidden.mix.weights for g in top for p in g.params)
