@@ -19,9 +19,11 @@ embeddings get the smallest (BEiT / ELECTRA's layer-wise decay).
 Each torch param group carries ``name`` (the part), ``layer`` (its layer id, or None) and
 ``decay`` (whether weight decay applies) besides ``lr`` and ``weight_decay``.
 
-The schedule is one of transformers' LambdaLR helpers (linear warm-up, then constant, linear
-or cosine decay to 0 over ``train.epochs``), stepped once per training batch, so its position
-is the loop's step count; its state is saved in the resumable checkpoint.
+The schedule is built from torch.optim.lr_scheduler: a linear warm-up (LinearLR: step t of W
+runs at (t + 1) / (W + 1) of the rate, so no step is wasted at 0), then constant (ConstantLR),
+linear to 0 (LinearLR) or cosine to 0 (CosineAnnealingLR) over the remaining steps of
+``train.epochs``, chained with SequentialLR. It is stepped once per training batch, so its
+position is the loop's step count; its state is saved in the resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.optim import lr_scheduler as lrs
+from torch.optim.lr_scheduler import LRScheduler
 
 from .config import GROUP_PARTS, TrainConfig
 from .errors import ConfigError
@@ -174,25 +178,25 @@ def check_schedule(cfg: TrainConfig, per_epoch: int, how: str) -> None:
         ])
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, per_epoch: int) -> LRScheduler | None:
     """The configured schedule over ``train.epochs * per_epoch`` steps (None without
     ``train.schedule``). Call ``scheduler.step()`` once per training batch."""
     if cfg.schedule is None:
         return None
-    from transformers import (
-        get_constant_schedule_with_warmup,
-        get_cosine_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
-
     check_schedule(cfg, per_epoch, f"{per_epoch} batches per epoch")
     total = cfg.epochs * per_epoch
     warm = warmup_steps(cfg, total)
+    rest = total - warm  # >= 1 (check_schedule)
     if cfg.schedule.decay == "constant":
-        return get_constant_schedule_with_warmup(optimizer, warm)
-    if cfg.schedule.decay == "linear":
-        return get_linear_schedule_with_warmup(optimizer, warm, total)
-    return get_cosine_schedule_with_warmup(optimizer, warm, total)
+        decay: LRScheduler = lrs.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    elif cfg.schedule.decay == "linear":
+        decay = lrs.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=rest)
+    else:
+        decay = lrs.CosineAnnealingLR(optimizer, T_max=rest, eta_min=0.0)
+    if warm == 0:
+        return decay
+    ramp = lrs.LinearLR(optimizer, start_factor=1.0 / (warm + 1), end_factor=1.0, total_iters=warm)
+    return lrs.SequentialLR(optimizer, [ramp, decay], milestones=[warm])
 
 
 def describe_groups(groups: Sequence[ParamGroup]) -> list[str]:

@@ -103,9 +103,9 @@ def test_a_group_naming_no_part_is_an_error_listing_the_parts(tiny_raw):
 
 
 @pytest.mark.parametrize(("decay", "expected"), [
-    ("constant", [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]),
-    ("linear", [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]),
-    ("cosine", [0.0, 0.5, 1.0, (1 + math.cos(math.pi * 0.25)) / 2, 0.5, (1 + math.cos(math.pi * 0.75)) / 2]),
+    ("constant", [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0]),
+    ("linear", [1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25]),
+    ("cosine", [1 / 3, 2 / 3, 1.0, (1 + math.cos(math.pi * 0.25)) / 2, 0.5, (1 + math.cos(math.pi * 0.75)) / 2]),
 ])
 def test_schedule_warms_up_then_decays_per_step(tiny_raw, decay, expected):
     cfg = _cfg(tiny_raw, epochs=2, schedule={"decay": decay, "warmup_steps": 2}, lr=0.1, lr_groups={"head": 1.0})
@@ -130,7 +130,8 @@ def test_warmup_fraction_counts_all_steps(tiny_raw):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[5] == pytest.approx(1.0) and lrs[4] == pytest.approx(0.8) and lrs[-1] == pytest.approx(1 / 45)
+    assert lrs[0] == pytest.approx(1 / 6) and lrs[4] == pytest.approx(5 / 6) and lrs[5] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(1 / 45)
 
 
 def test_no_schedule_keeps_the_paper_constant_lr(tiny_raw):

@@ -82,8 +82,9 @@ NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 
 
 class ScheduleConfig(StrictModel):
-    """Learning-rate schedule, stepped once per optimiser step: a linear warm-up from 0, then
-    constant, linear decay to 0 or cosine decay to 0 at the end of ``train.epochs``."""
+    """Learning-rate schedule, stepped once per optimiser step: a linear warm-up (step t of W at
+    (t + 1) / (W + 1) of the rate), then constant, linear decay to 0 or cosine decay to 0 at the
+    end of ``train.epochs`` (torch.optim.lr_scheduler; see multiturbo.optim)."""
 
     decay: Literal["constant", "linear", "cosine"] = Field("linear", description="After the warm-up: constant, linear to 0, or cosine to 0 at the last step of train.epochs.")
     warmup_steps: int | None = Field(None, ge=0, description="Warm-up length in optimiser steps (exclusive with warmup_fraction).")
