@@ -140,3 +140,30 @@ def test_layer_decay_groups_of_a_hf_encoder(models):
     assert any(p is word for p in embeddings.params)
     top = [g for g in groups if g.layer == 3 and not g.decay]
     assert any(p is model.encoders["text"].hidden.mix.weights for g in top for p in g.params)
+
+
+def test_a_run_with_the_fine_tuning_recipe_and_a_hf_encoder(models, tiny_raw, tmp_path):
+    import json
+
+    from multiturbo.config import check_config, validate_config
+    from multiturbo.run import run_experiment
+
+    tiny_raw["modalities"]["text"] = {"encoder": "hf_text", "options": {
+        "model": models["bert"], "dropout": 0.2, "layers": "weighted", "freeze_layers": 1, "max_tokens": 16}}
+    tiny_raw["train"].update(
+        epochs=2, optimizer="adamw", weight_decay=0.01, layer_decay=0.8, lr_groups={"text": 1e-3, "head": 1e-2},
+        schedule={"decay": "cosine", "warmup_fraction": 0.25}, class_weights="balanced", sampler="balanced",
+    )
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = run_experiment(check_config(validate_config(tiny_raw)), out)
+    assert 0.0 <= metrics["ua"] <= 1.0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [set(r["lr"]) for r in records] == [{"audio", "text", "projections", "head"}] * 2
+    assert records[-1]["lr"]["head"] == pytest.approx(0.0, abs=1e-12)  # the cosine ends at 0
+
+    tiny_raw["modalities"]["text"]["options"].update(layers=30, freeze_layers=None)
+    with pytest.raises(ConfigError, match="layers: 30 is out of range: the hf_text model BertModel has 2 layers"):
+        run_experiment(check_config(validate_config(tiny_raw)), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # found before anything is written or trained
