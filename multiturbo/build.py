@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .balance import class_weights, split_labels
 from .config import ExperimentConfig
 from .dataset import Dataset, Splits
-from .balance import class_weights, split_labels
 from .errors import ConfigError, DataError
 from .loss import TurboLoss
 from .model import TurboModel
@@ -75,7 +75,9 @@ def build_model(cfg: ExperimentConfig, num_classes: int, registries: Registries,
 
 
 def build_experiment(cfg: ExperimentConfig, registries: Registries | None = None) -> Experiment:
-    """Build and check everything for ``cfg`` (raises ConfigError / DataError before training)."""
+    """Build and check everything for ``cfg`` (raises ConfigError / DataError before training):
+    besides the data and the model, the CE class weights, a warm-up shorter than the training
+    (steps per epoch of one process) and the layer decay's encoders."""
     registries = registries or get_registries()
     dataset, splits = build_dataset(cfg, registries)
     labels = split_labels(splits.train) if cfg.train.class_weights == "balanced" or cfg.train.sampler == "balanced" else []

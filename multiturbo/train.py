@@ -234,8 +234,10 @@ def fit(
     ``last`` safetensors into ``run_dir`` and leaves the model holding the best weights' state
     on disk (load ``best.safetensors`` to use them).
 
-    A resumable checkpoint (``checkpoint.safetensors``: model, optimizer, RNG states, the
-    loop's position and early-stopping state) is written every ``cfg.checkpoint_every`` steps
+    The optimiser's param groups and the learning-rate schedule come from
+    :mod:`multiturbo.optim` (the schedule steps once per batch). A resumable checkpoint
+    (``checkpoint.safetensors``: model, optimizer, schedule, RNG states, the loop's position and
+    early-stopping state) is written every ``cfg.checkpoint_every`` steps
     and at every epoch end. ``resume=True`` continues from it: with the loader built by
     :func:`~multiturbo.data.make_loader` the continued run is the uninterrupted one, bit for
     bit on a CPU. ``cfg.nonfinite`` says what a NaN/inf loss or gradient does (stop or skip).
