@@ -76,6 +76,8 @@ class TurboModel(nn.Module):
         dim: shared dimension d. dropout: dropout before each projection.
         passes: K. forward_mode: "batched" (one forward on K copies) or "sequential".
         ce_weight: lambda of eq. 6. ce_passes: "first" (paper) or "all" (mean CE over K passes).
+        class_weights: optional CE weight per class [C] (``train.class_weights``), held as a
+            non-persistent buffer: it follows the model's device and is not in saved weights.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class TurboModel(nn.Module):
         ce_passes: Literal["first", "all"] = "first",
         feature_norm: Literal["none", "batch", "layer"] = "none",
         contrastive_head: Literal["none", "mlp"] = "none",
+        class_weights: Tensor | None = None,
     ):
         super().__init__()
         self.modalities = list(encoders)
@@ -114,6 +117,7 @@ class TurboModel(nn.Module):
         self.forward_mode = forward_mode
         self.ce_weight = ce_weight
         self.ce_passes = ce_passes
+        self.register_buffer("class_weights", class_weights, persistent=False)  # [C] or None
 
     @staticmethod
     def presence(batch: Mapping[str, Batch]) -> dict[str, Tensor] | None:
@@ -195,11 +199,11 @@ class TurboModel(nn.Module):
         the Turbo loss. Split from :meth:`step` so gradient caching can call it on cached views."""
         if self.ce_passes == "all":
             all_logits = [self.logits(views, k, present) for k in range(self.passes)]
-            ce = torch.stack([F.cross_entropy(lg, labels) for lg in all_logits]).mean()
+            ce = torch.stack([F.cross_entropy(lg, labels, weight=self.class_weights) for lg in all_logits]).mean()
             logits = all_logits[0]
         else:
             logits = self.logits(views, 0, present)
-            ce = F.cross_entropy(logits, labels)
+            ce = F.cross_entropy(logits, labels, weight=self.class_weights)
         if self.contrastive is None:
             return StepOutput(loss=ce, ce=ce, contrastive=torch.zeros_like(ce), logits=logits)
         cviews = self.contrastive_views(views)

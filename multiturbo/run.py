@@ -34,6 +34,7 @@ import yaml
 from . import __version__
 from .feature_cache import cache_frozen_features
 from .audio_cache import cache_splits
+from .balance import sample_weights, split_labels
 from .build import build_experiment
 from .checkpoint import load_weights, read_checkpoint_loop_state, write_json
 from .config import ExperimentConfig, config_to_yaml
@@ -235,6 +236,7 @@ def run_experiment(
     train_loader = make_loader(
         splits.train, collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
         drop_singleton=model.contrastive is not None, **loader_options,
+        weights=sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None,
     )
     eval_bs = t.eval_batch_size or t.batch_size
     val_loader = make_loader(splits.val, collator, batch_size=eval_bs, shuffle=False, **loader_options)

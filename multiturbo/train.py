@@ -22,6 +22,7 @@ from .errors import MultiturboError
 from .metrics import HIGHER_IS_BETTER, classification_metrics
 from .gradcache import cached_backward
 from .model import StepOutput, TurboModel
+from .optim import group_lrs, make_optimizer, make_scheduler
 from .progress import ProgressReporter
 
 
@@ -74,12 +75,6 @@ class LoopState:
     def from_json(cls, data: dict) -> "LoopState":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()
@@ -240,8 +235,10 @@ def fit(
     ``last`` safetensors into ``run_dir`` and leaves the model holding the best weights' state
     on disk (load ``best.safetensors`` to use them).
 
-    A resumable checkpoint (``checkpoint.safetensors``: model, optimizer, RNG states, the
-    loop's position and early-stopping state) is written every ``cfg.checkpoint_every`` steps
+    The optimiser's param groups and the learning-rate schedule come from
+    :mod:`multiturbo.optim` (the schedule steps once per batch). A resumable checkpoint
+    (``checkpoint.safetensors``: model, optimizer, schedule, RNG states, the loop's position and
+    early-stopping state) is written every ``cfg.checkpoint_every`` steps
     and at every epoch end. ``resume=True`` continues from it: with the loader built by
     :func:`~multiturbo.data.make_loader` the continued run is the uninterrupted one, bit for
     bit on a CPU. ``cfg.nonfinite`` says what a NaN/inf loss or gradient does (stop or skip).
@@ -251,7 +248,8 @@ def fit(
     restores rank 0's RNG state, reseeds each rank from ``rank_seed`` + the step so that the
     ranks keep drawing different dropout masks (such a resume is not bit-exact).
     """
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)  # param groups and schedule: multiturbo.optim
+    scheduler = make_scheduler(optimizer, cfg, len(train_loader))
     step = StepRunner(model, cfg, device, runner=runner)
     is_main = current_world().is_main
     log_path = run_dir / "metrics.jsonl"
@@ -272,7 +270,7 @@ def fit(
     if resume:
         if not ckpt_path.exists():
             raise MultiturboError(f"There is no checkpoint to resume from in {run_dir} ({CHECKPOINT_NAME} is missing).")
-        st = LoopState.from_json(restore_checkpoint(load_checkpoint(ckpt_path), model, optimizer, scaler=step.scaler))
+        st = LoopState.from_json(restore_checkpoint(load_checkpoint(ckpt_path), model, optimizer, scheduler=scheduler, scaler=step.scaler))
         if rank_seed is not None:
             torch.manual_seed(rank_seed + st.step)
         if st.batch and not isinstance(sampler, EpochSampler):
@@ -288,7 +286,7 @@ def fit(
 
     def checkpoint() -> None:
         if is_main:
-            save_checkpoint(ckpt_path, model, optimizer, st.to_json(), scaler=step.scaler)
+            save_checkpoint(ckpt_path, model, optimizer, st.to_json(), scheduler=scheduler, scaler=step.scaler)
 
     def nonfinite(kind: str, what: str) -> None:
         where = f"at epoch {st.epoch}, step {st.step + 1} (batch {st.batch + 1} of the epoch)"
@@ -351,6 +349,8 @@ def fit(
                     st.sums[key] = st.sums.get(key, 0.0) + float(value.detach()) * b
             st.step += 1
             st.batch += 1
+            if scheduler is not None:  # once per batch: the schedule's position is st.step
+                scheduler.step()
             progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}")
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < n_batches:  # epoch ends write one anyway
                 st.epoch_seconds = time.perf_counter() - start
@@ -378,6 +378,7 @@ def fit(
             "train": {k: v for k, v in train_stats.items() if not k.startswith("term/")},
             "terms": {k.removeprefix("term/"): v for k, v in train_stats.items() if k.startswith("term/")},
             "val": val,
+            "lr": group_lrs(optimizer),
             "best": improved,
             "seconds": time.perf_counter() - start,
             "nonfinite_skipped": st.epoch_skipped,

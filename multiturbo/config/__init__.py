@@ -1,9 +1,9 @@
 """Experiment configs: schema, presets, YAML loading, overrides and checks."""
 
 from .load import apply_overrides, check_config, config_to_yaml, load_config, load_raw, validate_config
-from .schema import PRESETS, DataConfig, ExperimentConfig, ModalityConfig, ModelConfig, TrainConfig, TurboConfig
+from .schema import GROUP_PARTS, PRESETS, DataConfig, ScheduleConfig, ExperimentConfig, ModalityConfig, ModelConfig, TrainConfig, TurboConfig
 
 __all__ = [
-    "PRESETS", "DataConfig", "ExperimentConfig", "ModalityConfig", "ModelConfig", "TrainConfig", "TurboConfig",
+    "GROUP_PARTS", "PRESETS", "DataConfig", "ScheduleConfig", "ExperimentConfig", "ModalityConfig", "ModelConfig", "TrainConfig", "TurboConfig",
     "apply_overrides", "check_config", "config_to_yaml", "load_config", "load_raw", "validate_config",
 ]

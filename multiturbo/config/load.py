@@ -146,6 +146,9 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
         lines.append("turbo.ce_weight: 1.0 gives the contrastive terms zero weight while they are switched on. Lower ce_weight or use method: vanilla.")
     if t.learn_temperature and t.temperature < t.min_temperature:
         lines.append(f"turbo.temperature: {t.temperature} is below turbo.min_temperature={t.min_temperature}.")
+    from ..optim import check_group_names  # here: multiturbo.optim imports this package
+
+    lines.extend(check_group_names(cfg.train, list(cfg.modalities)))
     if lines:
         raise ConfigError(lines, source)
     return cfg.model_copy(update={"data": data, "modalities": modalities, "model": model})
