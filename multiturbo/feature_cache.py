@@ -14,10 +14,17 @@ What changes: the K views of such a modality then differ only by the dropout aft
 frozen-encoder protocol; ``recompute`` (the default) keeps running the frozen encoder in train
 mode, so its internal dropout still acts on every pass. Inference on a trained run (predict,
 evaluate, the API) runs the encoder itself, in eval mode, which gives the cached vectors.
+
+Within one process (``compare`` and ``cv`` run every method, fold and seed in one), features are
+computed once per (encoder weights, split items) and reused: the key digests the encoder's class,
+options and state_dict and the split's labels and metadata, so a different fold, seed-drawn split or
+encoder never reuses another's vectors.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -93,6 +100,29 @@ def compute_features(encoder: nn.Module, split: Sequence[Sample], modality: str,
     return torch.stack([r if r is not None else torch.zeros(dim) for r in rows]) if rows else torch.zeros(0, dim), present
 
 
+_MEMO: dict[str, tuple[Tensor, Tensor]] = {}  # key -> (features [N, dim], present [N]); this process only
+_MEMO_LIMIT = 64
+
+
+def _digest_module(module: nn.Module) -> str:
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    options = getattr(module, "options", None)
+    if options is not None and hasattr(options, "model_dump_json"):
+        h.update(options.model_dump_json().encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _digest_split(split: Sequence[Sample]) -> str:
+    if hasattr(split, "labels") and hasattr(split, "meta"):
+        items = list(zip(split.labels, split.meta))
+    else:
+        items = [(s.label, s.meta) for s in split]
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mode: str, device: torch.device,
                           batch_size: int, progress: ProgressReporter, label: str = "") -> Splits:
     """``splits`` with the frozen modalities' inputs replaced by their features (mode ``cache``), or
@@ -111,11 +141,20 @@ def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mod
     for name in ("train", "val", "test"):
         split = getattr(splits, name)
         features, present = {}, {}
+        split_key = _digest_split(split)
         for m in frozen:
+            key = f"{m}|{_digest_module(encoders[m])}|{split_key}"
+            if key in _MEMO:
+                features[m], present[m] = _MEMO[key]
+                progress.log(f"{label}{m}: frozen encoder features of {len(split)} {name} items reused from an earlier run of this process")
+                continue
             start = time.perf_counter()
             progress.start(f"{label}{m}: frozen features of {name}", total=(len(split) + batch_size - 1) // batch_size)
             features[m], present[m] = compute_features(encoders[m], split, m, device, batch_size, progress)
             progress.log(f"{label}{m}: frozen encoder features of {len(split)} {name} items computed once "
                          f"({time.perf_counter() - start:.1f} s)")
+            if len(_MEMO) >= _MEMO_LIMIT:
+                _MEMO.pop(next(iter(_MEMO)))
+            _MEMO[key] = (features[m], present[m])
         out[name] = FeatureSplit(split, features, present, everything)
     return Splits(**out)

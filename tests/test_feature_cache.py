@@ -76,3 +76,20 @@ def test_a_run_with_a_frozen_hf_encoder_and_cached_features(tiny_raw, tmp_path, 
     assert 0.0 <= metrics["ua"] <= 1.0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["terms"] for r in records)
+
+
+def test_features_are_reused_only_for_the_same_encoder_and_items(tiny_raw):
+    import multiturbo.feature_cache as fc
+
+    fc._MEMO.clear()
+    exp = _experiment(tiny_raw)
+    _freeze(exp.model.encoders["text"])
+    quiet = ProgressReporter(quiet=True)
+    first = cache_frozen_features(exp.splits, exp.model.encoders, "cache", torch.device("cpu"), 8, quiet)
+    assert len(fc._MEMO) == 3  # text of train, val, test
+    again = cache_frozen_features(exp.splits, exp.model.encoders, "cache", torch.device("cpu"), 8, quiet)
+    assert again.train.features["text"] is first.train.features["text"] and len(fc._MEMO) == 3
+    with torch.no_grad():  # other weights: computed anew
+        next(exp.model.encoders["text"].parameters()).add_(1.0)
+    other = cache_frozen_features(exp.splits, exp.model.encoders, "cache", torch.device("cpu"), 8, quiet)
+    assert len(fc._MEMO) == 6 and not torch.equal(other.train.features["text"], first.train.features["text"])
