@@ -15,20 +15,20 @@ frozen-encoder protocol; ``recompute`` (the default) keeps running the frozen en
 mode, so its internal dropout still acts on every pass. Inference on a trained run (predict,
 evaluate, the API) runs the encoder itself, in eval mode, which gives the cached vectors.
 
-Within one process (``compare`` and ``cv`` run every method, fold and seed in one), features are
-computed once per (encoder weights, split items) and reused: the key digests the encoder's class,
-options and state_dict and the split's labels and metadata, so a different fold, seed-drawn split or
-encoder never reuses another's vectors.
+Within one process (``compare`` and ``cv`` run every method, fold and seed in one), an item's
+features are computed once per encoder and reused: the key digests the encoder's class, options and
+weights and the item's raw input (text, samples and rate, array), so another encoder or another
+input never reuses a vector. The raw inputs are still read (with ``train.audio_cache`` that is cheap).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -78,49 +78,68 @@ class FeatureSplit(Sequence[Sample]):
 
 @torch.no_grad()
 def compute_features(encoder: nn.Module, split: Sequence[Sample], modality: str, device: torch.device,
-                     batch_size: int, progress: ProgressReporter) -> tuple[Tensor, Tensor]:
-    """The encoder's eval-mode output for every item of ``split``: ([N, dim] on the CPU, present bool [N])."""
+                     batch_size: int, progress: ProgressReporter) -> tuple[Tensor, Tensor, int]:
+    """The encoder's eval-mode output for every item of ``split``: ([N, dim] on the CPU, present bool [N],
+    how many items were reused from an earlier call of this process with the same encoder and input)."""
     was_training = encoder.training
     encoder.eval()
+    memo = _MEMO.setdefault(_digest_module(encoder), {})
+    while len(_MEMO) > _MEMO_ENCODERS:
+        _MEMO.pop(next(iter(_MEMO)))
     rows: list[Tensor | None] = []
+    reused = 0
     try:
         for start in range(0, len(split), batch_size):
             raw = [split[i].inputs.get(modality) for i in range(start, min(start + batch_size, len(split)))]
-            have = [r for r in raw if r is not None]
-            out = iter(())
-            if have:
-                batch = {k: t.to(device) for k, t in encoder.collate(have).items()}
-                out = iter(encoder(batch).float().cpu())
-            rows += [next(out) if r is not None else None for r in raw]
+            keys = [_digest_input(r) if r is not None else None for r in raw]
+            todo = [j for j, (r, k) in enumerate(zip(raw, keys)) if r is not None and (k is None or k not in memo)]
+            done: dict[int, Tensor] = {}
+            if todo:
+                batch = {k: t.to(device) for k, t in encoder.collate([raw[j] for j in todo]).items()}
+                done = dict(zip(todo, encoder(batch).float().cpu()))
+                memo.update({keys[j]: v for j, v in done.items() if keys[j] is not None})
+            reused += sum(1 for r in raw if r is not None) - len(todo)
+            rows += [None if r is None else done[j] if j in done else memo[keys[j]] for j, r in enumerate(raw)]
             progress.advance()
     finally:
         encoder.train(was_training)
     dim = next((r.shape[0] for r in rows if r is not None), 1)
     present = torch.tensor([r is not None for r in rows], dtype=torch.bool)
-    return torch.stack([r if r is not None else torch.zeros(dim) for r in rows]) if rows else torch.zeros(0, dim), present
+    features = torch.stack([r if r is not None else torch.zeros(dim) for r in rows]) if rows else torch.zeros(0, dim)
+    return features, present, reused
 
 
-_MEMO: dict[str, tuple[Tensor, Tensor]] = {}  # key -> (features [N, dim], present [N]); this process only
-_MEMO_LIMIT = 64
+_MEMO: dict[str, dict[str, Tensor]] = {}  # encoder digest -> {raw input digest: features [dim]}; this process only
+_MEMO_ENCODERS = 8  # encoders remembered (the oldest is forgotten first)
 
 
 def _digest_module(module: nn.Module) -> str:
+    """The encoder's class, options and weights, digested."""
     h = hashlib.sha256(type(module).__qualname__.encode())
     options = getattr(module, "options", None)
     if options is not None and hasattr(options, "model_dump_json"):
         h.update(options.model_dump_json().encode())
     for name, t in module.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
-def _digest_split(split: Sequence[Sample]) -> str:
-    if hasattr(split, "labels") and hasattr(split, "meta"):
-        items = list(zip(split.labels, split.meta))
+def _digest_input(raw: object) -> str | None:
+    """A raw input's content, digested (text, arrays, Waveform-like objects); None when unknown."""
+    h = hashlib.sha1()
+    if isinstance(raw, str):
+        h.update(b"s" + raw.encode())
+    elif isinstance(raw, np.ndarray):
+        h.update(f"a{raw.dtype}{raw.shape}".encode() + np.ascontiguousarray(raw).tobytes())
+    elif isinstance(raw, Tensor):
+        return _digest_input(raw.detach().cpu().numpy())
+    elif hasattr(raw, "samples") and hasattr(raw, "sample_rate"):
+        h.update(f"w{raw.sample_rate}".encode() + (_digest_input(np.asarray(raw.samples)) or "").encode())
     else:
-        items = [(s.label, s.meta) for s in split]
-    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
+        return None
+    return h.hexdigest()
 
 
 def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mode: str, device: torch.device,
@@ -141,20 +160,11 @@ def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mod
     for name in ("train", "val", "test"):
         split = getattr(splits, name)
         features, present = {}, {}
-        split_key = _digest_split(split)
         for m in frozen:
-            key = f"{m}|{_digest_module(encoders[m])}|{split_key}"
-            if key in _MEMO:
-                features[m], present[m] = _MEMO[key]
-                progress.log(f"{label}{m}: frozen encoder features of {len(split)} {name} items reused from an earlier run of this process")
-                continue
             start = time.perf_counter()
             progress.start(f"{label}{m}: frozen features of {name}", total=(len(split) + batch_size - 1) // batch_size)
-            features[m], present[m] = compute_features(encoders[m], split, m, device, batch_size, progress)
-            progress.log(f"{label}{m}: frozen encoder features of {len(split)} {name} items computed once "
-                         f"({time.perf_counter() - start:.1f} s)")
-            if len(_MEMO) >= _MEMO_LIMIT:
-                _MEMO.pop(next(iter(_MEMO)))
-            _MEMO[key] = (features[m], present[m])
+            features[m], present[m], reused = compute_features(encoders[m], split, m, device, batch_size, progress)
+            progress.log(f"{label}{m}: frozen encoder features of {len(split)} {name} items ready "
+                         f"({reused} reused from earlier in this process; {time.perf_counter() - start:.1f} s)")
         out[name] = FeatureSplit(split, features, present, everything)
     return Splits(**out)

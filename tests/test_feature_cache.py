@@ -78,7 +78,7 @@ def test_a_run_with_a_frozen_hf_encoder_and_cached_features(tiny_raw, tmp_path, 
     assert len(records) == 2 and all(r["terms"] for r in records)
 
 
-def test_features_are_reused_only_for_the_same_encoder_and_items(tiny_raw):
+def test_features_are_reused_only_for_the_same_encoder_and_input(tiny_raw):
     import multiturbo.feature_cache as fc
 
     fc._MEMO.clear()
@@ -86,10 +86,14 @@ def test_features_are_reused_only_for_the_same_encoder_and_items(tiny_raw):
     _freeze(exp.model.encoders["text"])
     quiet = ProgressReporter(quiet=True)
     first = cache_frozen_features(exp.splits, exp.model.encoders, "cache", torch.device("cpu"), 8, quiet)
-    assert len(fc._MEMO) == 3  # text of train, val, test
+    (memo,) = fc._MEMO.values()
+    n_texts = len({s.inputs["text"] for split in (exp.splits.train, exp.splits.val, exp.splits.test) for s in split})
+    assert len(memo) == n_texts
+    _, _, reused = fc.compute_features(exp.model.encoders["text"], exp.splits.val, "text", torch.device("cpu"), 8, quiet)
+    assert reused == len(exp.splits.val)
     again = cache_frozen_features(exp.splits, exp.model.encoders, "cache", torch.device("cpu"), 8, quiet)
-    assert again.train.features["text"] is first.train.features["text"] and len(fc._MEMO) == 3
+    torch.testing.assert_close(again.train.features["text"], first.train.features["text"], rtol=0, atol=0)
     with torch.no_grad():  # other weights: computed anew
         next(exp.model.encoders["text"].parameters()).add_(1.0)
     other = cache_frozen_features(exp.splits, exp.model.encoders, "cache", torch.device("cpu"), 8, quiet)
-    assert len(fc._MEMO) == 6 and not torch.equal(other.train.features["text"], first.train.features["text"])
+    assert len(fc._MEMO) == 2 and not torch.equal(other.train.features["text"], first.train.features["text"])
