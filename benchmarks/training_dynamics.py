@@ -1,7 +1,7 @@
 """Ablations of what makes the contrastive terms learn or collapse (docs/training-dynamics.md).
 
 Runs one config under several variants (each a list of ``--set`` overrides) and seeds, and prints
-one row per variant: the last epoch's cross-modal and in-modal terms as a share of log(B), the
+one row per variant: the best epoch's validation UA, the last epoch's cross-modal and in-modal terms as a share of log(B), the
 validation uniformity and recall@1 at the last epoch, and the test split's alignment, uniformity,
 recall@1 (chance = 1/N) and UA with the best weights.
 
@@ -26,14 +26,11 @@ from multiturbo.config.load import load_config
 from multiturbo.run import run_experiment
 
 
-def last_record(run_dir: Path) -> dict:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return lines[-1]
-
-
 def row_of(run_dir: Path, metrics: dict) -> dict:
     """The figures of one finished run."""
-    rec = last_record(run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rec = records[-1]
+    best = [r for r in records if r.get("best")] or records
     diag = rec.get("diagnostics", {})
     ratios = diag.get("term_ratio", {})
     cross = [r for name, r in ratios.items() if _modalities(name)[0] != _modalities(name)[1]]
@@ -42,6 +39,7 @@ def row_of(run_dir: Path, metrics: dict) -> dict:
     retrieval = analysis.get("retrieval", {})
     return {
         "epochs": rec["epoch"],
+        "val_ua": best[-1]["val"]["ua"],
         "cross/logB": statistics.fmean(cross) if cross else math.nan,
         "in/logB": statistics.fmean(inside) if inside else math.nan,
         "val_unif": statistics.fmean(diag.get("uniformity", {}).values()) if diag.get("uniformity") else math.nan,
