@@ -52,6 +52,38 @@ def row_of(run_dir: Path, metrics: dict) -> dict:
     }
 
 
+def draw_curves(runs: list[tuple[str, int, Path]], path: str) -> None:
+    """Per epoch, one line per run (colour = variant): mean cross-modal term / log(B), mean validation
+    uniformity, mean validation recall@1."""
+    import matplotlib  # noqa: PLC0415  (optional: only for --figure)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names = list(dict.fromkeys(name for name, _, _ in runs))
+    colours = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name, seed, out in runs:
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        epochs = [r["epoch"] for r in records]
+        def series(f):
+            return [f(r.get("diagnostics", {})) for r in records]
+        cross = series(lambda d: statistics.fmean([v for k, v in d.get("term_ratio", {}).items() if _modalities(k)[0] != _modalities(k)[1]] or [math.nan]))
+        unif = series(lambda d: statistics.fmean(d.get("uniformity", {}).values() or [math.nan]))
+        rec = series(lambda d: statistics.fmean(d.get("recall@1", {}).values() or [math.nan]))
+        for ax, ys in zip(axes, (cross, unif, rec)):
+            ax.plot(epochs, ys, color=colours[name], alpha=0.8, label=name if seed == runs[0][1] else None)
+    for ax, title in zip(axes, ("cross-modal terms / log(B) (train)", "uniformity (validation; 0 = collapsed)", "recall@1 (validation)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _modalities(term: str) -> tuple[str, str]:
     a, b = term.split("~")
     return a.rstrip("0123456789"), b.rstrip("0123456789")
@@ -65,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="an override for every variant")
     ap.add_argument("--out", default="runs/dynamics")
     ap.add_argument("--json", default=None, help="also write every run's row to this JSON file")
+    ap.add_argument("--figure", default=None, help="also draw the per-epoch curves (cross-modal terms / log(B), validation uniformity, recall@1) of every run to this PNG")
     args = ap.parse_args(argv)
-    rows, keys = [], None
+    rows, keys, curves = [], None, []
     for spec in args.variant:
         name, _, rest = spec.partition("=")
         per_seed = []
@@ -78,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             row = row_of(out, metrics)
             rows.append({"variant": name, "seed": seed, "overrides": overrides, **row})
             per_seed.append(row)
+            curves.append((name, seed, out))
             print(f"  {name} seed {seed}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items()), file=sys.stderr, flush=True)
         keys = list(per_seed[0])
         mean = {k: statistics.fmean(r[k] for r in per_seed) for k in keys}
@@ -85,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| variant | " + " | ".join(keys or []) + " |  (means over seeds; columns as above)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.figure:
+        draw_curves(curves, args.figure)
     return 0
 
 
