@@ -11,6 +11,9 @@ from rich.table import Table
 
 from .errors import MultiturboError
 
+# The commands import what they use inside their functions: `multiturbo --help` and the light
+# commands start without loading torch, the plugins or matplotlib (a real start-up cost).
+
 out_console = Console()
 err_console = Console(stderr=True)
 
@@ -59,12 +62,13 @@ def run(config: Path, out: Path | None, overrides: tuple[str, ...], overwrite: b
     """Train and test the experiment in CONFIG; write a run directory."""
     from .config import load_config
     from .progress import ProgressReporter
-    from .run import default_run_dir, run_experiment
+    from .run import run_experiment
+    from .rundir import default_run_dir, layout
 
     if resume and config.is_dir():  # multiturbo run RUN_DIR --resume: the run's own config
         if out is not None and out.resolve() != config.resolve():
             raise MultiturboError(f"--resume with a run directory ({config}) continues that directory; drop --out {out}.")
-        out, config = config, config / "config.yaml"
+        out, config = config, layout.path(config, layout.CONFIG)
     if resume and out is None:
         raise MultiturboError("--resume needs the run directory: multiturbo run RUN_DIR --resume, or multiturbo run CONFIG --out RUN_DIR --resume.")
     cfg = load_config(config, overrides)
@@ -190,7 +194,7 @@ def analyze(run_dir: Path, device: str, batch_size: int | None, quiet: bool) -> 
     from .analysis import analyze_run
     from .progress import ProgressReporter
     from .report import write_run_report
-    from .run import resolve_device
+    from .runtime import resolve_device
     from .tensorboard import export_tensorboard
 
     if batch_size is not None and batch_size < 1:
@@ -359,7 +363,7 @@ def bench(config: Path, overrides: tuple[str, ...], methods: str, steps: int, wa
     from .bench import COLUMNS, bench_methods, format_rows
     from .checkpoint import write_json
     from .compare import method_configs
-    from .run import resolve_device
+    from .runtime import resolve_device
 
     configs = method_configs(config, overrides, [m.strip() for m in methods.split(",") if m.strip()])
     first = next(iter(configs.values()))

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from rich.table import Table
 
+from .analysis import plot_runs_align_uniform
 from .config import ExperimentConfig, check_config, load_raw, validate_config
 from .errors import MultiturboError
 from .loss import pair_names
@@ -35,6 +36,7 @@ from .crossval import (
     summarize, with_fold_seed, write_plan,
 )
 from .progress import ProgressReporter
+from .report import write_comparison_report
 from .stats import PairedStats, Summary, fmt, fmt_mean_std, fmt_p, paired_difference
 
 METHODS = ("vanilla", "cross", "turbo")
@@ -143,9 +145,6 @@ def compare_methods(
 def write_compare_report(result: CompareResult) -> None:
     """``report.md`` of a comparison: the methods table, the paired differences, and the
     alignment-uniformity scatter of every run (paper Fig. 2) as ``align_uniform.png``."""
-    from .analysis import plot_runs_align_uniform
-    from .report import write_comparison_report
-
     scatter = result.out / "align_uniform.png"
     points = plot_runs_align_uniform([(METHOD_LABELS.get(r.method, r.method), r.run_dir) for r in result.runs], scatter,
                                      title="Alignment vs uniformity of the test embeddings (lower is better)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .checkpoint import _atomic, load_checkpoint, restore_checkpoint, save_checkpoint, save_weights
+from . import rundir
+from .checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import EpochSampler, LabelledBatch
 from .distributed import all_ranks, average_gradients, current_world, gather_rows
@@ -26,9 +26,6 @@ from .progress import ProgressReporter
 
 class TrainingError(MultiturboError):
     """Training cannot go on (e.g. a non-finite loss)."""
-
-
-CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 @dataclass
@@ -203,24 +200,6 @@ def nonfinite_grad_names(model: torch.nn.Module) -> list[str]:
     return [n for (n, _), ok in zip(named, flags.tolist()) if not ok]
 
 
-def _truncate_log(path: Path, keep_below: int) -> None:
-    """Keep only the metrics.jsonl lines of epochs < ``keep_below`` (a resume rewrites the rest)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            epoch = json.loads(line).get("epoch")
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-        if isinstance(epoch, int) and epoch < keep_below:
-            kept.append(line)
-    text = "".join(f"{line}\n" for line in kept)
-    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def fit(
     model: TurboModel,
     train_loader: DataLoader,
@@ -253,24 +232,18 @@ def fit(
     optimizer = make_optimizer(model, cfg)
     step = StepRunner(model, cfg, device, runner=runner)
     is_main = current_world().is_main
-    log_path = run_dir / "metrics.jsonl"
-    ckpt_path = run_dir / CHECKPOINT_NAME
+    ckpt_path = rundir.checkpoint_path(run_dir)
     sampler = getattr(train_loader, "sampler", None)
     batch_size = train_loader.batch_size or 1
     st = LoopState()
 
     def write_epoch_outputs(record: dict) -> None:
-        if not is_main:
-            return
-        if record["best"]:
-            save_weights(model, run_dir / "best.safetensors")
-        save_weights(model, run_dir / "last.safetensors")
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if is_main:
+            rundir.write_epoch(run_dir, model, record)
 
     if resume:
         if not ckpt_path.exists():
-            raise MultiturboError(f"There is no checkpoint to resume from in {run_dir} ({CHECKPOINT_NAME} is missing).")
+            raise MultiturboError(f"There is no checkpoint to resume from in {run_dir} ({ckpt_path.name} is missing).")
         st = LoopState.from_json(restore_checkpoint(load_checkpoint(ckpt_path), model, optimizer, scaler=step.scaler))
         if rank_seed is not None:
             torch.manual_seed(rank_seed + st.step)
@@ -278,11 +251,11 @@ def fit(
             raise MultiturboError("Resuming in the middle of an epoch needs a loader made by multiturbo.data.make_loader.")
         if st.pending is not None:  # the checkpoint was written at an epoch end: redo that epoch's outputs
             if is_main:
-                _truncate_log(log_path, st.pending["epoch"])
+                rundir.truncate_log(run_dir, st.pending["epoch"])
             write_epoch_outputs(st.pending)
             st.pending = None
         elif is_main:
-            _truncate_log(log_path, st.epoch)
+            rundir.truncate_log(run_dir, st.epoch)
         progress.log(f"{label}resumed at epoch {st.epoch}, batch {st.batch} (step {st.step})")
 
     def checkpoint() -> None:
@@ -303,7 +276,7 @@ def fit(
             first = ""
         kept = (
             f"The last good checkpoint is {ckpt_path} (continue from it with --resume --set train.nonfinite=skip); "
-            f"the weights of the last finished epoch are in {run_dir / 'last.safetensors'}. "
+            f"the weights of the last finished epoch are in {rundir.layout.path(run_dir, rundir.layout.LAST)}. "
             if ckpt_path.exists() else "No checkpoint had been written yet. "
         )
         raise TrainingError(
@@ -396,7 +369,7 @@ def fit(
     epochs_run = st.epoch - 1
     if st.best_epoch == 0:  # every monitored value was NaN: keep the last weights as "best"
         if is_main:
-            save_weights(model, run_dir / "best.safetensors")
+            rundir.save_best(run_dir, model)
         st.best_epoch = epochs_run
     return FitResult(
         best_epoch=st.best_epoch, best_value=st.best_value, epochs_run=epochs_run,
