@@ -8,6 +8,7 @@ from .config import ExperimentConfig
 from .dataset import Dataset, Splits
 from .errors import ConfigError, DataError
 from .loss import TurboLoss
+from .metrics import METRICS
 from .model import TurboModel
 from .plugins import Registries, get_registries
 
@@ -38,8 +39,11 @@ def build_dataset(cfg: ExperimentConfig, registries: Registries) -> tuple[Datase
     for name in ("train", "val", "test"):
         if len(getattr(splits, name)) == 0:
             raise DataError(f"The {name} split of data set {cfg.data.name!r} is empty. Give the data set more items or change its split options.")
-    if cfg.train.monitor == "eer" and len(dataset.classes) != 2:
-        raise ConfigError([f"train.monitor: eer is defined for two classes; the data set {cfg.data.name!r} has {len(dataset.classes)}. Monitor ua, wa, f1 or loss."])
+    monitor, n = METRICS[cfg.train.monitor], len(dataset.classes)
+    if not monitor.defined_for(n):
+        others = ", ".join(name for name, m in METRICS.items() if m.defined_for(n))
+        count = {2: "two"}.get(monitor.classes, str(monitor.classes))
+        raise ConfigError([f"train.monitor: {monitor.name} is defined for {count} classes; the data set {cfg.data.name!r} has {n}. Monitor {others}."])
     if len(dataset.classes) < 2:
         raise DataError(f"The data set {cfg.data.name!r} has {len(dataset.classes)} class(es); classification needs at least 2.")
     return dataset, splits

@@ -61,6 +61,7 @@ def cli() -> None:
 def run(config: Path, out: Path | None, overrides: tuple[str, ...], overwrite: bool, quiet: bool, resume: bool) -> None:
     """Train and test the experiment in CONFIG; write a run directory."""
     from .config import load_config
+    from .metrics import TABLE_METRICS
     from .progress import ProgressReporter
     from .run import run_experiment
     from .rundir import default_run_dir, layout
@@ -75,7 +76,7 @@ def run(config: Path, out: Path | None, overrides: tuple[str, ...], overwrite: b
     out = out or default_run_dir(cfg)
     with ProgressReporter(quiet=quiet) as progress:
         metrics = run_experiment(cfg, out, overwrite=overwrite, progress=progress, resume=resume)
-    shown = {k: round(v, 4) for k, v in metrics.items() if k in ("wa", "ua", "f1", "eer") and isinstance(v, float)}
+    shown = {k: round(metrics[k], 4) for k in TABLE_METRICS if isinstance(metrics.get(k), float)}
     out_console.print(f"test {json.dumps(shown)}  (run directory: {out})", markup=False, highlight=False)
 
 
@@ -303,6 +304,7 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
     cross-modal retrieval (recall@1, recall@5 per modality pair)."""
     from .checkpoint import write_json
     from .inference import evaluate_outputs, run_inputs
+    from .metrics import METRICS
 
     run = _load_for_inference(run_dir, device, batch_size, kinds)
     inputs = _inference_inputs(run, data, (), columns, "required", split)
@@ -312,7 +314,7 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
     table = Table(title=f"{run_dir.name} on {data.name}", caption=f"{metrics['n_items']} items")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("wa", "ua", "f1", "eer", "loss"):
+    for key in METRICS:
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4f}")
     for pair, res in metrics["retrieval"].items():

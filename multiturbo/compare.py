@@ -30,9 +30,10 @@ from .analysis import plot_runs_align_uniform
 from .config import ExperimentConfig, check_config, load_raw, validate_config
 from .errors import MultiturboError
 from .loss import pair_names
+from .metrics import TABLE_METRICS
 from .plugins import get_registries
 from .crossval import (
-    METRICS, Fold, RunRecord, RunSpec, check_plan, header, make_plan, metric_names, resolve_folds, run_grid, run_name, runs_csv,
+    Fold, RunRecord, RunSpec, check_plan, header, make_plan, metric_names, resolve_folds, run_grid, run_name, runs_csv,
     summarize, with_fold_seed, write_plan,
 )
 from .progress import ProgressReporter
@@ -41,7 +42,6 @@ from .stats import PairedStats, Summary, fmt, fmt_mean_std, fmt_p, paired_differ
 
 METHODS = ("vanilla", "cross", "turbo")
 METHOD_LABELS = {"vanilla": "Vanilla", "cross": "+ CL_cross", "turbo": "+ Turbo"}
-METRIC_COLUMNS = ("wa", "ua", "f1", "eer")
 
 
 def method_configs(path: str | Path, overrides: Sequence[str], methods: Sequence[str]) -> dict[str, ExperimentConfig]:
@@ -183,8 +183,7 @@ def _result(configs: dict[str, ExperimentConfig], out: Path, folds: list[Fold], 
     return CompareResult(out, methods, folds, seeds, grid, runs, rows, summaries, paired)
 
 
-HEADERS = {"label": "Method", "K": "K", "in_terms": "in", "cross_terms": "cross", "n": "n",
-           "wa": "WA", "ua": "UA", "f1": "F1", "eer": "EER", "best_epoch": "best ep.", "seconds": "time (s)"}
+HEADERS = {"label": "Method", "K": "K", "in_terms": "in", "cross_terms": "cross", "n": "n", "best_epoch": "best ep.", "seconds": "time (s)"}
 
 
 def _columns(result: CompareResult) -> list[str]:
@@ -195,11 +194,7 @@ def _cell(result: CompareResult, row: dict, column: str) -> str:
     if column in result.metrics:
         return fmt_mean_std(result.summaries[row["method"]][column])
     value = row.get(column, "")
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "n/a"
-        return f"{value:.1f}"
-    return str(value)
+    return fmt(value, 1) if isinstance(value, float) else str(value)
 
 
 def to_markdown(result: CompareResult) -> str:
@@ -228,7 +223,7 @@ def to_csv(result: CompareResult) -> str:
 
 def to_rich_table(result: CompareResult, title: str = "Test metrics") -> Table:
     """The terminal table: the test metrics (comparison.md adds alignment and uniformity)."""
-    cols = [c for c in _columns(result) if c not in result.metrics or c in METRICS]
+    cols = [c for c in _columns(result) if c not in result.metrics or c in TABLE_METRICS]
     caption = "in / cross: number of in-modal / cross-modal InfoNCE terms; alignment and uniformity in comparison.md"
     if result.grid:
         caption += f"; mean ± std over {_grid_text(result)}"
@@ -275,7 +270,7 @@ def paired_rich_table(result: CompareResult, title: str = "Paired differences B 
     for c in ("B - A", "metric", "n", "diff", "95% CI", "t p", "W p", *(["note"] if notes else [])):
         table.add_column(c, justify="left" if c in ("B - A", "metric", "note") else "right", no_wrap=c != "note", overflow="fold")
     for p in result.paired:
-        if p.metric not in METRICS:
+        if p.metric not in TABLE_METRICS:
             continue  # alignment / uniformity rows: in paired.md
         s = p.stats
         ci = "n/a" if math.isnan(s.ci_low) else f"[{s.ci_low:+.3f}, {s.ci_high:+.3f}]"

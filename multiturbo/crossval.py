@@ -39,14 +39,13 @@ from .analysis import analyze_run, load_analysis, plot_runs_align_uniform
 from .checkpoint import write_json
 from .config import ExperimentConfig, config_differences, describe_differences, result_relevant
 from .errors import MultiturboError
+from .metrics import TABLE_METRICS, label
 from .plugins import Registries, get_registries
 from .progress import ProgressReporter
 from .report import write_comparison_report
 from .run import run_experiment
 from .stats import Summary, fmt, fmt_mean_std, mean_std
 
-METRICS = ("wa", "ua", "f1", "eer")
-METRIC_HEADERS = {"wa": "WA", "ua": "UA", "f1": "F1", "eer": "EER"}
 PLAN_FILE = "plan.yaml"
 
 Fold = int | None
@@ -146,7 +145,7 @@ class RunRecord:
     @property
     def values(self) -> dict[str, float]:
         """The numbers to summarise: wa, ua, f1 (eer) and the post-processing values."""
-        out = {k: float(self.metrics[k]) for k in METRICS if isinstance(self.metrics.get(k), (int, float))}
+        out = {k: float(self.metrics[k]) for k in TABLE_METRICS if isinstance(self.metrics.get(k), (int, float))}
         out.update({k: float(v) for k, v in self.extra.items() if isinstance(v, (int, float))})
         return out
 
@@ -272,9 +271,9 @@ def run_grid(
 
 # -- summaries ----------------------------------------------------------------------------------
 def metric_names(records: Sequence[RunRecord]) -> list[str]:
-    """The metrics present in any record: wa, ua, f1, eer in this order, then extras sorted."""
+    """The metrics present in any record: the registry's table metrics in its order, then extras sorted."""
     present = {k for r in records for k in r.values}
-    return [k for k in METRICS if k in present] + sorted(present - set(METRICS))
+    return [k for k in TABLE_METRICS if k in present] + sorted(present - set(TABLE_METRICS))
 
 
 def summarize(records: Sequence[RunRecord], names: Sequence[str] | None = None) -> dict[str, Summary]:
@@ -283,8 +282,7 @@ def summarize(records: Sequence[RunRecord], names: Sequence[str] | None = None) 
     return {k: mean_std([r.values[k] for r in records if k in r.values]) for k in names}
 
 
-def header(name: str) -> str:
-    return METRIC_HEADERS.get(name, name)
+header = label  # a column's header: the registry's label of a metric, other names as they are
 
 
 @dataclass
@@ -392,7 +390,7 @@ def _folds_text(folds: Sequence[Fold]) -> str:
 
 def cv_rich_table(result: CVResult) -> Table:
     """The terminal table: the test metrics per run, mean and std (cv.md adds alignment and uniformity)."""
-    names = [k for k in result.summary if k in METRICS]
+    names = [k for k in result.summary if k in TABLE_METRICS]
     table = Table(title=f"{result.method}: cross-validation ({len(result.runs)} runs)",
                   caption="mean and sample std (ddof = 1) over all runs; alignment and uniformity in cv.md")
     for c in ["fold", "seed", *[header(k) for k in names], "status"]:

@@ -354,8 +354,7 @@ def evaluate_outputs(run: LoadedRun, out: Outputs, ks: Sequence[int] = DEFAULT_K
     if missing:
         raise DataError(f"Evaluation needs a label for every item; item {missing[0]} has none ({len(missing)} in all).")
     labels = torch.tensor(out.labels, dtype=torch.long)
-    metrics: dict[str, Any] = classification_metrics(out.probs, labels)
-    metrics["loss"] = float(F.nll_loss(out.probs.clamp_min(1e-12).log(), labels))
+    metrics: dict[str, Any] = classification_metrics(out.probs, labels, loss=True)
     metrics["n_items"] = len(labels)
     metrics["classes"] = list(run.classes)
     metrics["retrieval"] = cross_modal_retrieval(out.normalized(), out.present, ks) if len(run.modalities) > 1 else {}

@@ -14,9 +14,8 @@ from . import rundir
 from .analysis import draw_run_figures
 from .checkpoint import _atomic
 from .errors import MultiturboError
+from .metrics import METRICS
 from .stats import fmt
-
-METRIC_NAMES = {"wa": "WA", "ua": "UA", "f1": "macro-F1", "eer": "EER", "loss": "CE loss"}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -62,8 +61,8 @@ def write_run_report(run_dir: str | Path) -> Path:
 
     parts += ["## Test metrics (best weights)", ""]
     if metrics:
-        keys = [k for k in METRIC_NAMES if k in metrics]
-        parts += [markdown_table([METRIC_NAMES[k] for k in keys], [[fmt(metrics[k]) for k in keys]]), ""]
+        keys = [k for k in METRICS if k in metrics]
+        parts += [markdown_table([METRICS[k].label for k in keys], [[fmt(metrics[k]) for k in keys]]), ""]
         extra = [f"{k} {metrics[k]}" for k in ("best_epoch", "epochs_run", "stopped_early") if k in metrics]
         if extra:
             parts += [", ".join(extra).replace("_", " "), ""]

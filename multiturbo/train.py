@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from . import rundir
@@ -18,7 +17,7 @@ from .config import TrainConfig
 from .data import EpochSampler, LabelledBatch
 from .distributed import all_ranks, average_gradients, current_world, gather_rows
 from .errors import MultiturboError
-from .metrics import HIGHER_IS_BETTER, classification_metrics
+from .metrics import METRICS, TABLE_METRICS, classification_metrics
 from .gradcache import cached_backward
 from .model import StepOutput, TurboModel
 from .progress import ProgressReporter
@@ -94,11 +93,9 @@ def predict_probs(model: TurboModel, loader: DataLoader, device: torch.device) -
 
 
 def evaluate(model: TurboModel, loader: DataLoader, device: torch.device) -> dict:
-    """Metrics of :func:`~multiturbo.metrics.classification_metrics` plus ``loss`` (mean CE)."""
+    """Every registered metric (:mod:`multiturbo.metrics`), the mean CE ``loss`` included."""
     probs, labels = predict_probs(model, loader, device)
-    metrics = classification_metrics(probs, labels)
-    metrics["loss"] = float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
-    return metrics
+    return classification_metrics(probs, labels, loss=True)
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -182,11 +179,7 @@ class StepRunner:
 
 
 def _improved(value: float, best: float, monitor: str) -> bool:
-    if math.isnan(value):
-        return False
-    if math.isnan(best):
-        return True
-    return value > best if HIGHER_IS_BETTER[monitor] else value < best
+    return METRICS[monitor].better(value, best)
 
 
 def nonfinite_grad_names(model: torch.nn.Module) -> list[str]:
@@ -358,8 +351,8 @@ def fit(
         ts = record["train"]
         progress.log(
             f"{label}epoch {epoch}: loss {ts.get('loss', math.nan):.3f} ce {ts.get('ce', math.nan):.3f} "
-            f"contr {ts.get('contrastive', math.nan):.3f} | val wa {val['wa']:.3f} ua {val['ua']:.3f} "
-            f"f1 {val['f1']:.3f}{' *' if improved else ''}"
+            f"contr {ts.get('contrastive', math.nan):.3f} | val "
+            + " ".join(f"{k} {val[k]:.3f}" for k in TABLE_METRICS if k in val) + f"{' *' if improved else ''}"
             + (f" | {record['nonfinite_skipped']} step(s) skipped" if record["nonfinite_skipped"] else "")
         )
         progress.epoch_done(f"val {cfg.monitor} {value:.3f} (best {st.best_value:.3f} @ {st.best_epoch})")

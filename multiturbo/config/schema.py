@@ -11,9 +11,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from ..metrics import METRICS
 from ..options import StrictModel
 
 Method = Literal["vanilla", "cross", "turbo"]
+MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]  # the metric registry's names
 
 # Paper, Table 1: vanilla = CE only; cross = CL_cross (CLAP-like), K = 1; turbo = K = 2, in + cross.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -83,7 +85,7 @@ class TrainConfig(StrictModel):
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     epochs: int = Field(10, ge=1)
     patience: int | None = Field(None, ge=1, description="Stop after this many epochs without improvement of `monitor`; None = never.")
-    monitor: Literal["wa", "ua", "f1", "eer", "loss"] = Field("ua", description="Validation metric for early stopping and the best checkpoint.")
+    monitor: MetricName = Field("ua", description="Validation metric for early stopping and the best checkpoint.")
     grad_clip: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this value.")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1...")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
