@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from .dataset import Sample
 from .encoder import Batch, Encoder
 from .errors import DataError
+from .model import PRESENT_KEY
 
 
 @dataclass
@@ -46,8 +47,6 @@ class Collator:
         self.num_classes = num_classes
 
     def __call__(self, samples: Sequence[Sample]) -> LabelledBatch:
-        from .model import PRESENT_KEY
-
         inputs = {}
         for s in samples:
             if all(s.inputs.get(m) is None for m in self.collates):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, rundir
+from . import rundir
+from .version import __version__
 from .analysis import embed, write_analysis
 from .audio_cache import cache_splits
 from .build import build_experiment

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, PluginError
+from ..plugins import get_registries
 from .schema import ExperimentConfig
 
 Loc = tuple[str | int, ...]
@@ -118,8 +119,6 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
     the saved config says exactly what ran.
     """
     if registries is None:
-        from ..plugins import get_registries
-
         registries = get_registries()
     lines: list[str] = []
     data = cfg.data.model_copy()

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..checkpoint import read_checkpoint_loop_state
 from ..config import ExperimentConfig, config_differences, config_to_yaml, describe_differences
 from ..errors import MultiturboError, RunDirError
