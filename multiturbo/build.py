@@ -23,10 +23,15 @@ class Experiment:
     model: TurboModel
 
 
+def make_dataset(name: str, options: dict, seed: int, registries: Registries | None = None) -> Dataset:
+    """The data set plugin ``name`` built with its ``options`` (validated by its Options model)."""
+    cls = (registries or get_registries()).datasets.get(name)
+    return cls(cls.Options.model_validate(options), seed=seed)
+
+
 def build_dataset(cfg: ExperimentConfig, registries: Registries) -> tuple[Dataset, Splits]:
     """The data set plugin and the configured fold's splits; checks modalities and fold."""
-    cls = registries.datasets.get(cfg.data.name)
-    dataset = cls(cls.Options.model_validate(cfg.data.options), seed=cfg.seed)
+    dataset = make_dataset(cfg.data.name, cfg.data.options, cfg.seed, registries)
     missing = [m for m in cfg.modalities if m not in dataset.modalities]
     if missing:
         raise ConfigError(
@@ -55,7 +60,7 @@ def build_model(cfg: ExperimentConfig, num_classes: int, registries: Registries)
     for m, mc in cfg.modalities.items():
         cls = registries.encoders.get(mc.encoder)
         encoders[m] = cls(cls.Options.model_validate(mc.options))
-    head_cls = registries.heads.get(cfg.model.head)
+    head_cls = registries.heads.get(cfg.model.head or registries.heads.default())
     head = head_cls(
         head_cls.Options.model_validate(cfg.model.head_options),
         modalities=list(cfg.modalities), dim=cfg.model.dim, num_classes=num_classes,

@@ -36,11 +36,12 @@ from rich.table import Table
 
 from . import rundir
 from .analysis import analyze_run, load_analysis, plot_runs_align_uniform
+from .build import make_dataset
 from .checkpoint import write_json
 from .config import ExperimentConfig, config_differences, describe_differences, result_relevant
 from .errors import MultiturboError
 from .metrics import TABLE_METRICS, label
-from .plugins import Registries, get_registries
+from .plugins import Registries
 from .progress import ProgressReporter
 from .report import write_comparison_report
 from .run import run_experiment
@@ -82,9 +83,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 def dataset_num_folds(cfg: ExperimentConfig, registries: Registries | None = None) -> int:
     """How many folds the config's data set has (builds the data set object; loads no items)."""
-    registries = registries or get_registries()
-    cls = registries.datasets.get(cfg.data.name)
-    return cls(cls.Options.model_validate(cfg.data.options), seed=cfg.seed).num_folds
+    return make_dataset(cfg.data.name, cfg.data.options, cfg.seed, registries).num_folds
 
 
 def resolve_folds(cfg: ExperimentConfig, folds: Sequence[int] | str | None, registries: Registries | None = None) -> list[Fold]:

@@ -30,3 +30,8 @@ def register_datasets(register: Register) -> None:
 @hookspec
 def register_heads(register: Register) -> None:
     """Register classification head classes (subclasses of multiturbo.Head): register(name, cls)."""
+
+
+@hookspec
+def register_input_readers(register: Register) -> None:
+    """Register readers of prediction inputs by kind (subclasses of multiturbo.reader.InputReader): register(kind, cls)."""

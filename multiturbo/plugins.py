@@ -38,6 +38,7 @@ from .dataset import Dataset
 from .encoder import Encoder
 from .errors import PluginError
 from .head import Head
+from .reader import InputReader
 from .registry import Registry
 
 ENTRY_POINT_GROUP = "multiturbo"
@@ -168,11 +169,12 @@ def plugin_registered(plugin: object, name: str) -> Iterator[pluggy.PluginManage
 
 @dataclass(frozen=True)
 class Registries:
-    """Every registered encoder, data set and head."""
+    """Every registered encoder, data set, head and input reader."""
 
     encoders: Registry[Encoder]
     datasets: Registry[Dataset]
     heads: Registry[Head]
+    input_readers: Registry[InputReader]
 
 
 def _collect(hook: pluggy.HookCaller, registry: Registry) -> Registry:
@@ -223,6 +225,7 @@ def get_registries() -> Registries:
             encoders=_collect(hook.register_encoders, Registry("encoder", Encoder)),
             datasets=_collect(hook.register_datasets, Registry("dataset", Dataset)),
             heads=_collect(hook.register_heads, Registry("head", Head)),
+            input_readers=_collect(hook.register_input_readers, Registry("input reader", InputReader)),
         )
         if len(_broken) == known_broken:
             break

@@ -80,3 +80,12 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def default(self) -> str:
+        """The name of the one registered class with ``default = True`` (what a config that names
+        none gets); a PluginError when no class or several claim it."""
+        claims = [e.name for e in self if getattr(e.cls, "default", False)]
+        if len(claims) != 1:
+            which = "no registered " + self.kind if not claims else f"several {self.kind}s ({', '.join(claims)})"
+            raise PluginError(f"No {self.kind} named, and {which} set default = True. Name one of: {', '.join(self.names()) or '(none)'}.")
+        return claims[0]

@@ -130,9 +130,13 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
         opts = _resolve(registries.encoders, mc.encoder, mc.options, ("modalities", m, "encoder"), ("modalities", m, "options"), lines)
         modalities[m] = mc.model_copy(update={"options": opts}) if opts is not None else mc
     model = cfg.model
-    opts = _resolve(registries.heads, cfg.model.head, cfg.model.head_options, ("model", "head"), ("model", "head_options"), lines)
-    if opts is not None:
-        model = model.model_copy(update={"head_options": opts})
+    try:
+        head = cfg.model.head or registries.heads.default()  # the resolved config names the head that ran
+    except PluginError as exc:
+        lines.append(f"model.head: {exc}")
+        head = None
+    opts = _resolve(registries.heads, head, cfg.model.head_options, ("model", "head"), ("model", "head_options"), lines) if head else None
+    model = model.model_copy(update={"head": head, **({"head_options": opts} if opts is not None else {})})
 
     t, M = cfg.turbo, len(cfg.modalities)
     if t.in_modal and t.passes < 2:

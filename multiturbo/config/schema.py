@@ -45,7 +45,7 @@ class ModelConfig(StrictModel):
 
     dim: int = Field(128, ge=1, description="Dimension d of the shared space (projection output).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before each modality's projection (paper: 0.2).")
-    head: str = Field("concat_linear", description="Registered head name.")
+    head: str | None = Field(None, description="Registered head name; None: the registered head marked as the default (the first-party concatenation head, paper eq. 5).")
     head_options: dict[str, Any] = Field(default_factory=dict, description="The head plugin's own options.")
     forward_mode: Literal["batched", "sequential"] = Field(
         "batched",
