@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import rundir
-from .data import LabelledBatch
 from .errors import MultiturboError
-from .model import TurboModel
+from .model import TurboModel, eval_pass
 from .progress import ProgressReporter
 from .rundir import read_analysis as load_analysis  # the public name of docs/analysis.md
 
@@ -94,28 +93,14 @@ class Embeddings:
         return self.views[m][keep], self.labels[keep]
 
 
-@torch.no_grad()
 def embed(model: TurboModel, loader, device: torch.device | str = "cpu", progress: ProgressReporter | None = None) -> Embeddings:
     """Normalised projected views of one pass over a loader, dropout off, on the CPU (float32)."""
-    model.eval()
-    chunks: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
-    masks: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
-    labels = []
     if progress is not None:
         progress.start("embedding", total=len(loader))
-    for batch in loader:
-        batch: LabelledBatch = batch.to(device)
-        views = model.views(batch.inputs, passes=1)  # {m: [1, B, d]}
-        present = TurboModel.presence(batch.inputs) or {}
-        for m, v in views.items():
-            chunks[m].append(F.normalize(v[0].float(), dim=-1).cpu())
-            masks[m].append(present[m].cpu() if m in present else torch.ones(v.shape[1], dtype=torch.bool))
-        labels.append(batch.labels.cpu())
-        if progress is not None:
-            progress.advance()
-    if not labels:
+    out = eval_pass(model, loader, device, progress.advance if progress is not None else None)
+    if out is None:
         raise MultiturboError("The split to embed is empty; there is nothing to analyse.")
-    return Embeddings({m: torch.cat(c) for m, c in chunks.items()}, torch.cat(labels), {m: torch.cat(c) for m, c in masks.items()})
+    return Embeddings({m: F.normalize(v, dim=-1) for m, v in out.views.items()}, out.labels, out.present)
 
 
 def align_uniform_points(analysis: dict[str, Any], label: str, group: str | None = None) -> list[dict[str, Any]]:

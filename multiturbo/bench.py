@@ -135,7 +135,7 @@ def _multiturbo_step(runner: StepRunner, model: TurboModel, optimizer, batch: La
     if not ok:
         raise MultiturboError("The benchmark's training step produced a non-finite loss; lower train.lr or check the config.")
     runner.unscale(optimizer)
-    if runner.scaler is None and nonfinite_grad_names(model):
+    if not runner.scaler.is_enabled() and nonfinite_grad_names(model):
         raise MultiturboError("The benchmark's training step produced non-finite gradients; lower train.lr or check the config.")
     runner.optimizer_step(optimizer)
 

@@ -51,7 +51,7 @@ from .data import Collator
 from .dataset import Sample
 from .errors import DataError, MultiturboError
 from .metrics import classification_metrics
-from .model import TurboModel
+from .model import TurboModel, eval_pass
 from .plugins import get_registries
 from .reader import InputReader
 from .retrieval import DEFAULT_KS, cross_modal_retrieval
@@ -289,32 +289,23 @@ def check_inputs(run: LoadedRun, inputs: Inputs) -> None:
             )
 
 
-@torch.no_grad()
 def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None, kinds: Mapping[str, str] | None = None) -> Outputs:
     """One eval-mode pass over ``inputs`` in batches: probabilities, views and presence masks."""
     check_inputs(run, inputs)
     readers = modality_readers(run, kinds)
-    model = run.model
-    model.eval()
-    collator = Collator(model.encoders, num_classes=len(run.classes))
+    collator = Collator(run.model.encoders, num_classes=len(run.classes))
     bs = batch_size or run.config.train.eval_batch_size or run.config.train.batch_size
-    probs, views, present = [], {m: [] for m in run.modalities}, {m: [] for m in run.modalities}
-    for start in range(0, len(inputs), bs):
-        samples = []
-        for item, iid in zip(inputs.items[start:start + bs], inputs.ids[start:start + bs]):
-            raw = {m: None if item.get(m) is None else to_raw(item[m], readers[m], inputs.base) for m in run.modalities}
-            samples.append(Sample(inputs=raw, label=0, meta={"id": iid}))
-        batch = collator(samples).to(run.device)
-        v = model.views(batch.inputs, passes=1)
-        mask = TurboModel.presence(batch.inputs) or {}
-        probs.append(model.logits(v, present=mask or None).float().softmax(-1).cpu())
-        for m in run.modalities:
-            views[m].append(v[m][0].float().cpu())
-            present[m].append(mask[m].cpu() if m in mask else torch.ones(len(samples), dtype=torch.bool))
-    return Outputs(
-        torch.cat(probs), {m: torch.cat(c) for m, c in views.items()}, {m: torch.cat(c) for m, c in present.items()},
-        list(inputs.ids), list(inputs.labels),
-    )
+
+    def batches():  # items read and collated batch by batch
+        for start in range(0, len(inputs), bs):
+            yield collator([
+                Sample(inputs={m: None if item.get(m) is None else to_raw(item[m], readers[m], inputs.base) for m in run.modalities},
+                       label=0, meta={"id": iid})
+                for item, iid in zip(inputs.items[start:start + bs], inputs.ids[start:start + bs])
+            ])
+
+    out = eval_pass(run.model, batches(), run.device)
+    return Outputs(out.probs, out.views, out.present, list(inputs.ids), list(inputs.labels))
 
 
 def predictions(run: LoadedRun, out: Outputs) -> list[dict[str, Any]]:

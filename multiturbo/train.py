@@ -119,7 +119,7 @@ class StepRunner:
             raise MultiturboError("train.amp: fp16 needs a CUDA device (float16 on the CPU is slow and its gradient scaler is CUDA-only). Use train.amp=bf16 or off.")
         self.world = current_world()
         self.dtype = AMP_DTYPES.get(cfg.amp)
-        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")  # disabled: scale, unscale_ and update do nothing
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
@@ -139,7 +139,7 @@ class StepRunner:
             out = self.runner(batch.inputs, batch.labels)
         ok = self.finite(out.loss)
         if ok:
-            (self.scaler.scale(out.loss) if self.scaler is not None else out.loss).backward()
+            self.scaler.scale(out.loss).backward()
         return out, ok
 
     def _cached(self, batch: LabelledBatch, chunk: int) -> StepOutput:
@@ -157,7 +157,7 @@ class StepRunner:
             with self.autocast():
                 result["out"] = model.objective(views, batch.labels, present)
             loss = result["out"].loss
-            return self.scaler.scale(loss) if self.scaler is not None else loss
+            return self.scaler.scale(loss)
 
         loss = cached_backward(encode, objective, batch.inputs, chunk, self.device, finite=self.finite)
         ok = bool(torch.isfinite(loss)) if not self.world.distributed else self.finite(loss)
@@ -167,15 +167,11 @@ class StepRunner:
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Unscale fp16 gradients before they are checked or clipped."""
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
+        self.scaler.unscale_(optimizer)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            optimizer.step()
+        self.scaler.step(optimizer)  # disabled: optimizer.step()
+        self.scaler.update()
 
 
 def _improved(value: float, best: float, monitor: str) -> bool:
@@ -299,7 +295,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
             else:
                 step.unscale(optimizer)
-                bad = nonfinite_grad_names(model) if step.scaler is None else []  # fp16: the scaler skips overflowing steps itself
+                bad = nonfinite_grad_names(model) if not step.scaler.is_enabled() else []  # fp16: the scaler skips overflowing steps itself
                 if bad:
                     ok = False
                     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
