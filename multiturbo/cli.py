@@ -11,8 +11,9 @@ from rich.table import Table
 
 from .errors import MultiturboError
 
-# The commands import what they use inside their functions: `multiturbo --help` and the light
-# commands start without loading torch, the plugins or matplotlib (a real start-up cost).
+# The commands import what they use inside their functions: the light commands start without
+# loading the plugins, torchmetrics or matplotlib (a real start-up cost). A command function
+# takes one parameter per command-line option (click's convention), hence the long lists.
 
 out_console = Console()
 err_console = Console(stderr=True)

@@ -122,6 +122,8 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return max(size - self.start, 0)
 
 
+# Its keyword parameters are DataLoader's own options (workers, pinning, prefetch) plus the
+# sampler's (seed, shard); bundling them would only rename DataLoader's documented arguments.
 def make_loader(
     split: Sequence[Sample],
     collator: Collator,

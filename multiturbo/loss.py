@@ -98,6 +98,8 @@ def info_nce(x: Tensor, y: Tensor, temperature: float | Tensor = 0.07, symmetric
     return 0.5 * (loss + F.cross_entropy(logits.T, target)) if symmetric else loss
 
 
+# The functional API takes LossOptions' fields as keywords (as F.cross_entropy takes its options);
+# TurboLoss and the training path pass one LossOptions.
 def turbo_loss(views: Mapping[str, Tensor], *, temperature: float | Tensor = 0.07, in_modal: bool = True,
                cross_modal: bool = True, symmetric: bool = True, reduction: Literal["sum", "mean"] = "sum",
                in_modal_weight: float = 1.0, cross_modal_weight: float = 1.0,

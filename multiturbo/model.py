@@ -64,7 +64,7 @@ class TurboModel(nn.Module):
         ce_weight: lambda of eq. 6. ce_passes: "first" (paper) or "all" (mean CE over K passes).
     """
 
-    def __init__(
+    def __init__(  # the parts (encoders, head, loss) and the model's hyper-parameters, by keyword: built by build.build_model
         self,
         encoders: Mapping[str, Encoder],
         head: Head,

@@ -18,16 +18,16 @@ from . import rundir
 from .version import __version__
 from .analysis import embed, write_analysis
 from .audio_cache import cache_splits
-from .build import build_experiment
+from .build import Experiment, build_experiment
 from .config import ExperimentConfig
 from .data import Collator, make_loader
-from .distributed import barrier, init_from_env
+from .distributed import World, barrier, init_from_env
 from .errors import MultiturboError
 from .progress import ProgressReporter
 from .report import write_run_report
 from .runtime import resolve_device, seed_everything
 from .tensorboard import export_tensorboard
-from .train import evaluate, fit
+from .train import TrainState, evaluate, fit
 
 
 def run_experiment(
@@ -49,13 +49,51 @@ def run_experiment(
     negatives gathered from all ranks, validation and test metrics are computed over all shards,
     and only rank 0 writes the run directory (docs/scaling.md)."""
     progress = progress or ProgressReporter(quiet=True)
-    if resume:
-        if out is None:
-            raise MultiturboError("Resuming needs the run directory: pass --out DIR (or give DIR as the config).")
-        if overwrite:
-            raise MultiturboError("--resume and --overwrite contradict each other: resume continues the run in the directory, overwrite replaces it.")
-        out = Path(out)
-        previous = rundir.check_resumable(cfg, out)
+    previous = _check_resume(cfg, out, overwrite) if resume else None
+    device, world = _device_and_world(cfg, out)
+    seed_everything(cfg.seed)
+    exp = build_experiment(cfg)  # every config and data check happens here, before training
+    out = Path(out) if resume else _prepare_run_dir(cfg, out, overwrite, exp, world.is_main)
+    info = rundir.RunInfo(out, _facts(cfg, exp, device, world.size), previous, write=world.is_main)
+    model = exp.model.to(device)
+    runner, rank_seed = None, None
+    if world.distributed:
+        rank_seed = cfg.seed + 1_000_003 * world.rank
+        torch.manual_seed(rank_seed)  # each rank its own dropout masks (the weights are rank 0's)
+        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loaders = _Loaders(cfg, exp, model, world)
+    start = time.perf_counter()
+    try:
+        state = TrainState.create(model, cfg.train, device, runner)
+        result = fit(state, loaders.train, loaders.val, out, progress, label=label, resume=resume, rank_seed=rank_seed)
+        barrier()  # rank 0 has written best.safetensors
+        rundir.load_best(model, out)
+        metrics = evaluate(model, loaders.test, device)
+    except BaseException as exc:
+        info.failed(exc, time.perf_counter() - start)
+        raise
+    metrics.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, stopped_early=result.stopped_early)
+    if world.is_main:
+        rundir.write_test_metrics(out, metrics)
+    info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, cfg.train.num_workers))
+    if world.is_main:
+        rundir.remove_checkpoint(out)
+        write_outputs(out, model, loaders.analysis(), device, exp.dataset.classes, cfg.method, progress)
+    barrier()
+    return metrics
+
+
+def _check_resume(cfg: ExperimentConfig, out: Path | str | None, overwrite: bool) -> dict:
+    """run.json of the run to resume in ``out`` (see :func:`multiturbo.rundir.check_resumable`)."""
+    if out is None:
+        raise MultiturboError("Resuming needs the run directory: pass --out DIR (or give DIR as the config).")
+    if overwrite:
+        raise MultiturboError("--resume and --overwrite contradict each other: resume continues the run in the directory, overwrite replaces it.")
+    return rundir.check_resumable(cfg, Path(out))
+
+
+def _device_and_world(cfg: ExperimentConfig, out: Path | str | None) -> tuple[torch.device, World]:
+    """The device (under torchrun, CUDA ranks take their local GPU) and the process group."""
     device = resolve_device(cfg.train.device)
     world = init_from_env(device.type)
     if world.distributed:
@@ -63,68 +101,57 @@ def run_experiment(
             raise MultiturboError("A multi-process run needs its run directory named: pass --out DIR (every process must write to the same place).")
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
-    seed_everything(cfg.seed)
-    exp = build_experiment(cfg)  # every config and data check happens here, before training
-    main = world.is_main
-    if not resume:
-        out = Path(out) if out else rundir.default_run_dir(cfg)
-        rundir.check_run_dir(out, overwrite)  # every rank checks before rank 0 writes anything
-        barrier()
-        if main:
-            rundir.prepare_run_dir(out, overwrite)
-            rundir.write_config(out, cfg)
-            rundir.export_assets(exp.model.encoders, out)  # what the encoders need to be rebuilt offline (assets/)
-    facts = {
+    return device, world
+
+
+def _prepare_run_dir(cfg: ExperimentConfig, out: Path | str | None, overwrite: bool, exp: Experiment, main: bool) -> Path:
+    """A new run's directory: checked by every rank, then prepared by rank 0 (config.yaml, assets/)."""
+    out = Path(out) if out else rundir.default_run_dir(cfg)
+    rundir.check_run_dir(out, overwrite)  # every rank checks before rank 0 writes anything
+    barrier()
+    if main:
+        rundir.prepare_run_dir(out, overwrite)
+        rundir.write_config(out, cfg)
+        rundir.export_assets(exp.model.encoders, out)  # what the encoders need to be rebuilt offline (assets/)
+    return out
+
+
+def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, processes: int) -> dict:
+    """What run.json records about the run besides its status and times."""
+    return {
         "multiturbo_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device": str(device),
-        "processes": world.size,
+        "processes": processes,
         "classes": exp.dataset.classes,
         "modalities": list(cfg.modalities),
         "method": cfg.method,
         "split_sizes": {s: len(getattr(exp.splits, s)) for s in ("train", "val", "test")},
     }
-    info = rundir.RunInfo(out, facts, previous if resume else None, write=main)
-    model = exp.model.to(device)
-    runner, rank_seed = None, None
-    if world.distributed:
-        rank_seed = cfg.seed + 1_000_003 * world.rank
-        torch.manual_seed(rank_seed)  # each rank its own dropout masks (the weights are rank 0's)
-        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    collator = Collator(model.encoders, num_classes=len(exp.dataset.classes))
-    t = cfg.train
-    shard = (world.rank, world.size)
-    loader_options = dict(num_workers=t.num_workers, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor, shard=shard)
-    splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
-    train_loader = make_loader(
-        splits.train, collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
-        drop_singleton=model.contrastive is not None, **loader_options,
-    )
-    eval_bs = t.eval_batch_size or t.batch_size
-    val_loader = make_loader(splits.val, collator, batch_size=eval_bs, shuffle=False, **loader_options)
-    test_loader = make_loader(splits.test, collator, batch_size=eval_bs, shuffle=False, **loader_options)
 
-    start = time.perf_counter()
-    try:
-        result = fit(model, train_loader, val_loader, t, out, device, progress, label, resume=resume, runner=runner, rank_seed=rank_seed)
-        barrier()  # rank 0 has written best.safetensors
-        rundir.load_best(model, out)
-        metrics = evaluate(model, test_loader, device)
-    except BaseException as exc:
-        info.failed(exc, time.perf_counter() - start)
-        raise
-    metrics.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, stopped_early=result.stopped_early)
-    if main:
-        rundir.write_test_metrics(out, metrics)
-    info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, t.num_workers))
-    if main:
-        rundir.remove_checkpoint(out)
-        analysis_loader = test_loader if not world.distributed else make_loader(
-            splits.test, collator, batch_size=eval_bs, shuffle=False, num_workers=t.num_workers)
-        write_outputs(out, model, analysis_loader, device, exp.dataset.classes, cfg.method, progress)
-    barrier()
-    return metrics
+
+class _Loaders:
+    """The run's loaders: train (shuffled by the seed), val and test, each rank on its shard;
+    with train.audio_cache, over the cached splits."""
+
+    def __init__(self, cfg: ExperimentConfig, exp: Experiment, model: torch.nn.Module, world: World):
+        t = cfg.train
+        self.collator = Collator(model.encoders, num_classes=len(exp.dataset.classes))
+        self.world, self.num_workers = world, t.num_workers
+        options = dict(num_workers=t.num_workers, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor, shard=(world.rank, world.size))
+        self.splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
+        self.train = make_loader(self.splits.train, self.collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
+                                 drop_singleton=model.contrastive is not None, **options)
+        self.eval_bs = t.eval_batch_size or t.batch_size
+        self.val = make_loader(self.splits.val, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
+        self.test = make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
+
+    def analysis(self):
+        """The whole test split for rank 0's analysis (a multi-process run's test loader is a shard)."""
+        if not self.world.distributed:
+            return self.test
+        return make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, num_workers=self.num_workers)
 
 
 def _cut_items(model, num_workers: int) -> dict[str, int] | None:

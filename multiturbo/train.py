@@ -189,122 +189,136 @@ def nonfinite_grad_names(model: torch.nn.Module) -> list[str]:
     return [n for (n, _), ok in zip(named, flags.tolist()) if not ok]
 
 
-def fit(
-    model: TurboModel,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    cfg: TrainConfig,
-    run_dir: Path,
-    device: torch.device,
-    progress: ProgressReporter,
-    label: str = "",
-    *,
-    resume: bool = False,
-    runner: torch.nn.Module | None = None,
-    rank_seed: int | None = None,
-) -> FitResult:
-    """Train with early stopping on ``cfg.monitor``; writes ``metrics.jsonl``, ``best`` and
-    ``last`` safetensors into ``run_dir`` and leaves the model holding the best weights' state
-    on disk (load ``best.safetensors`` to use them).
+# -- one step over the training state ------------------------------------------------------------
+@dataclass
+class TrainState:
+    """What the training step and the epoch loop work on (open_clip's ``train_one_epoch`` shape):
+    the model, its optimizer, the step runner (amp, gradient caching, DDP) and the loop's state."""
 
-    A resumable checkpoint (``checkpoint.safetensors``: model, optimizer, RNG states, the
-    loop's position and early-stopping state) is written every ``cfg.checkpoint_every`` steps
-    and at every epoch end. ``resume=True`` continues from it: with the loader built by
-    :func:`~multiturbo.data.make_loader` the continued run is the uninterrupted one, bit for
-    bit on a CPU. ``cfg.nonfinite`` says what a NaN/inf loss or gradient does (stop or skip).
-    ``runner``: the module whose forward runs a training step (DistributedDataParallel around
-    ``model`` in a multi-process run); ``cfg.amp`` and ``cfg.grad_cache_chunk`` apply
-    (:class:`StepRunner`). In a multi-process run only rank 0 writes files, and a resume, which
-    restores rank 0's RNG state, reseeds each rank from ``rank_seed`` + the step so that the
-    ranks keep drawing different dropout masks (such a resume is not bit-exact).
-    """
-    optimizer = make_optimizer(model, cfg)
-    step = StepRunner(model, cfg, device, runner=runner)
-    is_main = current_world().is_main
-    ckpt_path = rundir.checkpoint_path(run_dir)
-    sampler = getattr(train_loader, "sampler", None)
-    batch_size = train_loader.batch_size or 1
-    st = LoopState()
+    model: TurboModel
+    optimizer: torch.optim.Optimizer
+    runner: StepRunner
+    cfg: TrainConfig
+    loop: LoopState = field(default_factory=LoopState)
 
-    def write_epoch_outputs(record: dict) -> None:
-        if is_main:
-            rundir.write_epoch(run_dir, model, record)
+    @classmethod
+    def create(cls, model: TurboModel, cfg: TrainConfig, device: torch.device, runner: torch.nn.Module | None = None) -> "TrainState":
+        """``runner``: the module whose forward runs a step (DDP around ``model``, or None)."""
+        return cls(model, make_optimizer(model, cfg), StepRunner(model, cfg, device, runner=runner), cfg)
 
-    if resume:
-        if not ckpt_path.exists():
-            raise MultiturboError(f"There is no checkpoint to resume from in {run_dir} ({ckpt_path.name} is missing).")
-        st = LoopState.from_json(restore_checkpoint(load_checkpoint(ckpt_path), model, optimizer, scaler=step.scaler))
+
+@dataclass
+class StepResult:
+    """A training step: its output, whether the update was made, and otherwise what was
+    non-finite: ``("loss" | "gradient", description)``."""
+
+    out: StepOutput
+    ok: bool
+    problem: tuple[str, str] | None = None
+
+
+def train_step(state: TrainState, batch: LabelledBatch) -> StepResult:
+    """One optimisation step on a batch (already on the device): forward and backward (amp, gradient
+    caching), the non-finite loss and gradient checks, gradient clipping, the optimizer step. A
+    non-finite step makes no update and leaves no gradient. Shared by :func:`fit` and ``multiturbo bench``."""
+    model, optimizer, runner = state.model, state.optimizer, state.runner
+    optimizer.zero_grad(set_to_none=True)
+    out, ok = runner.forward_backward(batch)
+    if not ok:
+        bad = [name for name, t in {"ce": out.ce, **out.terms}.items() if not torch.isfinite(t)]
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(out, False, ("loss", f"term(s) {', '.join(bad) or 'total'} = {float(out.loss.detach())}"))
+    runner.unscale(optimizer)
+    bad = nonfinite_grad_names(model) if not runner.scaler.is_enabled() else []  # fp16: the scaler skips overflowing steps itself
+    if bad:
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(out, False, ("gradient", "parameter(s) " + ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")))
+    if state.cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), state.cfg.grad_clip)
+    runner.optimizer_step(optimizer)
+    return StepResult(out, True)
+
+
+# -- the epoch loop -----------------------------------------------------------------------------------
+class _EpochLoop:
+    """:func:`fit`'s epochs over a :class:`TrainState`: the batches of an epoch, its end (validation,
+    early stopping, checkpoint, outputs), the resume and the non-finite policy. Only rank 0 writes."""
+
+    def __init__(self, state: TrainState, run_dir: Path, progress: ProgressReporter, label: str):
+        self.state, self.run_dir, self.progress, self.label = state, run_dir, progress, label
+        self.is_main = current_world().is_main
+        self.ckpt_path = rundir.checkpoint_path(run_dir)
+
+    def checkpoint(self) -> None:
+        s = self.state
+        if self.is_main:
+            save_checkpoint(self.ckpt_path, s.model, s.optimizer, s.loop.to_json(), scaler=s.runner.scaler)
+
+    def write_epoch_outputs(self, record: dict) -> None:
+        if self.is_main:
+            rundir.write_epoch(self.run_dir, self.state.model, record)
+
+    def resume(self, train_loader: DataLoader, rank_seed: int | None) -> None:
+        """Continue from the checkpoint: states restored, the outputs of a pending epoch rewritten."""
+        s = self.state
+        if not self.ckpt_path.exists():
+            raise MultiturboError(f"There is no checkpoint to resume from in {self.run_dir} ({self.ckpt_path.name} is missing).")
+        s.loop = st = LoopState.from_json(restore_checkpoint(load_checkpoint(self.ckpt_path), s.model, s.optimizer, scaler=s.runner.scaler))
         if rank_seed is not None:
             torch.manual_seed(rank_seed + st.step)
-        if st.batch and not isinstance(sampler, EpochSampler):
+        if st.batch and not isinstance(getattr(train_loader, "sampler", None), EpochSampler):
             raise MultiturboError("Resuming in the middle of an epoch needs a loader made by multiturbo.data.make_loader.")
         if st.pending is not None:  # the checkpoint was written at an epoch end: redo that epoch's outputs
-            if is_main:
-                rundir.truncate_log(run_dir, st.pending["epoch"])
-            write_epoch_outputs(st.pending)
+            if self.is_main:
+                rundir.truncate_log(self.run_dir, st.pending["epoch"])
+            self.write_epoch_outputs(st.pending)
             st.pending = None
-        elif is_main:
-            rundir.truncate_log(run_dir, st.epoch)
-        progress.log(f"{label}resumed at epoch {st.epoch}, batch {st.batch} (step {st.step})")
+        elif self.is_main:
+            rundir.truncate_log(self.run_dir, st.epoch)
+        self.progress.log(f"{self.label}resumed at epoch {st.epoch}, batch {st.batch} (step {st.step})")
 
-    def checkpoint() -> None:
-        if is_main:
-            save_checkpoint(ckpt_path, model, optimizer, st.to_json(), scaler=step.scaler)
-
-    def nonfinite(kind: str, what: str) -> None:
+    def nonfinite(self, kind: str, what: str) -> None:
+        """A step's non-finite loss or gradient: skipped (train.nonfinite=skip, within the limit) or a TrainingError."""
+        cfg, st = self.state.cfg, self.state.loop
         where = f"at epoch {st.epoch}, step {st.step + 1} (batch {st.batch + 1} of the epoch)"
         if cfg.nonfinite == "skip":
             st.epoch_skipped += 1
             st.skipped_total += 1
             st.skipped_in_a_row += 1
             if st.skipped_in_a_row <= cfg.nonfinite_max_skips:
-                progress.log(f"{label}skipped step {st.step + 1}: non-finite {kind} ({what})")
+                self.progress.log(f"{self.label}skipped step {st.step + 1}: non-finite {kind} ({what})")
                 return
             first = f"{cfg.nonfinite_max_skips + 1} steps in a row had a non-finite loss or gradient; the last one: "
         else:
             first = ""
         kept = (
-            f"The last good checkpoint is {ckpt_path} (continue from it with --resume --set train.nonfinite=skip); "
-            f"the weights of the last finished epoch are in {rundir.layout.path(run_dir, rundir.layout.LAST)}. "
-            if ckpt_path.exists() else "No checkpoint had been written yet. "
+            f"The last good checkpoint is {self.ckpt_path} (continue from it with --resume --set train.nonfinite=skip); "
+            f"the weights of the last finished epoch are in {rundir.layout.path(self.run_dir, rundir.layout.LAST)}. "
+            if self.ckpt_path.exists() else "No checkpoint had been written yet. "
         )
         raise TrainingError(
             f"{first}Non-finite {kind} {where}: {what}. {kept}"
             f"Lower train.lr, raise turbo.temperature, set train.grad_clip, or set train.nonfinite=skip."
         )
 
-    progress.start_epochs(f"{label}epochs", total=cfg.epochs, completed=st.epoch - 1)
-    while not st.done and st.epoch <= cfg.epochs:
-        epoch = st.epoch
-        start = time.perf_counter() - st.epoch_seconds
-        model.train()
+    def run_epoch(self, train_loader: DataLoader, start: float) -> None:
+        """The batches of epoch ``loop.epoch`` from batch ``loop.batch`` on (a resume starts mid-epoch)."""
+        s, st, cfg = self.state, self.state.loop, self.state.cfg
+        s.model.train()
+        sampler = getattr(train_loader, "sampler", None)
         if isinstance(sampler, EpochSampler):
-            sampler.set_epoch(epoch, st.batch * batch_size)
+            sampler.set_epoch(st.epoch, st.batch * (train_loader.batch_size or 1))
         n_batches = st.batch + len(train_loader)
-        progress.start(f"{label}epoch {epoch}/{cfg.epochs}", total=n_batches)
+        self.progress.start(f"{self.label}epoch {st.epoch}/{cfg.epochs}", total=n_batches)
         for _ in range(st.batch):
-            progress.advance()
+            self.progress.advance()
         for batch in train_loader:
-            batch: LabelledBatch = batch.to(device)  # non_blocking copies from pinned memory
-            b = len(batch)
-            optimizer.zero_grad(set_to_none=True)
-            out, ok = step.forward_backward(batch)
-            if not ok:
-                bad = [name for name, t in {"ce": out.ce, **out.terms}.items() if not torch.isfinite(t)]
-                nonfinite("loss", f"term(s) {', '.join(bad) or 'total'} = {float(out.loss.detach())}")
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                step.unscale(optimizer)
-                bad = nonfinite_grad_names(model) if not step.scaler.is_enabled() else []  # fp16: the scaler skips overflowing steps itself
-                if bad:
-                    ok = False
-                    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-                    nonfinite("gradient", f"parameter(s) {shown}")
-                    optimizer.zero_grad(set_to_none=True)
-            if ok:
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                step.optimizer_step(optimizer)
+            batch: LabelledBatch = batch.to(s.runner.device)  # non_blocking copies from pinned memory
+            result = train_step(s, batch)
+            if result.problem is not None:
+                self.nonfinite(*result.problem)
+            if result.ok:
+                out, b = result.out, len(batch)
                 st.skipped_in_a_row = 0
                 st.n_items += b
                 scalars = {"loss": out.loss, "ce": out.ce, "contrastive": out.contrastive, **{f"term/{k}": v for k, v in out.terms.items()}}
@@ -312,15 +326,19 @@ def fit(
                     st.sums[key] = st.sums.get(key, 0.0) + float(value.detach()) * b
             st.step += 1
             st.batch += 1
-            progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}")
+            self.progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}")
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < n_batches:  # epoch ends write one anyway
                 st.epoch_seconds = time.perf_counter() - start
-                checkpoint()
+                self.checkpoint()
 
+    def end_epoch(self, val_loader: DataLoader, start: float) -> dict:
+        """Validation, early stopping, then the checkpoint and the epoch's outputs; returns its record."""
+        s, st, cfg = self.state, self.state.loop, self.state.cfg
+        epoch = st.epoch
         train_stats = {k: v / max(st.n_items, 1) for k, v in st.sums.items()}
-        if model.contrastive is not None:
-            train_stats["temperature"] = float(model.contrastive.temperature)
-        val = evaluate(model, val_loader, device)
+        if s.model.contrastive is not None:
+            train_stats["temperature"] = float(s.model.contrastive.temperature)
+        val = evaluate(s.model, val_loader, s.runner.device)
         value = float(val[cfg.monitor])
         improved = _improved(value, st.best_value, cfg.monitor)
         if improved:
@@ -341,26 +359,67 @@ def fit(
         st.done = st.stopped or epoch >= cfg.epochs
         st.epoch, st.batch, st.sums, st.n_items, st.epoch_seconds, st.epoch_skipped = epoch + 1, 0, {}, 0, 0.0, 0
         st.pending = record
-        checkpoint()  # first the checkpoint, then the outputs it describes (a resume rewrites them)
+        self.checkpoint()  # first the checkpoint, then the outputs it describes (a resume rewrites them)
         st.pending = None
-        write_epoch_outputs(record)
-        ts = record["train"]
-        progress.log(
-            f"{label}epoch {epoch}: loss {ts.get('loss', math.nan):.3f} ce {ts.get('ce', math.nan):.3f} "
+        self.write_epoch_outputs(record)
+        return record
+
+    def report_epoch(self, record: dict) -> None:
+        """The epoch's line and the progress bar's summary (and the early stop, when it happens)."""
+        cfg, st, ts, val = self.state.cfg, self.state.loop, record["train"], record["val"]
+        self.progress.log(
+            f"{self.label}epoch {record['epoch']}: loss {ts.get('loss', math.nan):.3f} ce {ts.get('ce', math.nan):.3f} "
             f"contr {ts.get('contrastive', math.nan):.3f} | val "
-            + " ".join(f"{k} {val[k]:.3f}" for k in TABLE_METRICS if k in val) + f"{' *' if improved else ''}"
+            + " ".join(f"{k} {val[k]:.3f}" for k in TABLE_METRICS if k in val) + f"{' *' if record['best'] else ''}"
             + (f" | {record['nonfinite_skipped']} step(s) skipped" if record["nonfinite_skipped"] else "")
         )
-        progress.epoch_done(f"val {cfg.monitor} {value:.3f} (best {st.best_value:.3f} @ {st.best_epoch})")
+        self.progress.epoch_done(f"val {cfg.monitor} {float(val[cfg.monitor]):.3f} (best {st.best_value:.3f} @ {st.best_epoch})")
         if st.stopped:
-            progress.log(f"{label}early stop: no better val {cfg.monitor} for {cfg.patience} epochs (best {st.best_value:.4f} at epoch {st.best_epoch})")
-    progress.finish_epochs()
-    epochs_run = st.epoch - 1
-    if st.best_epoch == 0:  # every monitored value was NaN: keep the last weights as "best"
-        if is_main:
-            rundir.save_best(run_dir, model)
-        st.best_epoch = epochs_run
-    return FitResult(
-        best_epoch=st.best_epoch, best_value=st.best_value, epochs_run=epochs_run,
-        stopped_early=st.stopped, nonfinite_skipped=st.skipped_total,
-    )
+            self.progress.log(f"{self.label}early stop: no better val {cfg.monitor} for {cfg.patience} epochs (best {st.best_value:.4f} at epoch {st.best_epoch})")
+
+    def run(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
+        st, cfg = self.state.loop, self.state.cfg
+        self.progress.start_epochs(f"{self.label}epochs", total=cfg.epochs, completed=st.epoch - 1)
+        while not st.done and st.epoch <= cfg.epochs:
+            start = time.perf_counter() - st.epoch_seconds
+            self.run_epoch(train_loader, start)
+            self.report_epoch(self.end_epoch(val_loader, start))
+        self.progress.finish_epochs()
+        epochs_run = st.epoch - 1
+        if st.best_epoch == 0:  # every monitored value was NaN: keep the last weights as "best"
+            if self.is_main:
+                rundir.save_best(self.run_dir, self.state.model)
+            st.best_epoch = epochs_run
+        return FitResult(
+            best_epoch=st.best_epoch, best_value=st.best_value, epochs_run=epochs_run,
+            stopped_early=st.stopped, nonfinite_skipped=st.skipped_total,
+        )
+
+
+def fit(
+    state: TrainState,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    run_dir: Path,
+    progress: ProgressReporter,
+    *,
+    label: str = "",
+    resume: bool = False,
+    rank_seed: int | None = None,
+) -> FitResult:
+    """Train ``state`` with early stopping on ``cfg.monitor``; writes ``metrics.jsonl``, ``best`` and
+    ``last`` safetensors into ``run_dir`` (load ``best.safetensors`` to use the best weights).
+
+    A resumable checkpoint (``checkpoint.safetensors``: model, optimizer, RNG states, the
+    loop's position and early-stopping state) is written every ``cfg.checkpoint_every`` steps
+    and at every epoch end. ``resume=True`` continues from it: with the loader built by
+    :func:`~multiturbo.data.make_loader` the continued run is the uninterrupted one, bit for
+    bit on a CPU. ``cfg.nonfinite`` says what a NaN/inf loss or gradient does (stop or skip).
+    Each batch is one :func:`train_step`. In a multi-process run only rank 0 writes files, and a
+    resume, which restores rank 0's RNG state, reseeds each rank from ``rank_seed`` + the step so
+    that the ranks keep drawing different dropout masks (such a resume is not bit-exact).
+    """
+    loop = _EpochLoop(state, run_dir, progress, label)
+    if resume:
+        loop.resume(train_loader, rank_seed)
+    return loop.run(train_loader, val_loader)
