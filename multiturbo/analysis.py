@@ -30,6 +30,7 @@ from .errors import MultiturboError
 from .model import TurboModel, eval_pass
 from .progress import ProgressReporter
 from .rundir import read_analysis as load_analysis  # the public name of docs/analysis.md
+from .retrieval import cross_modal_retrieval
 
 
 def align_loss(x: Tensor, y: Tensor, alpha: float = 2) -> Tensor:
@@ -97,7 +98,7 @@ def embed(model: TurboModel, loader, device: torch.device | str = "cpu", progres
     """Normalised projected views of one pass over a loader, dropout off, on the CPU (float32)."""
     if progress is not None:
         progress.start("embedding", total=len(loader))
-    out = eval_pass(model, loader, device, progress.advance if progress is not None else None)
+    out = eval_pass(model, loader, device, progress.advance if progress is not None else None, contrastive=True)
     if out is None:
         raise MultiturboError("The split to embed is empty; there is nothing to analyse.")
     return Embeddings({m: F.normalize(v, dim=-1) for m, v in out.views.items()}, out.labels, out.present)
@@ -167,6 +168,7 @@ def write_analysis(
     run_dir = Path(run_dir)
     result: dict[str, Any] = {
         **alignment_uniformity(emb.views, emb.present),
+        "retrieval": cross_modal_retrieval(emb.views, emb.present) if len(emb.views) > 1 else {},
         "n_items": int(emb.labels.numel()),
         "n_present": {m: int(p.sum()) for m, p in emb.present.items()},
         "split": "test",

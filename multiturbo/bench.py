@@ -36,7 +36,8 @@ from .data import Collator, LabelledBatch, make_loader
 from .errors import MultiturboError
 from .loss import pair_names
 from .model import TurboModel, repeat_batch
-from .train import AMP_DTYPES, TrainState, make_optimizer, train_step
+from .optim import make_optimizer
+from .train import AMP_DTYPES, TrainState, train_step
 
 @dataclass
 class MethodBench:
@@ -104,11 +105,12 @@ def handwritten_loss(model: TurboModel, inputs: Mapping[str, dict], labels: torc
     with autocast():
         views = {}
         for m in model.modalities:
-            h = model.projections[m](model.encoders[m](repeat_batch(inputs[m], K)))  # [K*B, d]
+            h = model.project(m, model.encoders[m](repeat_batch(inputs[m], K)))  # [K*B, d]
             views[m] = h.view(K, B, -1)
         ce = F.cross_entropy(model.head({m: v[0] for m, v in views.items()}), labels)
     if model.contrastive is None:
         return ce
+    views = model.contrastive_views(views)
     flat = [(m, F.normalize(views[m][k].float(), dim=-1)) for m in model.modalities for k in range(K)]
     target = torch.arange(B, device=labels.device)
     contrastive = 0.0

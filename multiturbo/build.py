@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .balance import class_weights, split_labels
 from .config import ExperimentConfig
 from .dataset import Dataset, Splits
 from .errors import ConfigError, DataError
+from .feature_cache import frozen_modalities
 from .loss import TurboLoss
 from .metrics import METRICS
 from .model import TurboModel
+from .optim import check_schedule, param_groups, steps_per_epoch
 from .plugins import Registries, get_registries
 
 
@@ -54,8 +57,9 @@ def build_dataset(cfg: ExperimentConfig, registries: Registries) -> tuple[Datase
     return dataset, splits
 
 
-def build_model(cfg: ExperimentConfig, num_classes: int, registries: Registries) -> TurboModel:
-    """Encoders (keyed by modality), projections, head and the Turbo loss from the config."""
+def build_model(cfg: ExperimentConfig, num_classes: int, registries: Registries, weights=None) -> TurboModel:
+    """Encoders (keyed by modality), projections, head and the Turbo loss from the config;
+    ``weights``: the CE class weights [C] or None (:func:`multiturbo.balance.class_weights`)."""
     encoders = {}
     for m, mc in cfg.modalities.items():
         cls = registries.encoders.get(mc.encoder)
@@ -76,12 +80,27 @@ def build_model(cfg: ExperimentConfig, num_classes: int, registries: Registries)
     return TurboModel(
         encoders, head, contrastive, dim=cfg.model.dim, dropout=cfg.model.dropout, passes=t.passes,
         forward_mode=cfg.model.forward_mode, ce_weight=t.ce_weight if contrastive else 1.0, ce_passes=t.ce_passes,
+        feature_norm=cfg.model.feature_norm, contrastive_head=cfg.model.contrastive_head if contrastive else "none",
+        class_weights=weights,
     )
 
 
 def build_experiment(cfg: ExperimentConfig, registries: Registries | None = None) -> Experiment:
-    """Build and check everything for ``cfg`` (raises ConfigError / DataError before training)."""
+    """Build and check everything for ``cfg`` (raises ConfigError / DataError before training):
+    besides the data and the model, the CE class weights, a warm-up shorter than the training
+    (steps per epoch of one process) and the layer decay's encoders."""
     registries = registries or get_registries()
     dataset, splits = build_dataset(cfg, registries)
-    model = build_model(cfg, len(dataset.classes), registries)
+    labels = split_labels(splits.train) if cfg.train.class_weights == "balanced" or cfg.train.sampler == "balanced" else []
+    weights = class_weights(cfg.train.class_weights, labels, dataset.classes)
+    n, bs = len(splits.train), cfg.train.batch_size
+    check_schedule(cfg.train, steps_per_epoch(n, bs, cfg.turbo.any_term), f"{n} training items / batch_size {bs}")
+    model = build_model(cfg, len(dataset.classes), registries, weights)
+    param_groups(model, cfg.train)  # checks train.layer_decay against the encoders
+    if cfg.train.frozen_features == "cache" and not frozen_modalities(model.encoders):
+        raise ConfigError([
+            "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter), but "
+            f"every encoder of {list(model.encoders)} trains. Set `freeze: all` in an encoder's options, or set "
+            "train.frozen_features: recompute."
+        ])
     return Experiment(cfg, dataset, splits, model)

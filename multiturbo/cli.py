@@ -179,11 +179,28 @@ def schema() -> None:
 @cli.command("config")
 @click.argument("config", type=click.Path(path_type=Path))
 @set_option
-def show_config(config: Path, overrides: tuple[str, ...]) -> None:
-    """Validate CONFIG and print it resolved (presets applied, plugin defaults filled)."""
+@click.option("--no-groups", is_flag=True, help="Do not build the model to show its parameter groups.")
+def show_config(config: Path, overrides: tuple[str, ...], no_groups: bool) -> None:
+    """Validate CONFIG and print it resolved (presets applied, plugin defaults filled), then the
+    optimiser's parameter groups as YAML comments (name, lr, weight decay, parameters; this
+    builds the data set and the model, so it also runs every check made before training)."""
     from .config import config_to_yaml, load_config
 
-    click.echo(config_to_yaml(load_config(config, overrides)), nl=False)
+    cfg = load_config(config, overrides)
+    click.echo(config_to_yaml(cfg), nl=False)
+    if no_groups:
+        return
+    from .build import build_experiment
+    from .optim import describe_groups, param_groups
+
+    try:
+        groups = param_groups(build_experiment(cfg).model, cfg.train)
+    except MultiturboError as exc:  # e.g. the data set's files are not on this machine
+        click.echo("# parameter groups: not shown, the experiment cannot be built here: " + " ".join(str(exc).split()))
+        return
+    click.echo(f"# parameter groups (initial lr; train.schedule: {cfg.train.schedule.decay + ' after warm-up' if cfg.train.schedule else 'none, constant'}):")
+    for line in describe_groups(groups):
+        click.echo(f"#   {line}")
 
 
 @cli.command()

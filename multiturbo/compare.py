@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from rich.table import Table
 
+from . import rundir
 from .analysis import plot_runs_align_uniform
 from .config import ExperimentConfig, check_config, load_raw, validate_config
 from .errors import MultiturboError
@@ -150,9 +151,19 @@ def write_compare_report(result: CompareResult) -> None:
                                      title="Alignment vs uniformity of the test embeddings (lower is better)")
     write_comparison_report(
         result.out, to_markdown(result), [("Paired differences (B - A, same folds and seeds)", paired_markdown(result))],
-        [scatter] if points else [], title=f"Comparison of {', '.join(result.methods)}: {result.out.name}",
+        [scatter] if points else [], title=comparison_title(result),
         run_dirs=[r.run_dir for r in result.runs],
     )
+
+
+def comparison_title(result: CompareResult) -> str:
+    """ "Comparison of vanilla, cross, turbo on synthetic: demo (3 folds x 2 seeds)" """
+    first = result.runs[0] if result.runs else None
+    info = (rundir.read_info(first.run_dir) or {}) if first is not None else {}
+    folds = [f for f in result.folds if f is not None]
+    grid = f" ({len(folds)} folds x {len(result.seeds)} seeds)" if folds else (f" ({len(result.seeds)} seeds)" if result.grid else "")
+    what = f" on {info['dataset']}" if info.get("dataset") else ""
+    return f"Comparison of {', '.join(result.methods)}{what}: {info.get('experiment') or result.out.name}{grid}"
 
 
 def _result(configs: dict[str, ExperimentConfig], out: Path, folds: list[Fold], seeds: list[int], grid: bool, runs: list[RunRecord]) -> CompareResult:
@@ -171,6 +182,7 @@ def _result(configs: dict[str, ExperimentConfig], out: Path, folds: list[Fold], 
             "best_epoch": epochs[0] if len(epochs) == 1 else (sum(epochs) / len(epochs) if epochs else math.nan),
             "seconds": sum(r.seconds for r in by_method[m]),
         })
+    ratio = _test_train_ratio(runs) if sum(f is not None for f in folds) > 1 else None
     paired = []
     for a, b in itertools.combinations(methods, 2):
         va = {(r.fold, r.seed): r.values for r in by_method[a]}
@@ -179,8 +191,19 @@ def _result(configs: dict[str, ExperimentConfig], out: Path, folds: list[Fold], 
         for name in names:
             xa = [va[k].get(name, math.nan) for k in keys]
             xb = [vb[k].get(name, math.nan) for k in keys]
-            paired.append(PairedRow(a, b, name, paired_difference(xa, xb)))
+            paired.append(PairedRow(a, b, name, paired_difference(xa, xb, test_train_ratio=ratio)))
     return CompareResult(out, methods, folds, seeds, grid, runs, rows, summaries, paired)
+
+
+def _test_train_ratio(runs: list[RunRecord]) -> float | None:
+    """Mean share of test to training items over the runs of a fold grid (run.json's split sizes), for the
+    Nadeau-Bengio correction; None when no run recorded its sizes."""
+    ratios = []
+    for r in runs:
+        sizes = (rundir.read_info(r.run_dir) or {}).get("split_sizes") or {}
+        if sizes.get("train") and sizes.get("test"):
+            ratios.append(sizes["test"] / sizes["train"])
+    return sum(ratios) / len(ratios) if ratios else None
 
 
 HEADERS = {"label": "Method", "K": "K", "in_terms": "in", "cross_terms": "cross", "n": "n", "best_epoch": "best ep.", "seconds": "time (s)"}
@@ -235,20 +258,25 @@ def to_rich_table(result: CompareResult, title: str = "Test metrics") -> Table:
     return table
 
 
-PAIRED_COLUMNS = ("B vs A", "metric", "n", "mean A", "mean B", "diff (B - A)", "95% CI", "t-test p", "Wilcoxon p", "note")
+PAIRED_COLUMNS = ("B vs A", "metric", "n", "mean A", "mean B", "diff (B - A)", "95% CI", "t-test p", "Wilcoxon p",
+                  "corrected 95% CI", "corrected t p", "note")
 
 
 def _paired_cells(p: PairedRow) -> list[str]:
     s = p.stats
     ci = "n/a" if math.isnan(s.ci_low) else f"[{s.ci_low:+.4f}, {s.ci_high:+.4f}]"
     diff = "n/a" if math.isnan(s.mean_diff) else f"{s.mean_diff:+.4f}"
-    return [f"{p.b} vs {p.a}", header(p.metric), str(s.n), fmt(s.mean_a), fmt(s.mean_b), diff, ci, fmt_p(s.t_p), fmt_p(s.wilcoxon_p), s.note]
+    nb_ci = "n/a" if math.isnan(s.nb_ci_low) else f"[{s.nb_ci_low:+.4f}, {s.nb_ci_high:+.4f}]"
+    return [f"{p.b} vs {p.a}", header(p.metric), str(s.n), fmt(s.mean_a), fmt(s.mean_b), diff, ci, fmt_p(s.t_p), fmt_p(s.wilcoxon_p),
+            nb_ci, fmt_p(s.nb_p), s.note]
 
 
 def paired_markdown(result: CompareResult) -> str:
     lines = ["# Paired comparison", "",
              "Differences B - A over the (fold, seed) pairs both methods ran; 95% paired t interval; "
-             "p-values of the paired t-test and the Wilcoxon signed-rank test. For EER lower is better.", "",
+             "p-values of the paired t-test and the Wilcoxon signed-rank test. On fold grids, the Nadeau-Bengio "
+             "corrected resampled t interval and p-value too (the folds' training sets overlap, so the plain paired t "
+             "is optimistic there; n/a on a single split). For EER lower is better.", "",
              "| " + " | ".join(PAIRED_COLUMNS) + " |", "|" + "|".join("---" for _ in PAIRED_COLUMNS) + "|"]
     lines += ["| " + " | ".join(_paired_cells(p)) + " |" for p in result.paired]
     return "\n".join(lines) + "\n"
@@ -265,15 +293,17 @@ def paired_csv(result: CompareResult) -> str:
 
 def paired_rich_table(result: CompareResult, title: str = "Paired differences B - A") -> Table:
     """The paired table for a terminal: paired.md's columns, compact (the note column only when needed)."""
-    table = Table(title=title, caption="same (fold, seed) pairs; 95% paired t interval; for EER lower is better; alignment and uniformity in paired.md")
+    table = Table(title=title, caption="same (fold, seed) pairs; 95% paired t interval (on fold grids Nadeau-Bengio corrected, NB); for EER lower is better; alignment and uniformity in paired.md")
     notes = any(p.stats.note for p in result.paired)
-    for c in ("B - A", "metric", "n", "diff", "95% CI", "t p", "W p", *(["note"] if notes else [])):
+    corrected = any(not math.isnan(p.stats.nb_p) for p in result.paired)  # a fold grid: show the corrected t-test
+    for c in ("B - A", "metric", "n", "diff", "95% CI", "NB t p" if corrected else "t p", "W p", *(["note"] if notes else [])):
         table.add_column(c, justify="left" if c in ("B - A", "metric", "note") else "right", no_wrap=c != "note", overflow="fold")
     for p in result.paired:
         if p.metric not in TABLE_METRICS:
             continue  # alignment / uniformity rows: in paired.md
         s = p.stats
-        ci = "n/a" if math.isnan(s.ci_low) else f"[{s.ci_low:+.3f}, {s.ci_high:+.3f}]"
+        low, high, t_p = (s.nb_ci_low, s.nb_ci_high, s.nb_p) if corrected else (s.ci_low, s.ci_high, s.t_p)
+        ci = "n/a" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
         diff = "n/a" if math.isnan(s.mean_diff) else f"{s.mean_diff:+.4f}"
-        table.add_row(f"{p.b} - {p.a}", header(p.metric), str(s.n), diff, ci, fmt_p(s.t_p), fmt_p(s.wilcoxon_p), *([s.note] if notes else []))
+        table.add_row(f"{p.b} - {p.a}", header(p.metric), str(s.n), diff, ci, fmt_p(t_p), fmt_p(s.wilcoxon_p), *([s.note] if notes else []))
     return table

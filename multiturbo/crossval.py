@@ -409,4 +409,4 @@ def _write_cv_report(result: CVResult) -> None:
     points = plot_runs_align_uniform([(f"fold {r.fold}" if r.fold is not None else f"seed {r.seed}", r.run_dir) for r in result.runs], scatter,
                                      title="Alignment vs uniformity per run (lower is better)")
     write_comparison_report(result.out, cv_markdown(result), (), [scatter] if points else [],
-                            title=f"Cross-validation of {result.method}: {result.out.name}", run_dirs=[r.run_dir for r in result.runs])
+                            title=f"Cross-validation of {result.method}: {result.out.name} ({len(result.runs)} runs)", run_dirs=[r.run_dir for r in result.runs])

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from .dataset import Sample
 from .encoder import Batch, Encoder
 from .errors import DataError
+from .feature_cache import FEATURES_KEY, FrozenFeature
 from .model import PRESENT_KEY
 
 
@@ -59,7 +60,10 @@ class Collator:
                 present.append(s.inputs[m] is not None)
                 if present[-1]:
                     raw.append(s.inputs[m])
-            batch = collate(raw) if raw else {}
+            if raw and isinstance(raw[0], FrozenFeature):  # train.frozen_features: cache
+                batch = {FEATURES_KEY: torch.stack([r.vector for r in raw])}  # [n, dim]
+            else:
+                batch = collate(raw) if raw else {}
             if len(raw) < len(samples):
                 batch = {**batch, PRESENT_KEY: torch.tensor(present, dtype=torch.bool)}
             inputs[m] = batch
@@ -78,10 +82,19 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     without, it is 0..n-1. ``set_epoch(e, start)`` picks the epoch and skips its first
     ``start`` items (a whole number of batches when resuming); iterating without calling it
     again moves on to the next epoch.
+
+    ``weights`` (one per item; ``train.sampler: balanced``): instead of a permutation, the epoch
+    is n draws with replacement with probability proportional to the weights (torch's
+    WeightedRandomSampler), from the same per-epoch generator, so it is as reproducible and
+    resumable as the shuffled order.
     """
 
-    def __init__(self, n: int, *, shuffle: bool, seed: int = 0, shard: tuple[int, int] = (0, 1), equal_shards: bool = False):
+    def __init__(self, n: int, *, shuffle: bool, seed: int = 0, shard: tuple[int, int] = (0, 1), equal_shards: bool = False,
+                 weights: Sequence[float] | None = None):
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"EpochSampler: {len(weights)} weights for {n} items")
         self.n = n
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.shuffle = shuffle
         self.seed = seed
         self.rank, self.world = shard
@@ -96,10 +109,12 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         """This rank's items of epoch ``epoch``: the epoch's order, then every world-th item from
         position rank (a multi-process run; with ``equal_shards`` the tail that would give ranks
         unequal counts is left out, as DistributedSampler's drop_last)."""
-        if not self.shuffle:
+        g = torch.Generator().manual_seed((self.seed * 0x9E3779B97F4A7C15 + epoch) % 2**63)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif not self.shuffle:
             order = list(range(self.n))
         else:
-            g = torch.Generator().manual_seed((self.seed * 0x9E3779B97F4A7C15 + epoch) % 2**63)
             order = torch.randperm(self.n, generator=g).tolist()
         if self.world == 1:
             return order
@@ -136,6 +151,7 @@ def make_loader(
     shard: tuple[int, int] = (0, 1),
     pin_memory: bool | None = None,
     prefetch_factor: int | None = None,
+    weights: Sequence[float] | None = None,
 ) -> DataLoader:
     """A DataLoader over a split. ``drop_singleton`` drops a last batch of one item
     (InfoNCE needs at least two items); only that batch, and only when it would occur.
@@ -146,10 +162,11 @@ def make_loader(
     rank the same number of items and drops the last incomplete batch, so the ranks' batches
     match for the gathered contrastive loss; an evaluation loader (no shuffle) splits the items
     without dropping any. Workers persist across epochs; ``pin_memory`` defaults to CUDA's presence.
+    ``weights``: per-item sampling weights (draws with replacement; see :class:`EpochSampler`).
     """
     generator = torch.Generator().manual_seed(seed)  # worker seeds; the order comes from the sampler
     distributed = shard[1] > 1
-    sampler = EpochSampler(len(split), shuffle=shuffle, seed=seed, shard=shard, equal_shards=distributed and shuffle)
+    sampler = EpochSampler(len(split), shuffle=shuffle, seed=seed, shard=shard, equal_shards=distributed and shuffle, weights=weights)
     n_items = len(sampler)
     drop_last = (distributed and shuffle) or (drop_singleton and n_items % batch_size == 1)
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor is not None else {}

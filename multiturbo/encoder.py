@@ -41,6 +41,10 @@ class Encoder(nn.Module):
     #: encoders of other inputs. ``train.audio_cache`` uses it to store each item's audio already
     #: at this rate (multiturbo.audio_cache); an audio encoder that leaves it None is not cached.
     input_sample_rate: int | None = None
+    #: Encoders with a stack of layers (transformers): how many. With it, :meth:`layer_id` places
+    #: each parameter in the stack, for layer-wise learning-rate decay (``train.layer_decay``,
+    #: multiturbo.optim). None: the encoder has no layers in that sense (no layer decay).
+    num_layers: int | None = None
 
     def __init__(self, options: EncoderOptions):
         super().__init__()
@@ -53,6 +57,13 @@ class Encoder(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         """Map a collated batch to pooled vectors [B, output_dim]."""
         raise NotImplementedError
+
+    def layer_id(self, name: str) -> int | None:
+        """Where the parameter ``name`` (relative to this encoder) sits in the stack of
+        :attr:`num_layers` layers: 0 for the embeddings / front end, i for layer i (1-based), None
+        for what comes after the last layer (final norm, layer weights...). Used only when
+        ``num_layers`` is set; the default says "after the last layer" for every parameter."""
+        return None
 
     def export_assets(self, directory: Path) -> dict[str, Any]:
         """Save what this encoder needs to be rebuilt offline; return option overrides.

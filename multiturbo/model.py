@@ -6,7 +6,20 @@ Shapes: B items, K passes, d shared dimension, C classes, M modalities.
       -> repeat K times along dim 0 -> [K*B, ...]          (one forward, K dropout masks)
       -> encoder_m -> [K*B, dim_m] -> dropout + linear -> [K*B, d] -> views_m [K, B, d]
     head({m: views_m[0]}) -> logits [B, C]                   (paper eq. 5, pass 1)
-    loss = lambda * CE + (1 - lambda) * turbo_loss(views)   (paper eq. 6)
+    loss = lambda * CE + (1 - lambda) * turbo_loss(g_m(views))   (paper eq. 6)
+
+Two options decide whether the contrastive terms can learn (docs/training-dynamics.md):
+
+- ``feature_norm`` ("batch" by default): the encoder's pooled vector e_m [n, dim_m] is
+  standardised per feature before its projection (BatchNorm1d; running statistics at
+  inference). Pooled encoder outputs are anisotropic (from-scratch CNNs after GELU and mean
+  pooling, and pretrained Whisper/BERT alike: pairwise cosines of 0.9 and more), so their
+  projections start as one point, every InfoNCE term starts at log(B) and the classifier has
+  no reason to spread them. "none" is the paper's plain linear projection.
+- ``contrastive_head`` ("none" by default, the paper): "mlp" gives each modality a small
+  head g_m (linear, GELU, linear: [.., d] -> [.., d]) that only the contrastive terms read, as
+  SimCLR and SimCSE do; the classifier keeps reading h_m. Alignment, uniformity and retrieval are
+  measured where the contrastive terms act (after g_m).
 
 Missing modalities: when some items of a batch lack modality m, the collated batch of m holds
 only the n present items plus ``batch[m][PRESENT_KEY]``, a bool mask [B]. The encoder runs on
@@ -28,6 +41,7 @@ from torch import Tensor, nn
 
 from .encoder import Batch, Encoder
 from .errors import DataError
+from .feature_cache import FEATURES_KEY
 from .head import Head
 from .loss import TurboLoss
 
@@ -62,6 +76,8 @@ class TurboModel(nn.Module):
         dim: shared dimension d. dropout: dropout before each projection.
         passes: K. forward_mode: "batched" (one forward on K copies) or "sequential".
         ce_weight: lambda of eq. 6. ce_passes: "first" (paper) or "all" (mean CE over K passes).
+        class_weights: optional CE weight per class [C] (``train.class_weights``), held as a
+            non-persistent buffer: it follows the model's device and is not in saved weights.
     """
 
     def __init__(  # the parts (encoders, head, loss) and the model's hyper-parameters, by keyword: built by build.build_model
@@ -76,6 +92,9 @@ class TurboModel(nn.Module):
         forward_mode: Literal["batched", "sequential"] = "batched",
         ce_weight: float = 0.5,
         ce_passes: Literal["first", "all"] = "first",
+        feature_norm: Literal["none", "batch", "layer"] = "none",
+        contrastive_head: Literal["none", "mlp"] = "none",
+        class_weights: Tensor | None = None,
     ):
         super().__init__()
         self.modalities = list(encoders)
@@ -83,12 +102,22 @@ class TurboModel(nn.Module):
         self.projections = nn.ModuleDict(
             {m: nn.Sequential(nn.Dropout(dropout), nn.Linear(enc.output_dim, dim)) for m, enc in encoders.items()}
         )
+        self.feature_norm = feature_norm
+        if feature_norm != "none":  # only then, so the weights of runs without it keep their names
+            norm = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}[feature_norm]
+            self.feature_norms = nn.ModuleDict({m: norm(enc.output_dim) for m, enc in encoders.items()})
+        if contrastive_head == "mlp":
+            self.contrastive_heads = nn.ModuleDict(
+                {m: nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim)) for m in encoders}
+            )
+        self.contrastive_head = contrastive_head
         self.head = head
         self.contrastive = contrastive
         self.passes = passes
         self.forward_mode = forward_mode
         self.ce_weight = ce_weight
         self.ce_passes = ce_passes
+        self.register_buffer("class_weights", class_weights, persistent=False)  # [C] or None
 
     @staticmethod
     def presence(batch: Mapping[str, Batch]) -> dict[str, Tensor] | None:
@@ -104,7 +133,7 @@ class TurboModel(nn.Module):
             b, mask = batch[m], batch[m].get(PRESENT_KEY)
             if mask is not None:
                 b = {key: t for key, t in b.items() if key != PRESENT_KEY}  # n present items
-            encode = lambda b, m=m: self.projections[m](self.encoders[m](b))  # [n, d]  # noqa: E731
+            encode = lambda b, m=m: self.project(m, b[FEATURES_KEY] if FEATURES_KEY in b else self.encoders[m](b))  # [n, d]  # noqa: E731
             if mask is not None and not bool(mask.any()):  # nobody has m: nothing to encode
                 w = self.projections[m][-1].weight
                 out[m] = w.new_zeros(K, mask.numel(), w.shape[0])
@@ -119,6 +148,23 @@ class TurboModel(nn.Module):
                 h = h.new_zeros(K, mask.numel(), h.shape[-1]).index_copy(1, idx, h)
             out[m] = h
         return out
+
+    def project(self, m: str, features: Tensor) -> Tensor:
+        """Modality m's pooled encoder output [n, dim_m] -> its view h_m [n, d] (feature norm, dropout, linear)."""
+        if self.feature_norm != "none":
+            norm = self.feature_norms[m]
+            if isinstance(norm, nn.BatchNorm1d) and self.training and features.shape[0] < 2:
+                # one item (e.g. the only one of a batch that has modality m): no batch statistics, use the running ones
+                features = F.batch_norm(features, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+            else:
+                features = norm(features)
+        return self.projections[m](features)
+
+    def contrastive_views(self, views: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The views the contrastive terms compare: g_m(h_m) with a contrastive head, else h_m itself. {m: [K, B, d]}."""
+        if self.contrastive_head == "none":
+            return dict(views)
+        return {m: self.contrastive_heads[m](v) for m, v in views.items()}
 
     def logits(self, views: Mapping[str, Tensor], pass_index: int = 0, present: Mapping[str, Tensor] | None = None) -> Tensor:
         """Logits [B, C] from the views {m: [K, B, d]} of one pass (present: see :meth:`presence`)."""
@@ -153,14 +199,15 @@ class TurboModel(nn.Module):
         the Turbo loss. Split from :meth:`step` so gradient caching can call it on cached views."""
         if self.ce_passes == "all":
             all_logits = [self.logits(views, k, present) for k in range(self.passes)]
-            ce = torch.stack([F.cross_entropy(lg, labels) for lg in all_logits]).mean()
+            ce = torch.stack([F.cross_entropy(lg, labels, weight=self.class_weights) for lg in all_logits]).mean()
             logits = all_logits[0]
         else:
             logits = self.logits(views, 0, present)
-            ce = F.cross_entropy(logits, labels)
+            ce = F.cross_entropy(logits, labels, weight=self.class_weights)
         if self.contrastive is None:
             return StepOutput(loss=ce, ce=ce, contrastive=torch.zeros_like(ce), logits=logits)
-        out = self.contrastive(views, present) if present is not None else self.contrastive(views)
+        cviews = self.contrastive_views(views)
+        out = self.contrastive(cviews, present) if present is not None else self.contrastive(cviews)
         loss = self.ce_weight * ce + (1.0 - self.ce_weight) * out.total
         return StepOutput(loss=loss, ce=ce, contrastive=out.total, terms=out.terms, logits=logits)
 
@@ -178,9 +225,12 @@ class EvalPass:
 
 
 @torch.no_grad()
-def eval_pass(model: TurboModel, batches: Iterable, device: torch.device | str, advance: Callable[[], None] | None = None) -> EvalPass | None:
+def eval_pass(model: TurboModel, batches: Iterable, device: torch.device | str, advance: Callable[[], None] | None = None,
+              *, contrastive: bool = False) -> EvalPass | None:
     """One forward per batch (``LabelledBatch``), dropout off: the logits and the views come from
-    the same pass. None when there is no batch. ``advance`` is called after each batch."""
+    the same pass. ``contrastive``: the views the contrastive terms compare (through the
+    contrastive heads, when the model has them) instead of the classifier's. None when there is
+    no batch. ``advance`` is called after each batch."""
     model.eval()
     probs, labels = [], []
     views: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
@@ -190,8 +240,9 @@ def eval_pass(model: TurboModel, batches: Iterable, device: torch.device | str, 
         v = model.views(batch.inputs, passes=1)  # {m: [1, B, d]}
         mask = TurboModel.presence(batch.inputs) or {}
         probs.append(model.logits(v, present=mask or None).float().softmax(-1).cpu())
+        kept = model.contrastive_views(v) if contrastive else v
         for m in model.modalities:
-            views[m].append(v[m][0].float().cpu())
+            views[m].append(kept[m][0].float().cpu())
             present[m].append(mask[m].cpu() if m in mask else torch.ones(v[m].shape[1], dtype=torch.bool))
         labels.append(batch.labels.cpu())
         if advance is not None:

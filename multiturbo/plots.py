@@ -227,7 +227,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
 # --- learning curves ----------------------------------------------------------------------------
 
 def learning_series(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"train/ce": (epochs, values), "term/audio1~text1": ..., "val/ua": ...} from
+    """{"train/ce": (epochs, values), "term/audio1~text1": ..., "val/ua": ..., "lr/audio": ...} from
     ``metrics.jsonl`` records; non-numeric values (confusion) are left out, None -> NaN."""
     series: dict[str, tuple[list[int], list[float]]] = {}
 
@@ -245,12 +245,15 @@ def learning_series(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[np.
             add(f"term/{k}", e, v)
         for k, v in (r.get("val") or {}).items():
             add(f"val/{k}", e, v)
+        for k, v in (r.get("lr") or {}).items():  # each param group's learning rate at the epoch's end
+            add(f"lr/{k}", e, v)
     return {k: (np.array(xs), np.array(ys, dtype=float)) for k, (xs, ys) in series.items()}
 
 
 def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str | Path, title: str = "Learning curves") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Four panels: train losses (total, CE, contrastive), every Turbo term, validation
-    metrics (WA, UA, F1, EER), validation loss; x = epoch. Returns :func:`learning_series`."""
+    """Panels: train losses (total, CE, contrastive), every Turbo term, validation metrics (WA,
+    UA, F1, EER), validation loss, and (when logged) each param group's learning rate at the
+    end of the epoch (log scale); x = epoch. Returns :func:`learning_series`."""
     if not records:
         raise ValueError("plot_learning_curves needs at least one metrics.jsonl record")
     series = learning_series(records)
@@ -260,7 +263,12 @@ def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str | Path,
         ("validation metrics", [k for k in ("val/wa", "val/ua", "val/f1", "val/eer") if k in series]),
         ("validation loss", [k for k in ("val/loss",) if k in series]),
     ]
-    fig, axes = _subplots(2, 2, figsize=(10, 7), squeeze=False)
+    lrs = sorted(k for k in series if k.startswith("lr/"))
+    if lrs:
+        panels.append(("learning rate (end of epoch)", lrs))
+    fig, axes = _subplots(2, 3 if lrs else 2, figsize=(15 if lrs else 10, 7), squeeze=False)
+    if lrs:
+        axes[1, 2].axis("off")
     for ax, (name, keys) in zip(axes.ravel(), panels):
         for k in keys:
             xs, ys = series[k]
@@ -268,13 +276,15 @@ def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str | Path,
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        if keys and name.startswith("learning rate") and all((series[k][1] > 0).all() for k in keys):
+            ax.set_yscale("log")
         if keys:
             ax.legend(fontsize=7, ncol=2 if len(keys) > 6 else 1)
         else:
             ax.text(0.5, 0.5, "none (vanilla: no contrastive term)" if "Turbo" in name else "none", ha="center", va="center", transform=ax.transAxes)
     best = [int(r["epoch"]) for r in records if r.get("best")]
     if best:
-        for ax in axes.ravel():
+        for ax in axes.ravel()[: len(panels)]:
             ax.axvline(best[-1], color="grey", ls=":", lw=1)
     fig.suptitle(title + (f" (dotted: best epoch {best[-1]})" if best else ""), fontsize=10)
     fig.tight_layout()

@@ -34,6 +34,17 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def run_title(info: dict, fallback: str) -> str:
+    """What a run is, for titles: "demo: turbo on synthetic, fold 0, seed 1" (run.json's fields;
+    run directories written before they existed give the directory name)."""
+    name, method, dataset = info.get("experiment"), info.get("method"), info.get("dataset")
+    if not (method and dataset):
+        return f"{method or 'run'}: {fallback}"
+    where = [f"fold {info['fold']}"] if info.get("fold") is not None else []
+    where += [f"seed {info['seed']}"] if info.get("seed") is not None else []
+    return f"{name or fallback}: {method} on {dataset}" + (f", {', '.join(where)}" if where else "")
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.md``: run facts, test metrics, confusion matrix, learning curves
     and, when ``analysis/analysis.json`` exists, alignment / uniformity and their figures.
@@ -49,7 +60,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     analysis = rundir.read_analysis(run_dir)
     figure = lambda name, alt: _image(run_dir, rundir.figure_path(run_dir, name), alt)  # noqa: E731
 
-    parts = [f"# Run report: {run_dir.name}", ""]
+    parts = [f"# Run report: {run_title(info, run_dir.name)}", ""]
     facts = [
         ("method", info.get("method")), ("status", info.get("status")), ("modalities", ", ".join(info.get("modalities", []))),
         ("classes", ", ".join(info.get("classes", []))),
@@ -71,8 +82,10 @@ def write_run_report(run_dir: str | Path) -> Path:
     else:
         parts += ["No metrics.json: the run has not been tested (it did not finish).", ""]
 
-    if rundir.read_log(run_dir) and rundir.has_figure(run_dir, "learning_curves"):
+    log = rundir.read_log(run_dir)
+    if log and rundir.has_figure(run_dir, "learning_curves"):
         parts += ["## Learning curves", "", figure("learning_curves", "learning curves"), ""]
+    parts += diagnostics_section(log)
 
     parts += ["## Alignment and uniformity (test split, lower is better)", ""]
     if analysis:
@@ -90,6 +103,32 @@ def write_run_report(run_dir: str | Path) -> Path:
     else:
         parts += [f"Not analysed yet: run `multiturbo analyze {run_dir}`.", ""]
     return rundir.write_report(run_dir, "\n".join(parts))
+
+
+def diagnostics_section(log: Sequence[dict]) -> list[str]:
+    """Markdown lines: the contrastive space on the validation split, per epoch (uniformity, recall@1
+    against chance, terms against log(B)), and every collapse warning of the run, or nothing when the
+    run logged no diagnostics (docs/training-dynamics.md)."""
+    records = [r for r in log if r.get("diagnostics")]
+    if not records:
+        return []
+    lines = ["## Contrastive space during training (validation split)", "",
+             "Uniformity: mean over modalities (0 = collapsed to a point); recall@1: mean over ordered modality pairs; "
+             "terms / log(B): mean over the contrastive terms (1.0 = what a collapsed space gives).", ""]
+    rows = []
+    for r in records:
+        d = r["diagnostics"]
+        mean = lambda xs: fmt(sum(xs) / len(xs), 3) if xs else "n/a"  # noqa: E731
+        rows.append((r["epoch"], mean(list(d.get("uniformity", {}).values())), mean(list(d.get("recall@1", {}).values())),
+                     fmt(d.get("chance_recall@1"), 3), mean(list(d.get("term_ratio", {}).values()))))
+    lines += [markdown_table(["epoch", "uniformity", "recall@1", "chance", "terms / log(B)"], rows), ""]
+    warned = [(r["epoch"], w) for r in records for w in r.get("warnings", [])]
+    if warned:
+        lines += [f"**Warning** (epoch {e}): {w}" for e, w in warned[-2:]]
+        lines += ["", f"{len(warned)} warning(s) in all; the last ones are shown.", ""]
+    else:
+        lines += ["No collapse warning.", ""]
+    return lines
 
 
 def write_comparison_report(

@@ -15,19 +15,21 @@ from pathlib import Path
 import torch
 
 from . import rundir
-from .version import __version__
 from .analysis import embed, write_analysis
 from .audio_cache import cache_splits
+from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
 from .config import ExperimentConfig
 from .data import Collator, make_loader
 from .distributed import World, barrier, init_from_env
 from .errors import MultiturboError
+from .feature_cache import cache_frozen_features
 from .progress import ProgressReporter
 from .report import write_run_report
 from .runtime import resolve_device, seed_everything
 from .tensorboard import export_tensorboard
 from .train import TrainState, evaluate, fit
+from .version import __version__
 
 
 def run_experiment(
@@ -61,10 +63,10 @@ def run_experiment(
         rank_seed = cfg.seed + 1_000_003 * world.rank
         torch.manual_seed(rank_seed)  # each rank its own dropout masks (the weights are rank 0's)
         runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loaders = _Loaders(cfg, exp, model, world)
+    loaders = _Loaders(cfg, exp, model, world, device, progress, label)
     start = time.perf_counter()
     try:
-        state = TrainState.create(model, cfg.train, device, runner)
+        state = TrainState.create(model, cfg.train, device, runner, steps_per_epoch=len(loaders.train))
         result = fit(state, loaders.train, loaders.val, out, progress, label=label, resume=resume, rank_seed=rank_seed)
         barrier()  # rank 0 has written best.safetensors
         rundir.load_best(model, out)
@@ -127,23 +129,31 @@ def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, process
         "classes": exp.dataset.classes,
         "modalities": list(cfg.modalities),
         "method": cfg.method,
+        "experiment": cfg.name,
+        "dataset": cfg.data.name,
+        "fold": cfg.data.fold,
+        "seed": cfg.seed,
         "split_sizes": {s: len(getattr(exp.splits, s)) for s in ("train", "val", "test")},
     }
 
 
 class _Loaders:
-    """The run's loaders: train (shuffled by the seed), val and test, each rank on its shard;
-    with train.audio_cache, over the cached splits."""
+    """The run's loaders: train (shuffled by the seed; balanced by class with train.sampler=balanced),
+    val and test, each rank on its shard; with train.audio_cache / train.frozen_features, over the
+    cached splits."""
 
-    def __init__(self, cfg: ExperimentConfig, exp: Experiment, model: torch.nn.Module, world: World):
+    def __init__(self, cfg: ExperimentConfig, exp: Experiment, model: torch.nn.Module, world: World, device: torch.device,
+                 progress: ProgressReporter, label: str):
         t = cfg.train
         self.collator = Collator(model.encoders, num_classes=len(exp.dataset.classes))
         self.world, self.num_workers = world, t.num_workers
         options = dict(num_workers=t.num_workers, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor, shard=(world.rank, world.size))
-        self.splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
-        self.train = make_loader(self.splits.train, self.collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
-                                 drop_singleton=model.contrastive is not None, **options)
         self.eval_bs = t.eval_batch_size or t.batch_size
+        splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
+        self.splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, self.eval_bs, progress, label)
+        weights = sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None
+        self.train = make_loader(self.splits.train, self.collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
+                                 drop_singleton=model.contrastive is not None, weights=weights, **options)
         self.val = make_loader(self.splits.val, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
         self.test = make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
 

@@ -8,6 +8,13 @@
   ``ttest_rel``) and, from ``min_wilcoxon`` pairs on, the Wilcoxon signed-rank p-value
   (scipy's ``wilcoxon``). Cases where a quantity is undefined (n = 1, all differences
   equal) give NaN with a ``note`` saying why, never an exception or a warning.
+- The Nadeau-Bengio corrected resampled t-test (Nadeau & Bengio 2003, Machine Learning 52;
+  Bouckaert & Frank 2004 for repeated cross-validation), when the share of test to training
+  items is given: the training sets of cross-validation folds overlap, so the differences are
+  correlated and the plain paired t-test is optimistic. The corrected variance is
+  (1/n + n_test/n_train) * sd(d)^2 instead of sd(d)^2 / n, with n - 1 degrees of freedom.
+  It applies to fold (and fold x seed) grids; over seeds on one fixed split the test set is the
+  same for every pair and neither test accounts for the split's own sampling variance.
 """
 
 from __future__ import annotations
@@ -63,19 +70,39 @@ class PairedStats:
     t_p: float
     wilcoxon_p: float
     note: str = ""
+    nb_ci_low: float = math.nan  # Nadeau-Bengio corrected interval and p-value (NaN without test_train_ratio)
+    nb_ci_high: float = math.nan
+    nb_p: float = math.nan
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def corrected_resampled_t(d: Sequence[float], test_train_ratio: float, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Nadeau-Bengio corrected resampled t-test of the differences ``d`` (n >= 2, not all equal):
+    (ci_low, ci_high, two-sided p) with variance (1/n + n_test/n_train) * sd(d)^2 and n - 1 df."""
+    x = np.asarray(d, dtype=np.float64)
+    n = int(x.size)
+    if not test_train_ratio > 0:
+        raise ValueError(f"test_train_ratio must be > 0 (test items / training items), got {test_train_ratio}")
+    se = math.sqrt((1.0 / n + test_train_ratio) * float(x.var(ddof=1)))
+    mean = float(x.mean())
+    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * se
+    p = float(2 * sps.t.sf(abs(mean) / se, n - 1))
+    return mean - half, mean + half, p
+
+
 def paired_difference(
-    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, min_wilcoxon: int = MIN_WILCOXON
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, min_wilcoxon: int = MIN_WILCOXON,
+    test_train_ratio: float | None = None,
 ) -> PairedStats:
     """Compare paired samples ``a`` and ``b`` (same length, same order of pairs).
 
     Pairs where either value is NaN are dropped. Returns NaN (with a note) for what is
     undefined: the interval and t-test need n >= 2 and differences that are not all
     equal; the Wilcoxon test needs n >= ``min_wilcoxon`` and a non-zero difference.
+    ``test_train_ratio`` (test items / training items of one run, for fold grids) adds the
+    Nadeau-Bengio corrected interval and p-value (:func:`corrected_resampled_t`).
     """
     if len(a) != len(b):
         raise ValueError(f"paired samples must have the same length, got {len(a)} and {len(b)}")
@@ -92,7 +119,7 @@ def paired_difference(
         return PairedStats(0, nan, nan, nan, nan, nan, nan, nan, nan, "; ".join([*notes, "no pairs"]))
     mean_d = float(d.mean())
     std_d = float(d.std(ddof=1)) if n >= 2 else nan
-    ci_low = ci_high = t_p = w_p = nan
+    ci_low = ci_high = t_p = w_p = nb_low = nb_high = nb_p = nan
     if n < 2:
         notes.append("n = 1: no interval or test")
     elif np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # equal up to rounding: t is undefined
@@ -102,6 +129,8 @@ def paired_difference(
         half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * std_d / math.sqrt(n)
         ci_low, ci_high = mean_d - half, mean_d + half
         t_p = float(sps.ttest_rel(xb, xa).pvalue)
+        if test_train_ratio is not None:
+            nb_low, nb_high, nb_p = corrected_resampled_t(d, test_train_ratio, confidence)
     if n >= 2:
         if n < min_wilcoxon:
             notes.append(f"n = {n} < {min_wilcoxon}: no Wilcoxon test")
@@ -111,7 +140,10 @@ def paired_difference(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # scipy warns about zeros / ties and switches to the normal approximation
                 w_p = float(sps.wilcoxon(xb, xa).pvalue)
-    return PairedStats(n, float(xa.mean()), float(xb.mean()), mean_d, std_d, ci_low, ci_high, t_p, w_p, "; ".join(notes))
+    if n == 2 and not math.isnan(t_p):
+        notes.append("n = 2: a t-test on two pairs says little (one degree of freedom)")
+    return PairedStats(n, float(xa.mean()), float(xb.mean()), mean_d, std_d, ci_low, ci_high, t_p, w_p, "; ".join(notes),
+                       nb_low, nb_high, nb_p)
 
 
 def fmt(value: float | int | None, digits: int = 4) -> str:

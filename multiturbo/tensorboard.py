@@ -3,8 +3,8 @@
 When the ``tensorboard`` package is importable (``pip install tensorboard``, or the dev
 extra), :func:`export_tensorboard` writes ``run_dir/tensorboard/`` with one scalar per
 epoch (step = epoch) for every number of the log: ``train/loss``, ``train/ce``,
-``train/contrastive``, ``train/temperature``, ``term/<pair>`` (each Turbo term) and
-``val/<metric>``. Without the package it does nothing and returns None.
+``train/contrastive``, ``train/temperature``, ``term/<pair>`` (each Turbo term),
+``val/<metric>`` and ``lr/<param group>`` (learning rates at the end of each epoch). Without the package it does nothing and returns None.
 
     tensorboard --logdir runs/
 """

@@ -9,17 +9,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from . import rundir
 from .checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import EpochSampler, LabelledBatch
+from .diagnostics import collapse_warnings, normalised_views, representation_diagnostics
 from .distributed import all_ranks, average_gradients, current_world, gather_rows
 from .errors import MultiturboError
 from .metrics import METRICS, TABLE_METRICS, classification_metrics
 from .gradcache import cached_backward
 from .model import StepOutput, TurboModel
+from .optim import group_lrs, make_optimizer, make_scheduler
 from .progress import ProgressReporter
 
 
@@ -69,12 +72,6 @@ class LoopState:
     def from_json(cls, data: dict) -> "LoopState":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()
@@ -193,18 +190,24 @@ def nonfinite_grad_names(model: torch.nn.Module) -> list[str]:
 @dataclass
 class TrainState:
     """What the training step and the epoch loop work on (open_clip's ``train_one_epoch`` shape):
-    the model, its optimizer, the step runner (amp, gradient caching, DDP) and the loop's state."""
+    the model, its optimizer (param groups) and learning-rate schedule (:mod:`multiturbo.optim`;
+    None without train.schedule), the step runner (amp, gradient caching, DDP) and the loop's state."""
 
     model: TurboModel
     optimizer: torch.optim.Optimizer
     runner: StepRunner
     cfg: TrainConfig
+    scheduler: LRScheduler | None = None
     loop: LoopState = field(default_factory=LoopState)
 
     @classmethod
-    def create(cls, model: TurboModel, cfg: TrainConfig, device: torch.device, runner: torch.nn.Module | None = None) -> "TrainState":
-        """``runner``: the module whose forward runs a step (DDP around ``model``, or None)."""
-        return cls(model, make_optimizer(model, cfg), StepRunner(model, cfg, device, runner=runner), cfg)
+    def create(cls, model: TurboModel, cfg: TrainConfig, device: torch.device, runner: torch.nn.Module | None = None,
+               steps_per_epoch: int | None = None) -> "TrainState":
+        """``runner``: the module whose forward runs a step (DDP around ``model``, or None);
+        ``steps_per_epoch``: the schedule's unit (None: no schedule, as for ``multiturbo bench``)."""
+        optimizer = make_optimizer(model, cfg)
+        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch) if steps_per_epoch is not None else None
+        return cls(model, optimizer, StepRunner(model, cfg, device, runner=runner), cfg, scheduler)
 
 
 @dataclass
@@ -252,7 +255,7 @@ class _EpochLoop:
     def checkpoint(self) -> None:
         s = self.state
         if self.is_main:
-            save_checkpoint(self.ckpt_path, s.model, s.optimizer, s.loop.to_json(), scaler=s.runner.scaler)
+            save_checkpoint(self.ckpt_path, s.model, s.optimizer, s.loop.to_json(), scheduler=s.scheduler, scaler=s.runner.scaler)
 
     def write_epoch_outputs(self, record: dict) -> None:
         if self.is_main:
@@ -263,7 +266,7 @@ class _EpochLoop:
         s = self.state
         if not self.ckpt_path.exists():
             raise MultiturboError(f"There is no checkpoint to resume from in {self.run_dir} ({self.ckpt_path.name} is missing).")
-        s.loop = st = LoopState.from_json(restore_checkpoint(load_checkpoint(self.ckpt_path), s.model, s.optimizer, scaler=s.runner.scaler))
+        s.loop = st = LoopState.from_json(restore_checkpoint(load_checkpoint(self.ckpt_path), s.model, s.optimizer, scheduler=s.scheduler, scaler=s.runner.scaler))
         if rank_seed is not None:
             torch.manual_seed(rank_seed + st.step)
         if st.batch and not isinstance(getattr(train_loader, "sampler", None), EpochSampler):
@@ -326,6 +329,8 @@ class _EpochLoop:
                     st.sums[key] = st.sums.get(key, 0.0) + float(value.detach()) * b
             st.step += 1
             st.batch += 1
+            if s.scheduler is not None:  # once per batch: the schedule's position is st.step
+                s.scheduler.step()
             self.progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}")
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < n_batches:  # epoch ends write one anyway
                 st.epoch_seconds = time.perf_counter() - start
@@ -345,15 +350,20 @@ class _EpochLoop:
             st.best_value, st.best_epoch, st.bad_epochs = value, epoch, 0
         else:
             st.bad_epochs += 1
+        terms = {k.removeprefix("term/"): v for k, v in train_stats.items() if k.startswith("term/")}
+        diagnostics, warnings = self.diagnose(val_loader, terms, epoch) if cfg.diagnostics else (None, [])
         record = {
             "epoch": epoch,
             "step": st.step,
             "train": {k: v for k, v in train_stats.items() if not k.startswith("term/")},
-            "terms": {k.removeprefix("term/"): v for k, v in train_stats.items() if k.startswith("term/")},
+            "terms": terms,
             "val": val,
+            "lr": group_lrs(s.optimizer),
             "best": improved,
             "seconds": time.perf_counter() - start,
             "nonfinite_skipped": st.epoch_skipped,
+            **({"diagnostics": diagnostics} if diagnostics is not None else {}),
+            **({"warnings": warnings} if warnings else {}),
         }
         st.stopped = cfg.patience is not None and st.bad_epochs >= cfg.patience
         st.done = st.stopped or epoch >= cfg.epochs
@@ -364,6 +374,14 @@ class _EpochLoop:
         self.write_epoch_outputs(record)
         return record
 
+    def diagnose(self, val_loader: DataLoader, terms: dict, epoch: int) -> tuple[dict, list[str]]:
+        """The epoch's collapse diagnostics on the validation split (:mod:`multiturbo.diagnostics`), for
+        vanilla runs too so that methods can be compared; warnings only for contrastive ones."""
+        model = self.state.model
+        views, present = normalised_views(model, val_loader, self.state.runner.device)
+        diagnostics = representation_diagnostics(views, present, terms, self.batch_size * current_world().size)
+        return diagnostics, collapse_warnings(diagnostics, epoch) if model.contrastive is not None else []
+
     def report_epoch(self, record: dict) -> None:
         """The epoch's line and the progress bar's summary (and the early stop, when it happens)."""
         cfg, st, ts, val = self.state.cfg, self.state.loop, record["train"], record["val"]
@@ -373,12 +391,15 @@ class _EpochLoop:
             + " ".join(f"{k} {val[k]:.3f}" for k in TABLE_METRICS if k in val) + f"{' *' if record['best'] else ''}"
             + (f" | {record['nonfinite_skipped']} step(s) skipped" if record["nonfinite_skipped"] else "")
         )
+        for warning in record.get("warnings", []):
+            self.progress.log(f"{self.label}warning: {warning}")
         self.progress.epoch_done(f"val {cfg.monitor} {float(val[cfg.monitor]):.3f} (best {st.best_value:.3f} @ {st.best_epoch})")
         if st.stopped:
             self.progress.log(f"{self.label}early stop: no better val {cfg.monitor} for {cfg.patience} epochs (best {st.best_value:.4f} at epoch {st.best_epoch})")
 
     def run(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
         st, cfg = self.state.loop, self.state.cfg
+        self.batch_size = train_loader.batch_size or 1  # the contrastive batch of the diagnostics' log(B)
         self.progress.start_epochs(f"{self.label}epochs", total=cfg.epochs, completed=st.epoch - 1)
         while not st.done and st.epoch <= cfg.epochs:
             start = time.perf_counter() - st.epoch_seconds

@@ -135,6 +135,17 @@ def test_config_prints_resolved_yaml(tiny_config_path):
     assert resolved["method"] == "cross" and resolved["turbo"]["passes"] == 1 and resolved["turbo"]["in_modal"] is False
 
 
+def test_config_shows_the_parameter_groups(tiny_config_path):
+    res = invoke("config", tiny_config_path, "--set", "train.lr_groups={audio: 0.0001}", "--set", "train.weight_decay=0.1")
+    assert res.exit_code == 0, res.output
+    groups = [line.split()[1:] for line in res.output.splitlines() if line.startswith("#   ")]
+    audio = [g for g in groups if g[0] == "audio"]
+    assert [g[1:5] for g in audio] == [["lr", "0.0001", "weight_decay", "0.1"], ["lr", "0.0001", "weight_decay", "0"]]
+    assert {g[0] for g in groups} == {"audio", "text", "projections", "head"}
+    assert yaml.safe_load(res.output)["train"]["lr_groups"] == {"audio": 0.0001}  # still YAML
+    assert not any(line.startswith("#") for line in invoke("config", tiny_config_path, "--no-groups").output.splitlines())
+
+
 def test_python_dash_m_and_console_script_work(tiny_config_path):
     res = subprocess.run([sys.executable, "-m", "multiturbo", "config", str(tiny_config_path), "--set", "turbo.pases=2"], capture_output=True, text=True)
     assert res.returncode == 2

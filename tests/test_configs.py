@@ -13,7 +13,7 @@ CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob(
 
 def test_the_reference_configs_exist():
     names = {p.name for p in CONFIGS}
-    assert {"demo.yaml", "audio_text_iemocap.yaml", "audio_text_iemocap_whisper_gpt2.yaml"} <= names
+    assert {"demo.yaml", "audio_text_iemocap.yaml", "audio_text_iemocap_whisper_gpt2.yaml", "audio_text_iemocap_recipe.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -32,3 +32,17 @@ def test_paper_settings():
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.batch_size, cfg.train.patience) == ("adam", 1e-5, 64, 10)
     assert (cfg.turbo.ce_weight, cfg.turbo.passes, cfg.turbo.in_modal, cfg.turbo.cross_modal) == (0.5, 2, True, True)
     assert cfg.data.options["protocol"] == "speaker10" and cfg.data.options["merge"] == {"exc": "hap"}
+
+
+def test_recipe_settings():
+    """The recommended recipe: per-part learning rates, warm-up + decay, weighted layers, class weights."""
+    cfg = load_config(CONFIGS[[p.name for p in CONFIGS].index("audio_text_iemocap_recipe.yaml")])
+    paper = load_config(CONFIGS[[p.name for p in CONFIGS].index("audio_text_iemocap.yaml")])
+    t = cfg.train
+    assert t.lr_groups["audio"] < t.lr_groups["text"] < t.lr < t.lr_groups["head"]
+    assert t.schedule is not None and t.schedule.warmup_fraction == 0.1 and t.schedule.decay in ("linear", "cosine")
+    assert t.class_weights == "balanced" and t.optimizer == "adamw" and t.weight_decay > 0
+    assert all(m.options["layers"] == "weighted" for m in cfg.modalities.values())
+    assert (cfg.data, cfg.turbo, cfg.model) == (paper.data, paper.turbo, paper.model)  # only the training recipe differs
+    p = paper.train
+    assert (p.lr_groups, p.schedule, p.class_weights, p.sampler, p.layer_decay) == ({}, None, "none", "random", None)

@@ -141,6 +141,17 @@ def test_learning_curves(tmp_path, captured):
     assert "best epoch 2" in captured[0]._suptitle.get_text()
 
 
+def test_learning_curves_show_each_param_groups_learning_rate(tmp_path, captured):
+    records = [{"epoch": e, "train": {"loss": 1.0}, "val": {"ua": 0.5}, "lr": {"audio": 1e-5 * (3 - e), "head": 1e-3 / e}} for e in (1, 2)]
+    series = plots.plot_learning_curves(records, tmp_path / "lc.png")
+    assert_png(tmp_path / "lc.png")
+    np.testing.assert_allclose(series["lr/head"][1], [1e-3, 5e-4])
+    axes = {ax.get_title(): ax for ax in captured[0].axes}
+    lines = {line.get_label(): line for line in axes["learning rate (end of epoch)"].get_lines()}
+    np.testing.assert_allclose(lines["audio"].get_ydata(), [2e-5, 1e-5])
+    assert axes["learning rate (end of epoch)"].get_yscale() == "log"
+
+
 def test_learning_curves_of_a_vanilla_run_with_nan(tmp_path):
     records = [{"epoch": 1, "train": {"loss": 1.0, "ce": 1.0, "contrastive": 0.0}, "terms": {}, "val": {"wa": None, "ua": 0.5}}]
     series = plots.plot_learning_curves(records, tmp_path / "lc.png")

@@ -77,7 +77,8 @@ def test_tensorboard_events_hold_the_log(tiny_run, tmp_path):
     acc = EventAccumulator(str(out))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/ce", "train/contrastive", "val/wa", "val/ua", "term/audio1~text2", "term/text1~text2"} <= tags
+    assert {"train/loss", "train/ce", "train/contrastive", "val/wa", "val/ua", "term/audio1~text2", "term/text1~text2",
+            "lr/audio", "lr/text", "lr/projections", "lr/head"} <= tags
     assert not any("confusion" in t for t in tags)
     records = read_metrics_log(run_dir)
     ce = acc.Scalars("train/ce")
@@ -85,6 +86,7 @@ def test_tensorboard_events_hold_the_log(tiny_run, tmp_path):
     assert [e.value for e in ce] == pytest.approx([r["train"]["ce"] for r in records])
     assert [e.value for e in acc.Scalars("term/audio1~text2")] == pytest.approx([r["terms"]["audio1~text2"] for r in records])
     assert [e.value for e in acc.Scalars("val/ua")] == pytest.approx([r["val"]["ua"] for r in records])
+    assert [e.value for e in acc.Scalars("lr/head")] == pytest.approx([r["lr"]["head"] for r in records])
 
 
 def test_tensorboard_is_skipped_silently_without_the_package(tiny_run, tmp_path, monkeypatch):

@@ -42,11 +42,21 @@ cli(sys.argv[1:], prog_name="multiturbo")
 """
 
 
-@pytest.fixture
-def resume_config(tmp_path, tiny_raw):
+# The fine-tuning recipe on top: a warm-up + cosine schedule (its state is in the checkpoint),
+# per-part learning rates, AdamW weight decay, class weights and the class-balanced sampler.
+RECIPE = {
+    "optimizer": "adamw", "weight_decay": 0.01, "lr_groups": {"audio": 0.001, "head": 0.01},
+    "schedule": {"decay": "cosine", "warmup_fraction": 0.2}, "class_weights": "balanced", "sampler": "balanced",
+}
+
+
+@pytest.fixture(params=["plain", "recipe"])
+def resume_config(request, tmp_path, tiny_raw):
     """3 epochs of 10 steps (42 training items, batch 4; the last batch of 2 is kept) with a
-    checkpoint every 3 steps."""
+    checkpoint every 3 steps; "recipe": with RECIPE's schedule, groups and balancing."""
     tiny_raw["train"].update(batch_size=4, epochs=3, checkpoint_every=3, device="cpu")
+    if request.param == "recipe":
+        tiny_raw["train"].update(RECIPE)
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(tiny_raw))
     return path

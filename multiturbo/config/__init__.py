@@ -2,10 +2,10 @@
 
 from .diff import RESUME_MAY_CHANGE, config_differences, describe_differences, result_relevant
 from .load import apply_overrides, check_config, config_to_yaml, load_config, load_raw, validate_config
-from .schema import PRESETS, DataConfig, ExperimentConfig, ModalityConfig, ModelConfig, TrainConfig, TurboConfig
+from .schema import GROUP_PARTS, PRESETS, DataConfig, ScheduleConfig, ExperimentConfig, ModalityConfig, ModelConfig, TrainConfig, TurboConfig
 
 __all__ = [
-    "PRESETS", "DataConfig", "ExperimentConfig", "ModalityConfig", "ModelConfig", "TrainConfig", "TurboConfig",
+    "GROUP_PARTS", "PRESETS", "DataConfig", "ScheduleConfig", "ExperimentConfig", "ModalityConfig", "ModelConfig", "TrainConfig", "TurboConfig",
     "RESUME_MAY_CHANGE", "config_differences", "describe_differences", "result_relevant",
     "apply_overrides", "check_config", "config_to_yaml", "load_config", "load_raw", "validate_config",
 ]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, PluginError
 from ..plugins import get_registries
-from .schema import ExperimentConfig
+from .schema import GROUP_PARTS, ExperimentConfig, TrainConfig
 
 Loc = tuple[str | int, ...]
 
@@ -149,6 +149,8 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
         lines.append("turbo.ce_weight: 1.0 gives the contrastive terms zero weight while they are switched on. Lower ce_weight or use method: vanilla.")
     if t.learn_temperature and t.temperature < t.min_temperature:
         lines.append(f"turbo.temperature: {t.temperature} is below turbo.min_temperature={t.min_temperature}.")
+
+    lines.extend(check_group_names(cfg.train, list(cfg.modalities)))
     if lines:
         raise ConfigError(lines, source)
     return cfg.model_copy(update={"data": data, "modalities": modalities, "model": model})
@@ -182,3 +184,20 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), registries=None
 def config_to_yaml(cfg: ExperimentConfig) -> str:
     """The config as YAML, every field included (the resolved config saved with a run)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def group_names(modalities: Sequence[str]) -> list[str]:
+    """The names train.lr_groups / train.weight_decay_groups accept for these modalities."""
+    return [*modalities, *GROUP_PARTS]
+
+
+def check_group_names(train: TrainConfig, modalities: Sequence[str]) -> list[str]:
+    """``location: message`` lines for every group that names no part of the model."""
+    valid = group_names(modalities)
+    lines = []
+    for key in ("lr_groups", "weight_decay_groups"):
+        for name in getattr(train, key):
+            if name not in valid:
+                lines.append(f"train.{key}.{name}: {name!r} names no part of the model. The groups are the modalities "
+                             f"(their encoders) and projections, head, temperature: {', '.join(valid)}.")
+    return lines

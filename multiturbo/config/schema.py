@@ -7,7 +7,7 @@ itself; anything written explicitly wins over the preset.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,6 +45,14 @@ class ModelConfig(StrictModel):
 
     dim: int = Field(128, ge=1, description="Dimension d of the shared space (projection output).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before each modality's projection (paper: 0.2).")
+    feature_norm: Literal["none", "batch", "layer"] = Field(
+        "batch",
+        description="Standardise each modality's pooled encoder output before its projection: batch (BatchNorm1d, the default: pooled encoder outputs are anisotropic, so without it the views start as one point and the contrastive terms at log(B)), layer (LayerNorm) or none (the paper's plain linear projection). docs/training-dynamics.md.",
+    )
+    contrastive_head: Literal["none", "mlp"] = Field(
+        "none",
+        description="none: the contrastive terms read the views the classifier reads (the paper); mlp: a small per-modality head (linear, GELU, linear) that only the contrastive terms read (SimCLR/SimCSE).",
+    )
     head: str | None = Field(None, description="Registered head name; None: the registered head marked as the default (the first-party concatenation head, paper eq. 5).")
     head_options: dict[str, Any] = Field(default_factory=dict, description="The head plugin's own options.")
     forward_mode: Literal["batched", "sequential"] = Field(
@@ -75,12 +83,54 @@ class TurboConfig(StrictModel):
         return self.in_modal or self.cross_modal
 
 
+# Parts of the model that ``train.lr_groups`` / ``train.weight_decay_groups`` can name besides the
+# modalities (each modality's encoder is the part named after the modality).
+GROUP_PARTS = ("projections", "head", "temperature")
+
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+
+
+class ScheduleConfig(StrictModel):
+    """Learning-rate schedule, stepped once per optimiser step: a linear warm-up (step t of W at
+    (t + 1) / (W + 1) of the rate), then constant, linear decay to 0 or cosine decay to 0 at the
+    end of ``train.epochs`` (torch.optim.lr_scheduler; see multiturbo.optim)."""
+
+    decay: Literal["constant", "linear", "cosine"] = Field("linear", description="After the warm-up: constant, linear to 0, or cosine to 0 at the last step of train.epochs.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warm-up length in optimiser steps (exclusive with warmup_fraction).")
+    warmup_fraction: float | None = Field(None, ge=0.0, lt=1.0, description="Warm-up length as a fraction of all training steps (epochs x steps per epoch), e.g. 0.1.")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "ScheduleConfig":
+        if self.warmup_steps is not None and self.warmup_fraction is not None:
+            raise ValueError("give warmup_steps or warmup_fraction, not both")
+        return self
+
+
 class TrainConfig(StrictModel):
     """Optimisation, early stopping and the device."""
 
     optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    lr: float = Field(1e-3, gt=0.0, description="Learning rate of every part that lr_groups does not name.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay of every part that weight_decay_groups does not name (never on biases, normalisation weights, 1-d parameters or the temperature).")
+    lr_groups: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="Learning rate per part: a modality name (its encoder), projections, head, temperature; e.g. {audio: 1e-5, head: 1e-4}.",
+    )
+    weight_decay_groups: dict[str, NonNegativeFloat] = Field(default_factory=dict, description="Weight decay per part (names as lr_groups).")
+    layer_decay: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Layer-wise learning-rate decay for encoders that expose layers: layer i of N gets lr x layer_decay^(N + 1 - i), the embeddings lr x layer_decay^(N + 1); None = off.",
+    )
+    schedule: ScheduleConfig | None = Field(None, description="Learning-rate schedule (warm-up, then constant / linear / cosine); None = the constant lr (paper).")
+    class_weights: Literal["none", "balanced"] | dict[str, PositiveFloat] = Field(
+        "none",
+        description="Cross-entropy class weights: none, balanced (n / (C x count of the class) over the train split) or {class name: weight} (unnamed classes: 1).",
+    )
+    sampler: Literal["random", "balanced"] = Field(
+        "random",
+        description="Training order: random (a permutation per epoch) or balanced (items drawn with replacement, each class equally likely; deterministic from seed and epoch).",
+    )
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     epochs: int = Field(10, ge=1)
@@ -111,6 +161,14 @@ class TrainConfig(StrictModel):
     audio_cache: Literal["off", "memory", "disk"] = Field(
         "off",
         description="Cache each item's decoded audio, resampled to its encoder's rate, so later epochs read no audio file and run no resampler: off, memory (per process; each DataLoader worker keeps its own copy) or disk (float32 files under audio_cache_dir, shared by workers, runs and folds). The results are bit-identical to off.",
+    )
+    frozen_features: Literal["recompute", "cache"] = Field(
+        "recompute",
+        description="Modalities whose encoder is fully frozen (freeze: all): recompute runs the encoder on every pass (its own dropout acts, so the K views differ inside the encoder too); cache computes each item's encoder output once before training, with the encoder in eval mode, and the K views then differ by the dropout before the projection only (the frozen-encoder protocol of SUPERB; many times faster).",
+    )
+    diagnostics: bool = Field(
+        True,
+        description="Every epoch, on the validation split: alignment, uniformity, cross-modal recall@1 and each contrastive term against log(B), logged in metrics.jsonl, with a warning when the contrastive space collapses (docs/training-dynamics.md). Costs one more pass over the validation split per epoch.",
     )
     audio_cache_dir: str | None = Field(
         None, min_length=1,

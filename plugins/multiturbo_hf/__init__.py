@@ -7,7 +7,10 @@
 ``model`` is a hub id or a local directory written by ``save_pretrained``. Offline, use a local
 directory, or set ``local_files_only: true`` (and HF_HUB_OFFLINE=1) to use the local cache.
 ``dropout`` overrides the model's hidden and attention dropout (Turbo's K views come from it;
-the paper uses 0.2). ``output_dim`` is the model's hidden size.
+the paper uses 0.2). ``output_dim`` is the model's hidden size. ``layers`` (last | index |
+weighted), ``freeze_layers`` and ``output_dropout`` choose and regularise the pooled hidden
+states; ``num_layers`` / ``layer_id`` place each parameter for layer-wise lr decay
+(``_common.HiddenStates``, docs/encoders.md).
 """
 
 from __future__ import annotations

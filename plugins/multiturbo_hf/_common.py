@@ -1,9 +1,11 @@
-"""Shared pieces of the Hugging Face encoders: pooling, options, loading, dropout and freezing."""
+"""Shared pieces of the Hugging Face encoders: pooling, options, loading, dropout, freezing and
+the choice of hidden states (``layers``, ``freeze_layers``: :class:`HiddenStates`)."""
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -37,6 +39,12 @@ class HFOptions(EncoderOptions):
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="Set the model's hidden and attention dropout to this value (paper: 0.2); None keeps the model's own.")
     local_files_only: bool = Field(False, description="Never contact the hub (set HF_HUB_OFFLINE=1 as well for a fully offline run).")
     gradient_checkpointing: bool = Field(False, description="Recompute the transformer layers' activations in the backward instead of storing them (less memory, about one more forward of time); dropout masks are replayed, so Turbo's views are unchanged.")
+    freeze_layers: int | None = Field(None, ge=0, description="Freeze the embeddings / feature front end and the first N transformer layers (0: the embeddings only); the layers above N train. None: see freeze.")
+    layers: Literal["last", "weighted"] | int = Field(
+        "last",
+        description="Which hidden states are pooled: 'last' (the model's output), an index i (0 = the embeddings' output, i = layer i's output, negative counts from the end), or 'weighted': a learnt softmax-weighted sum of all of them (SUPERB).",
+    )
+    output_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the chosen (or weighted) hidden states before pooling, on top of the model's own dropout.")
 
 
 def enable_gradient_checkpointing(model: Any, options: HFOptions, encoder: str) -> None:
@@ -167,3 +175,128 @@ def freeze(model: nn.Module, how: str, encoder: str, feature_encoder: list[nn.Mo
 def warn_cut(encoder: str, cut: int, total: int, limit: str) -> None:
     if cut:
         warnings.warn(f"{encoder}: cut {cut} of {total} items of this batch to {limit}.", stacklevel=3)
+
+
+# Root-level names (relative to the transformers model) of what comes after the last layer.
+TOP_PREFIXES = ("pooler.", "ln_f.", "norm.", "final_layer_norm.", "layer_norm.")
+BLOCK_LISTS = ("layer", "layers", "h", "block", "blocks")
+
+
+def find_blocks(model: nn.Module) -> tuple[str, int] | None:
+    """(path, count) of the model's list of transformer layers (the longest nn.ModuleList named
+    layer / layers / h / block / blocks), or None."""
+    found = [(name, len(m)) for name, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) and name.rsplit(".", 1)[-1] in BLOCK_LISTS]
+    return max(found, key=lambda f: f[1]) if found else None
+
+
+class LayerMix(nn.Module):
+    """SUPERB's weighted sum: softmax(w) over S hidden states, w learnt (starts uniform).
+
+    forward: S tensors [B, L, D] -> [B, L, D]."""
+
+    def __init__(self, n_states: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(n_states))
+
+    def forward(self, states: Sequence[Tensor]) -> Tensor:
+        w = self.weights.softmax(0)  # [S]
+        return torch.einsum("s,sbld->bld", w.to(states[0].dtype), torch.stack(list(states)))
+
+
+class HiddenStates(nn.Module):
+    """The ``layers``, ``freeze_layers`` and ``output_dropout`` options of an HF encoder.
+
+    Finds the model's stack of N layers, places each parameter in it (:meth:`layer_id`: 0 for
+    the embeddings / front end, i for layer i, None after the last layer), freezes the front end
+    and the first ``freeze_layers`` layers (with ``layers: i`` also what lies above layer i, which
+    never reaches the loss), and turns the model's hidden states into the
+    sequence that is pooled: :meth:`select` (the N + 1 hidden states of ``output_hidden_states``
+    are the embeddings' output and every layer's output; the last one is the model's output,
+    ``last_hidden_state``, with any final LayerNorm).
+
+    Dropout and frozen encoders: ``freeze`` / ``freeze_layers`` only stop gradients
+    (requires_grad = False); the model stays in train mode during training, so its own dropout
+    (``dropout``) still draws a new mask per element and the K copies of a batch get different
+    hidden states even with ``freeze: all``. On top of that the projection's dropout
+    (``model.dropout``) and ``output_dropout`` (here, after the choice or the weighted sum) act
+    on every view; a model in eval mode (inference) gives identical hidden states for all copies.
+    """
+
+    def __init__(self, model: nn.Module, options: HFOptions, encoder: str, top: tuple[str, ...] = ()):
+        super().__init__()
+        blocks = find_blocks(model)
+        self.encoder_name = encoder
+        self.path, self.num_layers = blocks if blocks else (None, None)
+        self.top = TOP_PREFIXES + top
+        self.choice = options.layers
+        self.dropout = nn.Dropout(options.output_dropout)
+        n = self.num_layers
+        if options.layers != "last" or options.freeze_layers is not None:
+            if n is None:
+                raise ConfigError([f"layers / freeze_layers: the {encoder} model {type(model).__name__} has no list of transformer layers that multiturbo can find; use layers: last and freeze instead."])
+        if isinstance(options.layers, int) and not -(n + 1) <= options.layers <= n:
+            raise ConfigError([f"layers: {options.layers} is out of range: the {encoder} model {type(model).__name__} has {n} layers, "
+                               f"so its hidden states are 0 (the embeddings' output) to {n} (the last layer), or -1 to -{n + 1} from the end."])
+        if options.freeze_layers is not None:
+            if options.freeze_layers > n:
+                raise ConfigError([f"freeze_layers: {options.freeze_layers} is more than the {n} layers of the {encoder} model "
+                                   f"{type(model).__name__}. Use at most {n}, or freeze: all."])
+            for name, p in model.named_parameters():
+                lid = self.layer_id(name)
+                if lid is not None and lid <= options.freeze_layers:
+                    p.requires_grad_(False)
+        if isinstance(options.layers, int) and options.layers % (n + 1) < n:
+            # the layers above the chosen one (and a final norm) do not reach the loss: without
+            # requires_grad they get no optimiser state, and DDP finds no unused parameter
+            chosen = options.layers % (n + 1)
+            for name, p in model.named_parameters():
+                lid = self.layer_id(name)
+                if lid is None or lid > chosen:
+                    p.requires_grad_(False)
+        self.mix = LayerMix(n + 1) if options.layers == "weighted" else None
+
+    @property
+    def wants_all(self) -> bool:
+        """Whether the model must return every hidden state (output_hidden_states=True)."""
+        return self.choice != "last"
+
+    def layer_id(self, name: str) -> int | None:
+        """0 (embeddings / front end), i (layer i, 1-based) or None (after the last layer) for a
+        parameter name relative to the transformers model."""
+        if self.path is not None and name.startswith(self.path + "."):
+            return int(name[len(self.path) + 1 :].split(".", 1)[0]) + 1
+        if name.startswith(self.top):
+            return None
+        return 0
+
+    def select(self, last: Tensor, states: Sequence[Tensor] | None) -> Tensor:
+        """last: the model's output [B, L, D]; states: its N + 1 hidden states (with wants_all)
+        -> [B, L, D] to pool: the chosen state or the weighted sum, then output_dropout."""
+        if self.wants_all:
+            if states is None or len(states) != self.num_layers + 1:
+                got = "none" if states is None else len(states)
+                raise RuntimeError(f"{self.encoder_name}: expected {self.num_layers + 1} hidden states, got {got}")
+            # the last state is the model's output (transformers versions differ on whether a
+            # final LayerNorm is applied to hidden_states[-1]; last_hidden_state always has it)
+            states = (*states[:-1], last)
+            last = self.mix(states) if self.mix is not None else states[self.choice]
+        return self.dropout(last)
+
+
+class LayeredEncoder:
+    """Mixin for the HF encoders: ``num_layers`` and ``layer_id`` (multiturbo.encoder.Encoder's
+    contract for layer-wise lr decay) from ``self.hidden``, a :class:`HiddenStates`."""
+
+    hidden: HiddenStates
+
+    @property
+    def num_layers(self) -> int | None:  # type: ignore[override]
+        return self.hidden.num_layers
+
+    def layer_id(self, name: str) -> int | None:
+        """Parameters of the transformers model (``model.*``) by depth; the layer weights and
+        anything else of the encoder count as after the last layer (None)."""
+        if name.startswith("model."):
+            return self.hidden.layer_id(name[len("model."):])
+        return None

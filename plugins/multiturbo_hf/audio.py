@@ -72,7 +72,7 @@ from multiturbo.encoder import Encoder
 from multiturbo.errors import ConfigError, DataError
 
 from . import assets
-from ._common import HFOptions, enable_gradient_checkpointing, freeze, load, load_config, pool, warn_cut
+from ._common import HFOptions, HiddenStates, LayeredEncoder, enable_gradient_checkpointing, freeze, load, load_config, pool, warn_cut
 
 
 class HFAudioOptions(HFOptions):
@@ -104,7 +104,7 @@ def _waveform(item: Any, i: int, rate: int, encoder: str) -> np.ndarray:
     return w
 
 
-class _AudioBase(Encoder):
+class _AudioBase(LayeredEncoder, Encoder):
     Options = HFAudioOptions
     name = "hf_audio"
 
@@ -171,6 +171,9 @@ class HFAudio(_AudioBase):
         self.min_samples = hi
         fe = getattr(self.model, "feature_extractor", None)
         freeze(self.model, options.freeze, "hf_audio", [fe] if fe is not None else None)
+        # stable-layer-norm models (wav2vec2-large, WavLM) put the encoder's LayerNorm after the layers
+        top = ("encoder.layer_norm.",) if getattr(config, "do_stable_layer_norm", False) else ()
+        self.hidden = HiddenStates(self.model, options, "hf_audio", top)
         enable_gradient_checkpointing(self.model, options, "hf_audio")
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
@@ -191,7 +194,8 @@ class HFAudio(_AudioBase):
         values, mask = batch["input_values"], batch["attention_mask"]
         lengths = mask.sum(1)  # [B] samples
         with self._first_conv_per_item(lengths):
-            hidden = self.model(values, attention_mask=mask).last_hidden_state  # [B, F, hidden]
+            out = self.model(values, attention_mask=mask, output_hidden_states=self.hidden.wants_all)
+        hidden = self.hidden.select(out.last_hidden_state, out.hidden_states)  # [B, F, hidden] (options layers, output_dropout)
         frames = self.model._get_feat_extract_output_lengths(lengths).long()  # [B]
         frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]  # [B, F]
         return pool(hidden, frame_mask, self.options.pooling)
@@ -253,6 +257,7 @@ class HFWhisper(_AudioBase):
         self.max_frames = 2 * self.model.embed_positions.num_embeddings
         self.output_dim = int(config.d_model)
         freeze(self.model, options.freeze, "hf_whisper", [self.model.conv1, self.model.conv2])
+        self.hidden = HiddenStates(self.model, options, "hf_whisper")
         enable_gradient_checkpointing(self.model, options, "hf_whisper")
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
@@ -287,9 +292,15 @@ class HFWhisper(_AudioBase):
         bias = torch.zeros(step_mask.shape, dtype=x.dtype, device=x.device)
         bias = bias.masked_fill(~step_mask, torch.finfo(x.dtype).min)[:, None, None, :]  # [B, 1, 1, F/2] keys
         bias = bias.expand(-1, 1, steps, -1)
+        states = [] if self.hidden.wants_all else None  # as WhisperEncoder's output_hidden_states
         for layer in enc.layers:
+            if states is not None:
+                states.append(x)
             if self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop:
                 continue
             x = layer(x, bias)
         x = enc.layer_norm(x)
+        if states is not None:
+            states.append(x)
+        x = self.hidden.select(x, states)  # options layers, output_dropout
         return pool(x, step_mask, self.options.pooling)

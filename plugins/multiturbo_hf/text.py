@@ -7,6 +7,8 @@ Raw input: a string.
               says how many, as for audio cut to max_seconds)
               -> {"input_ids": [B, L], "attention_mask": [B, L], and "token_type_ids" [B, L] if the tokenizer makes them}
     forward:  AutoModel(**batch).last_hidden_state     [B, L, hidden]
+              (layers: i -> hidden_states[i]; weighted -> softmax(w)-weighted sum of the N + 1
+              hidden states; then output_dropout)
               -> pooling over valid tokens             [B, hidden]   (output_dim = hidden size)
 
 Pooling: "mean" (masked mean; what sentence-transformers' MiniLM was trained with), "cls"
@@ -32,14 +34,14 @@ from multiturbo.encoder import Encoder
 from multiturbo.errors import DataError
 
 from . import assets
-from ._common import HFOptions, enable_gradient_checkpointing, freeze, load, load_config, pool, warn_cut
+from ._common import HFOptions, HiddenStates, LayeredEncoder, enable_gradient_checkpointing, freeze, load, load_config, pool, warn_cut
 
 
 class HFTextOptions(HFOptions):
     max_tokens: int = Field(128, ge=1, description="Texts are cut to this many tokens (special tokens included).")
 
 
-class HFText(Encoder):
+class HFText(LayeredEncoder, Encoder):
     """AutoTokenizer + AutoModel + pooling over valid tokens."""
 
     export_assets = assets.export_assets  # config + preprocessor into the run directory (no weights)
@@ -72,6 +74,7 @@ class HFText(Encoder):
         self.cut_items = 0  # texts cut to max_length tokens, over this encoder's lifetime
         self.output_dim = int(config.hidden_size)
         freeze(self.model, options.freeze, "hf_text", None)
+        self.hidden = HiddenStates(self.model, options, "hf_text")
         enable_gradient_checkpointing(self.model, options, "hf_text")
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
@@ -110,5 +113,6 @@ class HFText(Encoder):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Tokenizer output [B, L] each -> [B, hidden]."""
-        hidden = self.model(**batch).last_hidden_state  # [B, L, hidden]
+        out = self.model(**batch, output_hidden_states=self.hidden.wants_all)
+        hidden = self.hidden.select(out.last_hidden_state, out.hidden_states)  # [B, L, hidden] (options layers, output_dropout)
         return pool(hidden, batch["attention_mask"], self.options.pooling)

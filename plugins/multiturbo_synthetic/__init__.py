@@ -7,36 +7,50 @@ the same task (the class-specific structure below does not depend on the seed).
 
 How an item is made
 -------------------
-Item i has a class ``y`` (classes balanced: label counts differ by at most one) and
-an item-level latent, its *intensity* ``a ~ Uniform(0.5, 1.5)``: how clearly the item
-expresses its class. The intensity is shared by all modalities of the item (a clear
-item is clear everywhere, like a strongly acted emotion); apart from it, each modality
-renders its OWN noisy view of the class, with independent noise. ``noise[m]`` (default
-1.0) scales how much item-level noise drowns the class signal in modality m.
+Item i has a class ``y`` (classes balanced: label counts differ by at most one) and two
+item-level latents that every modality of the item shares, as real paired data share what
+was said:
+
+- its *intensity* ``a ~ Uniform(0.5, 1.5)``: how clearly the item expresses its class (a
+  clear item is clear everywhere, like a strongly acted emotion);
+- its *content*: ``shared_content`` distinct tokens (default min(3, 2C - 2)) drawn uniformly from a
+  content vocabulary of V = 2C - 1 tokens, independent of the class (like the words of an
+  utterance, which a transcript and its recording share whatever the emotion). Each
+  modality renders them in its own way (below). ``shared_content: 0`` renders items that
+  share only the class and the intensity: then cross-modal InfoNCE has almost nothing to
+  match item by item (docs/training-dynamics.md).
+
+Apart from these, each modality renders its OWN noisy view, with independent noise.
+``noise[m]`` (default 1.0) scales how much item-level noise drowns the signal in modality m.
 
 - audio: ``seconds`` of waveform at ``sample_rate``. A fixed grid of 2C tone
   frequencies, log-spaced from 300 Hz to min(4 kHz, 0.4 sample_rate); class c owns
   two of them (grid[c], grid[c + C]). The item sums its class's two tones (amplitude
   ``a * U(0.5, 1)``) and two distractor tones picked uniformly from the whole grid
   (amplitude ``U(0.5, 1)``, so they may belong to any class), each with +-2% frequency
-  jitter and a random phase, plus white Gaussian noise of standard deviation
+  jitter and a random phase, plus one tone per content token at the geometric midpoint of
+  two neighbouring grid tones (token t: between grid[t] and grid[t + 1]; amplitude
+  ``U(0.5, 1)``), plus white Gaussian noise of standard deviation
   ``AUDIO_NOISE * noise["audio"]``. float32 array [T].
 - text: a sentence of 6 to 12 words. Each word is, with probability
   ``p = clip(a / (1 + TEXT_NOISE * noise["text"]), 0, 1)`` (0.25 on average at the
   defaults, at least 0.5 at noise 0), a word of
   the item's class vocabulary (8 made-up words per class); otherwise, with equal
   chances, a neutral English filler word or a word of a uniformly random class's
-  vocabulary (so the text is ambiguous, not merely sparse). str.
+  vocabulary (so the text is ambiguous, not merely sparse); then the item's content
+  words (one made-up word per content token, see ``content_words``) are inserted at
+  random positions. str.
 - image: an ``image_size`` x ``image_size`` grayscale array: a sinusoidal grating whose
   orientation is the class's (pi * c / C, jittered by N(0, 0.15) rad) with a random
   spatial frequency and phase, contrast ``0.25 * a``, on a 0.5 background, plus
-  Gaussian pixel noise of standard deviation ``IMAGE_NOISE * noise["image"]``.
+  a bright 2 x 2 dot (+0.5) per content token at the token's place on a ring around the
+  centre, plus Gaussian pixel noise of standard deviation ``IMAGE_NOISE * noise["image"]``.
   float32 array [S, S] (not clipped).
 
 The constants were set so that, at the defaults, a simple classifier on any single
 modality is clearly better than chance but far from perfect, so combining modalities
 helps. Nothing in the generator is tuned for a training method: the modalities share
-only the class and the intensity.
+the class, the intensity and the content tokens, nothing else.
 
 Splits are stratified: test first, then validation, then train, each split's
 positions shuffled. ``meta`` holds ``index`` (the item's position in the data set)
@@ -85,6 +99,20 @@ FILLERS = (
 _WORD_CODES = np.random.default_rng(20240917).permutation(len(_SYLLABLES) ** 3)  # fixed, seed-independent
 
 
+def content_words(v: int) -> list[str]:
+    """The made-up words of the content vocabulary (v tokens), distinct from every class word."""
+    words = []
+    for j in range(v):
+        code = int(_WORD_CODES[len(_WORD_CODES) - 1 - j])
+        words.append(_SYLLABLES[code // 256] + _SYLLABLES[code // 16 % 16] + _SYLLABLES[code % 16])
+    return words
+
+
+def content_vocab_size(num_classes: int) -> int:
+    """V = 2C - 1: one content tone between each two neighbouring tones of the class grid."""
+    return 2 * num_classes - 1
+
+
 def class_words(c: int, n: int = 8) -> list[str]:
     """The made-up vocabulary of class c: n three-syllable words, the same for every seed."""
     words = []
@@ -110,6 +138,10 @@ class SyntheticOptions(DatasetOptions):
     missing_rate: dict[Kind, float] = Field(
         default_factory=dict, description="Per-modality probability that an item lacks it (input None); default 0."
     )
+    shared_content: int | None = Field(
+        None, ge=0,
+        description="Content tokens per item, shared by all its modalities (drawn from 2C - 1 tokens, independent of the class); None = min(3, 2C - 2); 0 = the modalities share only the class and the intensity.",
+    )
     folds: int = Field(
         1, ge=1, description="1: one train/val/test split; >= 3: that many stratified folds (test f, val f+1, train the rest)."
     )
@@ -133,6 +165,13 @@ class SyntheticOptions(DatasetOptions):
     def _check(self) -> "SyntheticOptions":
         if self.folds == 2 or self.folds > self.size:
             raise ValueError(f"folds must be 1, or between 3 and size={self.size} (train, val and test parts), got {self.folds}")
+        if self.shared_content is None:
+            self.shared_content = min(3, content_vocab_size(self.num_classes) - 1)
+        if self.shared_content > content_vocab_size(self.num_classes):
+            raise ValueError(
+                f"shared_content must be at most 2 * num_classes - 1 = {content_vocab_size(self.num_classes)} (the content "
+                f"vocabulary), got {self.shared_content}"
+            )
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 (leave items to train), "
@@ -153,9 +192,10 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 
 
 def render_audio(
-    labels: np.ndarray, intensity: np.ndarray, rng: np.random.Generator, o: SyntheticOptions, noise: float
+    labels: np.ndarray, intensity: np.ndarray, content: np.ndarray, rng: np.random.Generator, o: SyntheticOptions, noise: float
 ) -> np.ndarray:
-    """Waveforms [N, T] float32: two class tones + two distractor tones + white noise."""
+    """Waveforms [N, T] float32: two class tones + two distractor tones + one tone per content token
+    (content: [N, n_content] token ids) + white noise."""
     n, c = len(labels), o.num_classes
     t = np.arange(max(1, round(o.seconds * o.sample_rate)), dtype=np.float32) / o.sample_rate  # [T]
     grid = np.geomspace(300.0, min(4000.0, 0.4 * o.sample_rate), 2 * c)  # [2C]
@@ -168,14 +208,23 @@ def render_audio(
     for k in range(idx.shape[1]):  # 4 tones, each vectorised over items and time
         arg = (2 * np.pi * freq[:, k, None]).astype(np.float32) * t + phase[:, k, None].astype(np.float32)
         wave += amp[:, k, None].astype(np.float32) * np.sin(arg)
+    if content.shape[1]:
+        between = np.sqrt(grid[:-1] * grid[1:])  # [2C - 1] geometric midpoints
+        cf = between[content] * (1.0 + 0.02 * rng.standard_normal(content.shape))  # [N, n_content]
+        camp = rng.uniform(0.5, 1.0, content.shape)
+        cphase = rng.uniform(0.0, 2 * np.pi, content.shape)
+        for k in range(content.shape[1]):
+            arg = (2 * np.pi * cf[:, k, None]).astype(np.float32) * t + cphase[:, k, None].astype(np.float32)
+            wave += camp[:, k, None].astype(np.float32) * np.sin(arg)
     wave += (AUDIO_NOISE * noise) * rng.standard_normal(wave.shape, dtype=np.float32)
     return wave
 
 
 def render_text(
-    labels: np.ndarray, intensity: np.ndarray, rng: np.random.Generator, o: SyntheticOptions, noise: float
+    labels: np.ndarray, intensity: np.ndarray, content: np.ndarray, rng: np.random.Generator, o: SyntheticOptions, noise: float
 ) -> list[str]:
-    """Sentences of 6-12 words: class words with probability p, else filler words or random-class words."""
+    """Sentences of 6-12 words (class words with probability p, else filler words or random-class
+    words) with the item's content words inserted at random places: 6-12 + n_content words."""
     vocab = [class_words(c) for c in range(o.num_classes)]
     n, max_len = len(labels), 12
     lengths = rng.integers(6, max_len + 1, n)
@@ -185,20 +234,24 @@ def render_text(
     word_class = np.where(kind == 0, labels[:, None], rng.integers(0, o.num_classes, (n, max_len)))
     word_pick = rng.integers(0, 8, (n, max_len))
     filler_pick = rng.integers(0, len(FILLERS), (n, max_len))
+    said = content_words(content_vocab_size(o.num_classes))
+    slots = rng.random((n, content.shape[1]))  # where each content word goes, as a share of the sentence
     sentences = []
     for i in range(n):
         words = [
             FILLERS[filler_pick[i, j]] if kind[i, j] == 1 else vocab[word_class[i, j]][word_pick[i, j]]
             for j in range(lengths[i])
         ]
+        for token, where in zip(content[i], slots[i]):
+            words.insert(int(where * (len(words) + 1)), said[token])
         sentences.append(" ".join(words))
     return sentences
 
 
 def render_image(
-    labels: np.ndarray, intensity: np.ndarray, rng: np.random.Generator, o: SyntheticOptions, noise: float
+    labels: np.ndarray, intensity: np.ndarray, content: np.ndarray, rng: np.random.Generator, o: SyntheticOptions, noise: float
 ) -> np.ndarray:
-    """Images [N, S, S] float32: an oriented grating (orientation = class) + pixel noise."""
+    """Images [N, S, S] float32: an oriented grating (orientation = class) + a dot per content token + pixel noise."""
     n, size = len(labels), o.image_size
     theta = np.pi * labels / o.num_classes + 0.15 * rng.standard_normal(n)  # [N]
     freq = rng.uniform(0.12, 0.25, n)  # cycles per pixel
@@ -207,6 +260,13 @@ def render_image(
     proj = np.cos(theta)[:, None, None] * xx + np.sin(theta)[:, None, None] * yy  # [N, S, S]
     grating = np.cos(2 * np.pi * freq[:, None, None] * proj + phase[:, None, None])
     image = 0.5 + 0.25 * intensity[:, None, None] * grating
+    v = content_vocab_size(o.num_classes)
+    angle = 2 * np.pi * np.arange(v) / v
+    row = np.clip(np.round(size / 2 - 1 + 0.3 * size * np.sin(angle)).astype(int), 0, size - 2)  # [V] top-left of each dot
+    col = np.clip(np.round(size / 2 - 1 + 0.3 * size * np.cos(angle)).astype(int), 0, size - 2)
+    for i, tokens in enumerate(content):
+        for token in tokens:
+            image[i, row[token] : row[token] + 2, col[token] : col[token] + 2] += 0.5
     image += IMAGE_NOISE * noise * rng.standard_normal((n, size, size))
     return image.astype(np.float32)
 
@@ -248,8 +308,9 @@ class SyntheticDataset(Dataset):
         rng = _rng(self.seed, 0)
         labels = np.concatenate([rng.permutation(np.arange(b - a) % o.num_classes) for a, b in self._parts])
         intensity = rng.uniform(0.5, 1.5, o.size)
+        content = self._content()
         views = {
-            m: RENDERERS[m](labels, intensity, _rng(self.seed, 1 + KINDS.index(m)), o, o.noise.get(m, 1.0))
+            m: RENDERERS[m](labels, intensity, content, _rng(self.seed, 1 + KINDS.index(m)), o, o.noise.get(m, 1.0))
             for m in self.modalities
         }
         absent = self._absent()
@@ -257,11 +318,18 @@ class SyntheticDataset(Dataset):
             Sample(
                 inputs={m: None if absent[i, j] else views[m][i] for j, m in enumerate(self.modalities)},
                 label=int(labels[i]),
-                meta={"index": i, "intensity": float(intensity[i]),
+                meta={"index": i, "intensity": float(intensity[i]), "content": [int(t) for t in content[i]],
                       **({"missing": [m for j, m in enumerate(self.modalities) if absent[i, j]]} if o.missing_rate else {})},
             )
             for i in range(o.size)
         ]
+
+    def _content(self) -> np.ndarray:
+        """[size, shared_content] int: each item's distinct content tokens, from a stream of their own."""
+        o = self.options
+        rng = _rng(self.seed, 50)
+        v = content_vocab_size(o.num_classes)
+        return np.argsort(rng.random((o.size, v)), axis=1)[:, : o.shared_content]
 
     def _absent(self) -> np.ndarray:
         """[size, M] bool: which item lacks which modality (all False without missing_rate)."""

@@ -10,7 +10,7 @@ import pytest
 
 from multiturbo.dataset import Dataset, Sample
 from multiturbo.errors import DataError
-from multiturbo_synthetic import FILLERS, SyntheticDataset, class_words
+from multiturbo_synthetic import FILLERS, SyntheticDataset, class_words, content_words
 
 ALL = ["audio", "text", "image"]
 
@@ -84,13 +84,13 @@ def test_raw_input_types_and_shapes():
         audio, text, image = x.inputs["audio"], x.inputs["text"], x.inputs["image"]
         assert isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.shape == (2000,)
         assert np.isfinite(audio).all()
-        assert isinstance(text, str) and 6 <= len(text.split()) <= 12
+        assert isinstance(text, str) and 6 + 3 <= len(text.split()) <= 12 + 3  # + the 3 content words
         assert isinstance(image, np.ndarray) and image.dtype == np.float32 and image.shape == (12, 12)
         assert isinstance(x.label, int) and 0 <= x.label < 4
 
 
 def test_text_words_come_from_the_vocabularies():
-    vocab = set(FILLERS).union(*(class_words(c) for c in range(4)))
+    vocab = set(FILLERS).union(*(class_words(c) for c in range(4)), content_words(7))
     assert len(set().union(*(class_words(c) for c in range(4)))) == 32  # no word shared by two classes
     for x in items(make(modalities=["text"])):
         assert set(x.inputs["text"].split()) <= vocab

@@ -1,0 +1,104 @@
+"""Collapse diagnostics of the contrastive space, computed on the validation split every epoch.
+
+Contrastive training can fail silently: when the modalities (or the dropout views) share little
+that the encoders can pick up, the cheapest way to lower InfoNCE is to map every item to one point.
+Then every similarity in a block is equal and each term sits at exactly log(B), the loss of a
+uniform guess among the B candidates, while the classifier may still learn (docs/training-dynamics.md).
+
+Per epoch, from the validation split (one pass, dropout off, L2-normalised projected views
+{m: [N, d]}):
+
+- ``alignment`` of every modality pair and ``uniformity`` of every modality (Wang & Isola 2020,
+  multiturbo.analysis): uniformity near 0 means the points of a modality have shrunk together;
+- ``recall@1`` of cross-modal retrieval for every ordered pair, with its chance level 1/N;
+- every training term divided by log(B) (``term_ratio``), B the training batch size: 1.0 is the
+  value of a collapsed space (or of embeddings that carry nothing the other view can predict).
+
+:func:`collapse_warnings` turns these into one-paragraph warnings naming the likely fixes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from .analysis import alignment_uniformity, embed
+from .distributed import gather_rows
+from .retrieval import cross_modal_retrieval
+
+# A term at or above this share of log(B) after the first epoch counts as "at log(B)".
+TERM_AT_LOG_B = 0.97
+# Uniformity (t = 2) above this counts as "approaching 0" (a collapsed modality gives 0; points
+# spread evenly on a sphere of dimension >= 3 give about -3.5 to -4).
+UNIFORMITY_COLLAPSED = -0.3
+
+FIXES = (
+    "Likely fixes: a separate contrastive projection head (model.contrastive_head: mlp), a higher or learnable "
+    "temperature (turbo.temperature 0.1-0.2, turbo.learn_temperature), averaging the terms (turbo.reduction: mean), "
+    "a lower learning rate for pretrained encoders (train.lr_groups), and data whose modalities share item-level "
+    "information (docs/training-dynamics.md)."
+)
+
+
+def term_ratios(terms: Mapping[str, float], batch_size: int) -> dict[str, float]:
+    """Each contrastive term divided by log(B): {name: term / log(B)} (empty for B < 2)."""
+    if batch_size < 2:
+        return {}
+    log_b = math.log(batch_size)
+    return {name: float(value) / log_b for name, value in terms.items()}
+
+
+def representation_diagnostics(
+    views: Mapping[str, Tensor], present: Mapping[str, Tensor] | None, terms: Mapping[str, float], batch_size: int,
+) -> dict:
+    """Diagnostics of one epoch from normalised views {m: [N, d]} (present: {m: bool [N]}) and the
+    epoch's mean training terms. Returns a JSON-ready dict: alignment, uniformity, recall@1
+    per ordered pair, chance_recall@1 (1/N), term_ratio per term, and log_b."""
+    aligned = alignment_uniformity(dict(views), dict(present) if present else None)
+    n = next(iter(views.values())).shape[0] if views else 0
+    recall = {}
+    if len(views) > 1 and n > 1:
+        recall = {pair: r["recall@1"] for pair, r in cross_modal_retrieval(views, present, ks=(1,)).items()}
+    return {
+        "alignment": aligned["alignment"],
+        "uniformity": aligned["uniformity"],
+        "recall@1": recall,
+        "chance_recall@1": 1.0 / n if n else math.nan,
+        "term_ratio": term_ratios(terms, batch_size),
+        "log_b": math.log(batch_size) if batch_size > 1 else math.nan,
+    }
+
+
+def collapse_warnings(diagnostics: Mapping, epoch: int) -> list[str]:
+    """Warnings for a collapsed contrastive space: terms at log(B) (from epoch 2 on, so the first
+    epoch's start-up does not count) and modalities whose uniformity approaches 0."""
+    out = []
+    at_log_b = sorted(name for name, r in diagnostics.get("term_ratio", {}).items() if r >= TERM_AT_LOG_B)
+    if at_log_b and epoch >= 2:
+        shown = ", ".join(at_log_b[:4]) + (f" and {len(at_log_b) - 4} more" if len(at_log_b) > 4 else "")
+        out.append(
+            f"Contrastive term(s) {shown} sit at log(B) = {diagnostics['log_b']:.3f} (>= {TERM_AT_LOG_B:.0%} of it) at epoch "
+            f"{epoch}: the views they compare carry nothing the other side can match, which is what a collapsed space gives. "
+            + FIXES
+        )
+    flat = sorted(m for m, u in diagnostics.get("uniformity", {}).items() if not math.isnan(u) and u > UNIFORMITY_COLLAPSED)
+    if flat:
+        values = ", ".join(f"{m} {diagnostics['uniformity'][m]:.2f}" for m in flat)
+        out.append(
+            f"Uniformity approaches 0 on the validation split at epoch {epoch} ({values}; a collapsed modality gives 0, "
+            f"spread points about -3.5): the representations shrink to a point. " + FIXES
+        )
+    return out
+
+
+@torch.no_grad()
+def normalised_views(model, loader, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """One pass over ``loader`` with dropout off: normalised views {m: [N, d]} and presence {m: bool [N]}
+    on the CPU, gathered over all ranks of a multi-process run."""
+    emb = embed(model, loader, device)
+    views = {m: gather_rows(v.to(device)).cpu() for m, v in emb.views.items()}
+    present = {m: gather_rows(p.to(device, torch.uint8)).cpu().bool() for m, p in emb.present.items()}
+    return views, present
