@@ -165,3 +165,34 @@ def average_gradients(module: torch.nn.Module) -> None:
 def barrier() -> None:
     if current_world().distributed:
         dist.barrier()
+
+
+class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics span the global batch of a multi-process run.
+
+    torch's SyncBatchNorm runs on GPUs only; this one works on any backend (gloo included). In
+    training under torch.distributed, the per-feature sums of x and x^2 and the item counts are
+    all-reduced WITH gradient (torch.distributed.nn.functional.all_reduce), so the normalisation
+    and its gradients equal one process on the concatenated batch. [n, C] -> [n, C]. In a single
+    process, or in eval mode, it is plain BatchNorm1d.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        world = current_world()
+        if not (self.training and world.distributed):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # noqa: PLC0415  (start-up cost: only multi-process runs)
+
+        total = all_reduce(torch.cat([x.sum(0), x.new_tensor([float(x.shape[0])])]))  # [C + 1], summed over ranks, differentiable
+        n = total[-1]
+        mean = total[:-1] / n
+        var = all_reduce(((x - mean) ** 2).sum(0)) / n  # two passes, as precise as one process; biased, as BatchNorm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                unbiased = var * (n / (n - 1).clamp_min(1.0))
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * unbiased.detach())
+                self.num_batches_tracked.add_(1)
+        y = (x - mean) / torch.sqrt(var + self.eps)
+        return y * self.weight + self.bias if self.affine else y

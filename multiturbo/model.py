@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .encoder import Batch, Encoder
+from .distributed import GlobalBatchNorm1d, current_world
 from .errors import DataError
 from .feature_cache import FEATURES_KEY
 from .head import Head
@@ -104,7 +105,7 @@ class TurboModel(nn.Module):
         )
         self.feature_norm = feature_norm
         if feature_norm != "none":  # only then, so the weights of runs without it keep their names
-            norm = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}[feature_norm]
+            norm = {"batch": GlobalBatchNorm1d, "layer": nn.LayerNorm}[feature_norm]  # batch: global statistics under torchrun
             self.feature_norms = nn.ModuleDict({m: norm(enc.output_dim) for m, enc in encoders.items()})
         if contrastive_head == "mlp":
             self.contrastive_heads = nn.ModuleDict(
@@ -153,7 +154,7 @@ class TurboModel(nn.Module):
         """Modality m's pooled encoder output [n, dim_m] -> its view h_m [n, d] (feature norm, dropout, linear)."""
         if self.feature_norm != "none":
             norm = self.feature_norms[m]
-            if isinstance(norm, nn.BatchNorm1d) and self.training and features.shape[0] < 2:
+            if isinstance(norm, nn.BatchNorm1d) and self.training and features.shape[0] < 2 and not current_world().distributed:
                 # one item (e.g. the only one of a batch that has modality m): no batch statistics, use the running ones
                 features = F.batch_norm(features, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
             else:

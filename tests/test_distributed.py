@@ -88,6 +88,8 @@ def test_ddp_training_step_equals_one_process_on_the_whole_batch(tmp_path, tiny_
     with gradient caching the chunks bypass DDP's forward and the gradients are averaged by hand."""
     raw = _no_dropout(tiny_raw)
     raw["train"]["grad_cache_chunk"] = grad_cache_chunk
+    if grad_cache_chunk:  # batch statistics over chunks are not the batch's: gradient caching needs a per-item norm
+        raw["model"]["feature_norm"] = "layer"
     _torchrun(str(WORKER.parent / "ddp_worker.py"), json.dumps(raw), str(tmp_path))
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     sys.path.insert(0, str(WORKER.parent))
@@ -102,8 +104,11 @@ def test_ddp_training_step_equals_one_process_on_the_whole_batch(tmp_path, tiny_
     assert torch.allclose((ranks[0]["loss"] + ranks[1]["loss"]) / 2, out.loss.detach().reshape(1), rtol=1e-5, atol=1e-6)
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert {k.removeprefix("grad/") for k in ranks[0] if k.startswith("grad/")} == set(grads)
+    # absolute tolerance relative to the step's largest gradient: a bias just before the feature batch norm has a
+    # gradient that is 0 in exact arithmetic, so both sides hold float32 noise there
+    scale = max(float(g.abs().max()) for g in grads.values())
     for name, g in grads.items():
-        torch.testing.assert_close(ranks[0][f"grad/{name}"], g, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(ranks[0][f"grad/{name}"], g, rtol=1e-4, atol=1e-5 * scale, msg=name)
     assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # the ranks saw different items
 
 

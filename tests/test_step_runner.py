@@ -12,7 +12,7 @@ import torch
 from multiturbo.build import build_experiment
 from multiturbo.config import check_config, validate_config
 from multiturbo.data import Collator, make_loader
-from multiturbo.errors import MultiturboError
+from multiturbo.errors import ConfigError, MultiturboError
 from multiturbo.run import run_experiment
 from multiturbo.train import StepRunner
 
@@ -53,6 +53,7 @@ def test_fp16_without_cuda_is_a_clear_error(tiny_raw):
 
 def test_gradient_caching_gives_the_gradients_of_the_plain_step(tiny_raw):
     raw = _no_dropout(tiny_raw)  # with dropout the two differ by their masks (tests/test_gradcache.py covers replay)
+    raw["model"]["feature_norm"] = "layer"  # batch statistics are not chunkable (a config error, tested below)
     grads = {}
     for chunk in (None, 3):
         cfg, model, batch = _setup(raw, grad_cache_chunk=chunk)
@@ -69,6 +70,14 @@ def test_gradient_caching_gives_the_gradients_of_the_plain_step(tiny_raw):
 def test_a_run_with_bf16_and_gradient_caching_finishes(tiny_raw, tmp_path):
     raw = copy.deepcopy(tiny_raw)
     raw["train"].update(amp="bf16", grad_cache_chunk=3, epochs=1)
+    raw["model"]["feature_norm"] = "layer"
     run_experiment(check_config(validate_config(raw)), tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and math.isfinite(records[0]["train"]["loss"]) and records[0]["step"] > 0
+
+
+def test_gradient_caching_with_a_batch_feature_norm_is_a_config_error(tiny_raw):
+    raw = copy.deepcopy(tiny_raw)
+    raw["train"]["grad_cache_chunk"] = 3
+    with pytest.raises(ConfigError, match="feature_norm: batch normalises over the whole batch"):
+        check_config(validate_config(raw))

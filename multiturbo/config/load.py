@@ -149,6 +149,10 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
         lines.append("turbo.ce_weight: 1.0 gives the contrastive terms zero weight while they are switched on. Lower ce_weight or use method: vanilla.")
     if t.learn_temperature and t.temperature < t.min_temperature:
         lines.append(f"turbo.temperature: {t.temperature} is below turbo.min_temperature={t.min_temperature}.")
+    if cfg.train.grad_cache_chunk is not None and cfg.model.feature_norm == "batch":
+        lines.append("model.feature_norm: batch normalises over the whole batch, but train.grad_cache_chunk encodes the batch in "
+                     "chunks, whose statistics differ from the batch's (the cached and the replayed views would not be the "
+                     "step's). Set model.feature_norm=layer (per item) or none with gradient caching.")
 
     lines.extend(check_group_names(cfg.train, list(cfg.modalities)))
     if lines:
