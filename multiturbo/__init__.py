@@ -4,23 +4,14 @@ The public objective is :func:`turbo_loss`; encoders, data sets and heads are pl
 (see :mod:`multiturbo.hookspecs`).
 """
 
-__version__ = "0.1.0"
-
-from .dataset import Dataset, DatasetOptions, Sample, Splits  # noqa: E402
-from .encoder import Encoder, EncoderOptions  # noqa: E402
-from .errors import ConfigError, DataError, MultiturboError, PluginError  # noqa: E402
-from .head import Head, HeadOptions  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402
-from .loss import TurboLoss, TurboLossOutput, info_nce, turbo_loss  # noqa: E402
-
-
-
-def load(run_dir, **kwargs):
-    """Load a trained run directory for inference: see :func:`multiturbo.api.load` (predict, embed, evaluate)."""
-    from .api import load as _load
-
-    return _load(run_dir, **kwargs)
-
+from .api import load  # a trained run for inference: predict, embed, evaluate
+from .dataset import Dataset, DatasetOptions, Sample, Splits
+from .encoder import Encoder, EncoderOptions
+from .errors import ConfigError, DataError, MultiturboError, PluginError
+from .head import Head, HeadOptions
+from .hookspecs import hookimpl
+from .loss import TurboLoss, TurboLossOutput, info_nce, turbo_loss
+from .version import __version__
 
 __all__ = [
     "ConfigError", "DataError", "Dataset", "DatasetOptions", "Encoder", "EncoderOptions", "Head", "HeadOptions",

@@ -16,7 +16,6 @@ modalities of the same item), uniformity for every modality.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import write_json
-from .data import LabelledBatch
+from . import rundir
 from .errors import MultiturboError
-from .model import TurboModel
+from .model import TurboModel, eval_pass
 from .progress import ProgressReporter
+from .rundir import read_analysis as load_analysis  # the public name of docs/analysis.md
 from .retrieval import cross_modal_retrieval
-
-ANALYSIS_DIR = "analysis"
 
 
 def align_loss(x: Tensor, y: Tensor, alpha: float = 2) -> Tensor:
@@ -97,28 +94,14 @@ class Embeddings:
         return self.views[m][keep], self.labels[keep]
 
 
-@torch.no_grad()
 def embed(model: TurboModel, loader, device: torch.device | str = "cpu", progress: ProgressReporter | None = None) -> Embeddings:
     """Normalised projected views of one pass over a loader, dropout off, on the CPU (float32)."""
-    model.eval()
-    chunks: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
-    masks: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
-    labels = []
     if progress is not None:
         progress.start("embedding", total=len(loader))
-    for batch in loader:
-        batch: LabelledBatch = batch.to(device)
-        views = model.contrastive_views(model.views(batch.inputs, passes=1))  # {m: [1, B, d]}, where the contrastive terms act
-        present = TurboModel.presence(batch.inputs) or {}
-        for m, v in views.items():
-            chunks[m].append(F.normalize(v[0].float(), dim=-1).cpu())
-            masks[m].append(present[m].cpu() if m in present else torch.ones(v.shape[1], dtype=torch.bool))
-        labels.append(batch.labels.cpu())
-        if progress is not None:
-            progress.advance()
-    if not labels:
+    out = eval_pass(model, loader, device, progress.advance if progress is not None else None, contrastive=True)
+    if out is None:
         raise MultiturboError("The split to embed is empty; there is nothing to analyse.")
-    return Embeddings({m: torch.cat(c) for m, c in chunks.items()}, torch.cat(labels), {m: torch.cat(c) for m, c in masks.items()})
+    return Embeddings({m: F.normalize(v, dim=-1) for m, v in out.views.items()}, out.labels, out.present)
 
 
 def align_uniform_points(analysis: dict[str, Any], label: str, group: str | None = None) -> list[dict[str, Any]]:
@@ -137,16 +120,11 @@ def align_uniform_points(analysis: dict[str, Any], label: str, group: str | None
     return points
 
 
-def load_analysis(run_dir: str | Path) -> dict[str, Any] | None:
-    """``run_dir/analysis/analysis.json``, or None when the run has not been analysed."""
-    return read_json(Path(run_dir) / ANALYSIS_DIR / "analysis.json")
-
-
 def plot_runs_align_uniform(runs: Sequence[tuple[str, str | Path]], path: str | Path, title: str | None = None) -> list[dict[str, Any]]:
     """Fig. 2 across runs: ``runs`` is [(label, run_dir)] (e.g. the method of each run, a
     label repeated for seeds or folds); every analysed run contributes one point per modality
     pair (:func:`align_uniform_points`), unanalysed runs are skipped. Returns the points."""
-    from .plots import plot_align_uniform
+    from .plots import plot_align_uniform  # matplotlib and scipy: a real start-up cost, paid only when drawing
 
     points = []
     for label, run_dir in runs:
@@ -156,18 +134,6 @@ def plot_runs_align_uniform(runs: Sequence[tuple[str, str | Path]], path: str | 
     if points:
         plot_align_uniform(points, path, **({"title": title} if title else {}))
     return points
-
-
-def read_metrics_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of ``run_dir/metrics.jsonl`` (empty if the file is absent)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def analyze_run(
@@ -185,13 +151,11 @@ def analyze_run(
     (Fig. 3), ``analysis/align_uniform.png`` (Fig. 2 for this run), ``analysis/confusion.png``
     and ``analysis/learning_curves.png``. Returns the dict of analysis.json.
     """
-    from .rundir import load_run, make_eval_loader, test_split
-
-    run = load_run(run_dir, device=device)
-    split = test_split(run)
+    run = rundir.load_run(run_dir, device=device)
+    split = rundir.test_split(run)
     if len(split) < 2:
         raise MultiturboError(f"The test split of {run.run_dir} has {len(split)} item(s); uniformity needs at least 2.")
-    emb = embed(run.model, make_eval_loader(run, split, batch_size), run.device, progress)
+    emb = embed(run.model, rundir.make_eval_loader(run, split, batch_size), run.device, progress)
     return write_analysis(run.run_dir, emb, classes=run.classes, method=run.config.method, figures=figures)
 
 
@@ -208,15 +172,13 @@ def write_analysis(
         "n_items": int(emb.labels.numel()),
         "n_present": {m: int(p.sum()) for m, p in emb.present.items()},
         "split": "test",
-        "weights": "best.safetensors",
+        "weights": rundir.layout.BEST,
         "method": method,
         "modalities": list(emb.views),
         "alpha": 2,
         "t": 2,
     }
-    out = run_dir / ANALYSIS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "analysis.json", result)
+    rundir.write_analysis_file(run_dir, result)
     if figures:
         draw_run_figures(run_dir, embeddings=emb, classes=classes, analysis=result)
     return result
@@ -231,34 +193,25 @@ def draw_run_figures(
 ) -> dict[str, Path]:
     """Draw every figure of a run that its files (and the given embeddings) allow, into
     ``run_dir/analysis/``; returns {name: path} of the figures written."""
-    from . import plots
+    from . import plots  # matplotlib and scipy: a real start-up cost, paid only when drawing
 
     run_dir = Path(run_dir)
-    out = run_dir / ANALYSIS_DIR
-    out.mkdir(exist_ok=True)
     written: dict[str, Path] = {}
-    info = read_json(run_dir / "run.json") or {}
+    info = rundir.read_info(run_dir) or {}
     classes = classes or info.get("classes")
-    metrics = read_json(run_dir / "metrics.json")
+    metrics = rundir.read_test_metrics(run_dir)
+    figure = lambda name: written.setdefault(name, rundir.figure_path(run_dir, name))  # noqa: E731
     if metrics and "confusion" in metrics and classes:
-        plots.plot_confusion(metrics["confusion"], classes, out / "confusion.png")
-        written["confusion"] = out / "confusion.png"
-    records = read_metrics_log(run_dir)
+        plots.plot_confusion(metrics["confusion"], classes, figure("confusion"))
+    records = rundir.read_log(run_dir)
     if records:
-        plots.plot_learning_curves(records, out / "learning_curves.png")
-        written["learning_curves"] = out / "learning_curves.png"
+        plots.plot_learning_curves(records, figure("learning_curves"))
     if embeddings is not None:
         parts = {m: embeddings.of(m) for m in embeddings.views}  # present items only
-        plots.plot_circle_density({m: v for m, (v, _) in parts.items()}, out / "embeddings.png",
+        plots.plot_circle_density({m: v for m, (v, _) in parts.items()}, figure("embeddings"),
                                   labels={m: lab for m, (_, lab) in parts.items()}, classes=classes)
-        written["embeddings"] = out / "embeddings.png"
-    analysis = analysis or read_json(out / "analysis.json")
+    analysis = analysis or rundir.read_analysis(run_dir)
     if analysis and analysis.get("alignment"):
         label = str(analysis.get("method") or info.get("method") or run_dir.name)
-        plots.plot_align_uniform(align_uniform_points(analysis, label), out / "align_uniform.png")
-        written["align_uniform"] = out / "align_uniform.png"
+        plots.plot_align_uniform(align_uniform_points(analysis, label), figure("align_uniform"))
     return written
-
-
-def format_number(x: float | None, digits: int = 4) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"

@@ -27,6 +27,7 @@ from torch import Tensor
 from .inference import Inputs, Outputs, evaluate_outputs, predictions, read_inputs, run_inputs
 from .retrieval import DEFAULT_KS, cross_modal_retrieval
 from .rundir import LoadedRun, load_run
+from .runtime import resolve_device
 
 __all__ = ["TrainedRun", "load"]
 
@@ -116,6 +117,4 @@ def load(
     Raises :class:`multiturbo.rundir.RunDirError` for a missing, incomplete, unfinished or
     incompatible run directory.
     """
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return TrainedRun(load_run(run_dir, device=device), batch_size=batch_size, kinds=kinds)
+    return TrainedRun(load_run(run_dir, device=resolve_device(device)), batch_size=batch_size, kinds=kinds)

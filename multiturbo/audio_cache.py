@@ -61,6 +61,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import soundfile
+import soxr
 
 from .audio import Waveform, to_rate
 from .dataset import LazySplit, Sample, Splits
@@ -147,9 +149,6 @@ def _name(obj: Any) -> str:
 
 @functools.cache
 def _library_versions() -> list[str]:
-    import soundfile
-    import soxr
-
     return [getattr(soxr, "__version__", "?"), getattr(soundfile, "__libsndfile_version__", "?")]
 
 

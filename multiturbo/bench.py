@@ -36,7 +36,8 @@ from .data import Collator, LabelledBatch, make_loader
 from .errors import MultiturboError
 from .loss import pair_names
 from .model import TurboModel, repeat_batch
-from .train import AMP_DTYPES, StepRunner, make_optimizer, nonfinite_grad_names
+from .optim import make_optimizer
+from .train import AMP_DTYPES, TrainState, train_step
 
 @dataclass
 class MethodBench:
@@ -94,6 +95,8 @@ class BenchReport:
                 "ratios": self.ratios()}
 
 
+# The hand-written twin takes the loop's values as plain arguments, as a user's own loop would
+# (its parameter lists are long on purpose: it shares no machinery with multiturbo).
 def handwritten_loss(model: TurboModel, inputs: Mapping[str, dict], labels: torch.Tensor, temperature: float,
                      in_modal: bool, cross_modal: bool, ce_weight: float, autocast=contextlib.nullcontext) -> torch.Tensor:
     """The loss of ``model.step`` written out plainly: the batch repeated K times through the same
@@ -128,17 +131,16 @@ def handwritten_step(model: TurboModel, optimizer: torch.optim.Optimizer, inputs
     optimizer.step()
 
 
-def _multiturbo_step(runner: StepRunner, model: TurboModel, optimizer, batch: LabelledBatch) -> None:
-    """What :func:`multiturbo.train.fit` does per batch: forward + backward (StepRunner: amp, grad
-    cache), the non-finite loss and gradient checks, the optimizer step."""
-    optimizer.zero_grad(set_to_none=True)
-    out, ok = runner.forward_backward(batch)
-    if not ok:
-        raise MultiturboError("The benchmark's training step produced a non-finite loss; lower train.lr or check the config.")
-    runner.unscale(optimizer)
-    if runner.scaler is None and nonfinite_grad_names(model):
-        raise MultiturboError("The benchmark's training step produced non-finite gradients; lower train.lr or check the config.")
-    runner.optimizer_step(optimizer)
+def _train_state(model: TurboModel, cfg: ExperimentConfig, amp: str, device: torch.device) -> TrainState:
+    """The state :func:`multiturbo.train.fit` would train, with the benchmark's precision."""
+    return TrainState.create(model, cfg.train.model_copy(update={"amp": amp}), device)
+
+
+def _multiturbo_step(state: TrainState, batch: LabelledBatch) -> None:
+    """Exactly what :func:`multiturbo.train.fit` does per batch (:func:`~multiturbo.train.train_step`)."""
+    problem = train_step(state, batch).problem
+    if problem is not None:
+        raise MultiturboError(f"The benchmark's training step produced a non-finite {problem[0]} ({problem[1]}); lower train.lr or check the config.")
 
 
 def _loss_only(model: TurboModel, shape: tuple[int, int, int], device: torch.device) -> Callable[[], None]:
@@ -201,8 +203,8 @@ def bench_methods(configs: Mapping[str, ExperimentConfig], *, steps: int = 10, w
                                   "weight 1 (the defaults); set turbo.symmetric=true, turbo.reduction=sum and both term weights to 1.")
         say(f"building {method}")
         model, twin, batches = _setup(cfg, warmup + steps, device)
-        runner = StepRunner(model, cfg.train.model_copy(update={"amp": amp}), device)
-        state[method] = dict(cfg=cfg, model=model, twin=twin, batches=batches, opt=make_optimizer(model, cfg.train), runner=runner,
+        train_state = _train_state(model, cfg, amp, device)
+        state[method] = dict(cfg=cfg, model=model, twin=twin, batches=batches, train_state=train_state, runner=train_state.runner,
                              twin_opt=make_optimizer(twin, cfg.train), times={"step": [], "hand": [], "loss": []}, peak=0)
         if model.contrastive is not None:
             state[method]["loss"] = _loss_only(model, (model.passes, cfg.train.batch_size, cfg.model.dim), device)
@@ -214,7 +216,7 @@ def bench_methods(configs: Mapping[str, ExperimentConfig], *, steps: int = 10, w
             batch = s["batches"][r]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            step_ms = timed(lambda: _multiturbo_step(s["runner"], s["model"], s["opt"], batch))
+            step_ms = timed(lambda: _multiturbo_step(s["train_state"], batch))
             if device.type == "cuda":
                 s["peak"] = max(s["peak"], torch.cuda.max_memory_allocated(device))
             hand_ms = timed(lambda: handwritten_step(s["twin"], s["twin_opt"], batch.inputs, batch.labels, *s["hand_args"], s["runner"].autocast))  # the same precision as the step
@@ -306,14 +308,13 @@ def _rss_worker(cfg: ExperimentConfig, steps: int, amp: str, queue) -> None:
         torch.set_num_threads(1)
         model, _, batches = _setup(cfg, steps, torch.device("cpu"))
         del _
-        opt = make_optimizer(model, cfg.train)
-        runner = StepRunner(model, cfg.train.model_copy(update={"amp": amp}), torch.device("cpu"))
+        train_state = _train_state(model, cfg, amp, torch.device("cpu"))
         base = current_rss_bytes()
         if base is None:
             raise MultiturboError("Peak memory on the CPU is measured from /proc/self/statm (Linux); use --no-memory here.")
         with RssSampler() as sampler:
             for batch in batches:
-                _multiturbo_step(runner, model, opt, batch)
+                _multiturbo_step(train_state, batch)
         queue.put((sampler.peak - base) / 2**20)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         queue.put(exc)

@@ -10,6 +10,7 @@ from .dataset import Dataset, Splits
 from .errors import ConfigError, DataError
 from .feature_cache import frozen_modalities
 from .loss import TurboLoss
+from .metrics import METRICS
 from .model import TurboModel
 from .optim import check_schedule, param_groups, steps_per_epoch
 from .plugins import Registries, get_registries
@@ -25,10 +26,15 @@ class Experiment:
     model: TurboModel
 
 
+def make_dataset(name: str, options: dict, seed: int, registries: Registries | None = None) -> Dataset:
+    """The data set plugin ``name`` built with its ``options`` (validated by its Options model)."""
+    cls = (registries or get_registries()).datasets.get(name)
+    return cls(cls.Options.model_validate(options), seed=seed)
+
+
 def build_dataset(cfg: ExperimentConfig, registries: Registries) -> tuple[Dataset, Splits]:
     """The data set plugin and the configured fold's splits; checks modalities and fold."""
-    cls = registries.datasets.get(cfg.data.name)
-    dataset = cls(cls.Options.model_validate(cfg.data.options), seed=cfg.seed)
+    dataset = make_dataset(cfg.data.name, cfg.data.options, cfg.seed, registries)
     missing = [m for m in cfg.modalities if m not in dataset.modalities]
     if missing:
         raise ConfigError(
@@ -41,8 +47,11 @@ def build_dataset(cfg: ExperimentConfig, registries: Registries) -> tuple[Datase
     for name in ("train", "val", "test"):
         if len(getattr(splits, name)) == 0:
             raise DataError(f"The {name} split of data set {cfg.data.name!r} is empty. Give the data set more items or change its split options.")
-    if cfg.train.monitor == "eer" and len(dataset.classes) != 2:
-        raise ConfigError([f"train.monitor: eer is defined for two classes; the data set {cfg.data.name!r} has {len(dataset.classes)}. Monitor ua, wa, f1 or loss."])
+    monitor, n = METRICS[cfg.train.monitor], len(dataset.classes)
+    if not monitor.defined_for(n):
+        others = ", ".join(name for name, m in METRICS.items() if m.defined_for(n))
+        count = {2: "two"}.get(monitor.classes, str(monitor.classes))
+        raise ConfigError([f"train.monitor: {monitor.name} is defined for {count} classes; the data set {cfg.data.name!r} has {n}. Monitor {others}."])
     if len(dataset.classes) < 2:
         raise DataError(f"The data set {cfg.data.name!r} has {len(dataset.classes)} class(es); classification needs at least 2.")
     return dataset, splits
@@ -55,7 +64,7 @@ def build_model(cfg: ExperimentConfig, num_classes: int, registries: Registries,
     for m, mc in cfg.modalities.items():
         cls = registries.encoders.get(mc.encoder)
         encoders[m] = cls(cls.Options.model_validate(mc.options))
-    head_cls = registries.heads.get(cfg.model.head)
+    head_cls = registries.heads.get(cfg.model.head or registries.heads.default())
     head = head_cls(
         head_cls.Options.model_validate(cfg.model.head_options),
         modalities=list(cfg.modalities), dim=cfg.model.dim, num_classes=num_classes,

@@ -11,6 +11,10 @@ from rich.table import Table
 
 from .errors import MultiturboError
 
+# The commands import what they use inside their functions: the light commands start without
+# loading the plugins, torchmetrics or matplotlib (a real start-up cost). A command function
+# takes one parameter per command-line option (click's convention), hence the long lists.
+
 out_console = Console()
 err_console = Console(stderr=True)
 
@@ -58,20 +62,22 @@ def cli() -> None:
 def run(config: Path, out: Path | None, overrides: tuple[str, ...], overwrite: bool, quiet: bool, resume: bool) -> None:
     """Train and test the experiment in CONFIG; write a run directory."""
     from .config import load_config
+    from .metrics import TABLE_METRICS
     from .progress import ProgressReporter
-    from .run import default_run_dir, run_experiment
+    from .run import run_experiment
+    from .rundir import default_run_dir, layout
 
     if resume and config.is_dir():  # multiturbo run RUN_DIR --resume: the run's own config
         if out is not None and out.resolve() != config.resolve():
             raise MultiturboError(f"--resume with a run directory ({config}) continues that directory; drop --out {out}.")
-        out, config = config, config / "config.yaml"
+        out, config = config, layout.path(config, layout.CONFIG)
     if resume and out is None:
         raise MultiturboError("--resume needs the run directory: multiturbo run RUN_DIR --resume, or multiturbo run CONFIG --out RUN_DIR --resume.")
     cfg = load_config(config, overrides)
     out = out or default_run_dir(cfg)
     with ProgressReporter(quiet=quiet) as progress:
         metrics = run_experiment(cfg, out, overwrite=overwrite, progress=progress, resume=resume)
-    shown = {k: round(v, 4) for k, v in metrics.items() if k in ("wa", "ua", "f1", "eer") and isinstance(v, float)}
+    shown = {k: round(metrics[k], 4) for k in TABLE_METRICS if isinstance(metrics.get(k), float)}
     out_console.print(f"test {json.dumps(shown)}  (run directory: {out})", markup=False, highlight=False)
 
 
@@ -207,7 +213,7 @@ def analyze(run_dir: Path, device: str, batch_size: int | None, quiet: bool) -> 
     from .analysis import analyze_run
     from .progress import ProgressReporter
     from .report import write_run_report
-    from .run import resolve_device
+    from .runtime import resolve_device
     from .tensorboard import export_tensorboard
 
     if batch_size is not None and batch_size < 1:
@@ -316,6 +322,7 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
     cross-modal retrieval (recall@1, recall@5 per modality pair)."""
     from .checkpoint import write_json
     from .inference import evaluate_outputs, run_inputs
+    from .metrics import METRICS
 
     run = _load_for_inference(run_dir, device, batch_size, kinds)
     inputs = _inference_inputs(run, data, (), columns, "required", split)
@@ -325,7 +332,7 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
     table = Table(title=f"{run_dir.name} on {data.name}", caption=f"{metrics['n_items']} items")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("wa", "ua", "f1", "eer", "loss"):
+    for key in METRICS:
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4f}")
     for pair, res in metrics["retrieval"].items():
@@ -376,7 +383,7 @@ def bench(config: Path, overrides: tuple[str, ...], methods: str, steps: int, wa
     from .bench import COLUMNS, bench_methods, format_rows
     from .checkpoint import write_json
     from .compare import method_configs
-    from .run import resolve_device
+    from .runtime import resolve_device
 
     configs = method_configs(config, overrides, [m.strip() for m in methods.split(",") if m.strip()])
     first = next(iter(configs.values()))

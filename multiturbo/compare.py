@@ -19,7 +19,6 @@ import csv
 import datetime as dt
 import io
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +26,23 @@ from typing import Any, Sequence
 
 from rich.table import Table
 
+from . import rundir
+from .analysis import plot_runs_align_uniform
 from .config import ExperimentConfig, check_config, load_raw, validate_config
 from .errors import MultiturboError
 from .loss import pair_names
+from .metrics import TABLE_METRICS
 from .plugins import get_registries
 from .crossval import (
-    METRICS, Fold, RunRecord, RunSpec, check_plan, header, make_plan, metric_names, resolve_folds, run_grid, run_name, runs_csv,
+    Fold, RunRecord, RunSpec, check_plan, header, make_plan, metric_names, resolve_folds, run_grid, run_name, runs_csv,
     summarize, with_fold_seed, write_plan,
 )
 from .progress import ProgressReporter
+from .report import write_comparison_report
 from .stats import PairedStats, Summary, fmt, fmt_mean_std, fmt_p, paired_difference
 
 METHODS = ("vanilla", "cross", "turbo")
 METHOD_LABELS = {"vanilla": "Vanilla", "cross": "+ CL_cross", "turbo": "+ Turbo"}
-METRIC_COLUMNS = ("wa", "ua", "f1", "eer")
 
 
 def method_configs(path: str | Path, overrides: Sequence[str], methods: Sequence[str]) -> dict[str, ExperimentConfig]:
@@ -144,9 +146,6 @@ def compare_methods(
 def write_compare_report(result: CompareResult) -> None:
     """``report.md`` of a comparison: the methods table, the paired differences, and the
     alignment-uniformity scatter of every run (paper Fig. 2) as ``align_uniform.png``."""
-    from .analysis import plot_runs_align_uniform
-    from .report import write_comparison_report
-
     scatter = result.out / "align_uniform.png"
     points = plot_runs_align_uniform([(METHOD_LABELS.get(r.method, r.method), r.run_dir) for r in result.runs], scatter,
                                      title="Alignment vs uniformity of the test embeddings (lower is better)")
@@ -160,12 +159,7 @@ def write_compare_report(result: CompareResult) -> None:
 def comparison_title(result: CompareResult) -> str:
     """ "Comparison of vanilla, cross, turbo on synthetic: demo (3 folds x 2 seeds)" """
     first = result.runs[0] if result.runs else None
-    info = {}
-    if first is not None:
-        try:
-            info = json.loads((Path(first.run_dir) / "run.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            info = {}
+    info = (rundir.read_info(first.run_dir) or {}) if first is not None else {}
     folds = [f for f in result.folds if f is not None]
     grid = f" ({len(folds)} folds x {len(result.seeds)} seeds)" if folds else (f" ({len(result.seeds)} seeds)" if result.grid else "")
     what = f" on {info['dataset']}" if info.get("dataset") else ""
@@ -206,17 +200,13 @@ def _test_train_ratio(runs: list[RunRecord]) -> float | None:
     Nadeau-Bengio correction; None when no run recorded its sizes."""
     ratios = []
     for r in runs:
-        try:
-            sizes = json.loads((Path(r.run_dir) / "run.json").read_text(encoding="utf-8")).get("split_sizes") or {}
-        except (OSError, ValueError):
-            continue
+        sizes = (rundir.read_info(r.run_dir) or {}).get("split_sizes") or {}
         if sizes.get("train") and sizes.get("test"):
             ratios.append(sizes["test"] / sizes["train"])
     return sum(ratios) / len(ratios) if ratios else None
 
 
-HEADERS = {"label": "Method", "K": "K", "in_terms": "in", "cross_terms": "cross", "n": "n",
-           "wa": "WA", "ua": "UA", "f1": "F1", "eer": "EER", "best_epoch": "best ep.", "seconds": "time (s)"}
+HEADERS = {"label": "Method", "K": "K", "in_terms": "in", "cross_terms": "cross", "n": "n", "best_epoch": "best ep.", "seconds": "time (s)"}
 
 
 def _columns(result: CompareResult) -> list[str]:
@@ -227,11 +217,7 @@ def _cell(result: CompareResult, row: dict, column: str) -> str:
     if column in result.metrics:
         return fmt_mean_std(result.summaries[row["method"]][column])
     value = row.get(column, "")
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "n/a"
-        return f"{value:.1f}"
-    return str(value)
+    return fmt(value, 1) if isinstance(value, float) else str(value)
 
 
 def to_markdown(result: CompareResult) -> str:
@@ -260,7 +246,7 @@ def to_csv(result: CompareResult) -> str:
 
 def to_rich_table(result: CompareResult, title: str = "Test metrics") -> Table:
     """The terminal table: the test metrics (comparison.md adds alignment and uniformity)."""
-    cols = [c for c in _columns(result) if c not in result.metrics or c in METRICS]
+    cols = [c for c in _columns(result) if c not in result.metrics or c in TABLE_METRICS]
     caption = "in / cross: number of in-modal / cross-modal InfoNCE terms; alignment and uniformity in comparison.md"
     if result.grid:
         caption += f"; mean ± std over {_grid_text(result)}"
@@ -313,7 +299,7 @@ def paired_rich_table(result: CompareResult, title: str = "Paired differences B 
     for c in ("B - A", "metric", "n", "diff", "95% CI", "NB t p" if corrected else "t p", "W p", *(["note"] if notes else [])):
         table.add_column(c, justify="left" if c in ("B - A", "metric", "note") else "right", no_wrap=c != "note", overflow="fold")
     for p in result.paired:
-        if p.metric not in METRICS:
+        if p.metric not in TABLE_METRICS:
             continue  # alignment / uniformity rows: in paired.md
         s = p.stats
         low, high, t_p = (s.nb_ci_low, s.nb_ci_high, s.nb_p) if corrected else (s.ci_low, s.ci_high, s.t_p)

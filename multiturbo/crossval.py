@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -35,16 +34,19 @@ from typing import Any
 import yaml
 from rich.table import Table
 
+from . import rundir
+from .analysis import analyze_run, load_analysis, plot_runs_align_uniform
+from .build import make_dataset
 from .checkpoint import write_json
-from .config import ExperimentConfig, config_to_yaml
+from .config import ExperimentConfig, config_differences, describe_differences, result_relevant
 from .errors import MultiturboError
-from .plugins import Registries, get_registries
+from .metrics import TABLE_METRICS, label
+from .plugins import Registries
 from .progress import ProgressReporter
-from .run import result_relevant, run_experiment
+from .report import write_comparison_report
+from .run import run_experiment
 from .stats import Summary, fmt, fmt_mean_std, mean_std
 
-METRICS = ("wa", "ua", "f1", "eer")
-METRIC_HEADERS = {"wa": "WA", "ua": "UA", "f1": "F1", "eer": "EER"}
 PLAN_FILE = "plan.yaml"
 
 Fold = int | None
@@ -81,9 +83,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 def dataset_num_folds(cfg: ExperimentConfig, registries: Registries | None = None) -> int:
     """How many folds the config's data set has (builds the data set object; loads no items)."""
-    registries = registries or get_registries()
-    cls = registries.datasets.get(cfg.data.name)
-    return cls(cls.Options.model_validate(cfg.data.options), seed=cfg.seed).num_folds
+    return make_dataset(cfg.data.name, cfg.data.options, cfg.seed, registries).num_folds
 
 
 def resolve_folds(cfg: ExperimentConfig, folds: Sequence[int] | str | None, registries: Registries | None = None) -> list[Fold]:
@@ -144,7 +144,7 @@ class RunRecord:
     @property
     def values(self) -> dict[str, float]:
         """The numbers to summarise: wa, ua, f1 (eer) and the post-processing values."""
-        out = {k: float(self.metrics[k]) for k in METRICS if isinstance(self.metrics.get(k), (int, float))}
+        out = {k: float(self.metrics[k]) for k in TABLE_METRICS if isinstance(self.metrics.get(k), (int, float))}
         out.update({k: float(v) for k, v in self.extra.items() if isinstance(v, (int, float))})
         return out
 
@@ -163,8 +163,6 @@ def post_process(record: RunRecord) -> None:
     (``align:a~b`` for every modality pair, ``uniform:m`` for every modality; lower is better),
     so every table, summary and paired comparison includes them. A run analysed at the end of
     training is read back from ``analysis/analysis.json``; an older run is analysed now."""
-    from .analysis import analyze_run, load_analysis
-
     analysis = load_analysis(record.run_dir) or analyze_run(record.run_dir)
     record.extra.update({f"align:{pair}": v for pair, v in analysis["alignment"].items() if v is not None})
     record.extra.update({f"uniform:{m}": v for m, v in analysis["uniformity"].items() if v is not None})
@@ -184,25 +182,6 @@ def make_plan(command: str, configs: dict[str, ExperimentConfig], folds: Sequenc
         "command": command, "methods": list(configs), "folds": list(folds), "seeds": list(seeds),
         "configs": {m: _config_key(c) for m, c in configs.items()},
     }
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict) or not d:
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 5) -> list[str]:
-    """``key: old -> new`` for the keys whose values differ (at most ``limit``, then a count)."""
-    a, b = _flatten(old), _flatten(new)
-    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<unset>") != b.get(k, "<unset>")]
-    lines = [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys[:limit]]
-    if len(keys) > limit:
-        lines.append(f"... and {len(keys) - limit} more")
-    return lines
 
 
 def check_plan(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
@@ -230,7 +209,7 @@ def check_plan(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
     for method, cfg in plan["configs"].items():
         before = (old.get("configs") or {}).get(method)
         if before is not None and before != cfg:
-            diff = "; ".join(config_differences(before, cfg))
+            diff = "; ".join(describe_differences(config_differences(before, cfg), 5))
             raise MultiturboError(
                 f"The output directory {out} holds {method} runs of another config ({diff}). Resuming would mix "
                 f"results of two configs. Pass another --out, or --overwrite to rerun every run with this config."
@@ -252,25 +231,6 @@ def write_plan(out: Path, plan: dict[str, Any], overwrite: bool = False) -> None
 
 
 # -- running ------------------------------------------------------------------------------------
-def finished_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """The test metrics of a finished run directory, or None (absent, failed, partial, unreadable)."""
-    try:
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or info.get("status") != "finished" or not isinstance(metrics, dict):
-        return None
-    return metrics
-
-
-def _seconds_of(run_dir: Path) -> float:
-    try:
-        return float(json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("seconds", 0.0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 0.0
-
-
 def run_grid(
     specs: Sequence[RunSpec],
     *,
@@ -288,16 +248,15 @@ def run_grid(
     records = []
     for i, spec in enumerate(specs, 1):
         head = f"[{i}/{len(specs)}] {spec.title}"
-        metrics = None if overwrite else finished_metrics(spec.run_dir)
+        metrics = None if overwrite else rundir.finished_metrics(spec.run_dir)
         if metrics is not None:
-            saved = yaml.safe_load((spec.run_dir / "config.yaml").read_text(encoding="utf-8")) if (spec.run_dir / "config.yaml").is_file() else None
-            if saved is None or result_relevant(saved) != result_relevant(yaml.safe_load(config_to_yaml(spec.config))):
+            if not rundir.same_config(spec.run_dir, spec.config):
                 raise MultiturboError(
                     f"The finished run directory {spec.run_dir} was made with another config than the one asked for now. "
                     f"Pass another --out, or --overwrite to rerun it."
                 )
             progress.log(f"{head}: skipped, already finished")
-            record = RunRecord(spec.method, spec.fold, spec.seed, spec.run_dir, metrics, "skipped", _seconds_of(spec.run_dir))
+            record = RunRecord(spec.method, spec.fold, spec.seed, spec.run_dir, metrics, "skipped", rundir.run_seconds(spec.run_dir))
         else:
             rerun = spec.run_dir.exists() and any(spec.run_dir.iterdir())
             progress.log(head + (" (rerun: the previous attempt did not finish)" if rerun and not overwrite else ""))
@@ -311,9 +270,9 @@ def run_grid(
 
 # -- summaries ----------------------------------------------------------------------------------
 def metric_names(records: Sequence[RunRecord]) -> list[str]:
-    """The metrics present in any record: wa, ua, f1, eer in this order, then extras sorted."""
+    """The metrics present in any record: the registry's table metrics in its order, then extras sorted."""
     present = {k for r in records for k in r.values}
-    return [k for k in METRICS if k in present] + sorted(present - set(METRICS))
+    return [k for k in TABLE_METRICS if k in present] + sorted(present - set(TABLE_METRICS))
 
 
 def summarize(records: Sequence[RunRecord], names: Sequence[str] | None = None) -> dict[str, Summary]:
@@ -322,8 +281,7 @@ def summarize(records: Sequence[RunRecord], names: Sequence[str] | None = None) 
     return {k: mean_std([r.values[k] for r in records if k in r.values]) for k in names}
 
 
-def header(name: str) -> str:
-    return METRIC_HEADERS.get(name, name)
+header = label  # a column's header: the registry's label of a metric, other names as they are
 
 
 @dataclass
@@ -431,7 +389,7 @@ def _folds_text(folds: Sequence[Fold]) -> str:
 
 def cv_rich_table(result: CVResult) -> Table:
     """The terminal table: the test metrics per run, mean and std (cv.md adds alignment and uniformity)."""
-    names = [k for k in result.summary if k in METRICS]
+    names = [k for k in result.summary if k in TABLE_METRICS]
     table = Table(title=f"{result.method}: cross-validation ({len(result.runs)} runs)",
                   caption="mean and sample std (ddof = 1) over all runs; alignment and uniformity in cv.md")
     for c in ["fold", "seed", *[header(k) for k in names], "status"]:
@@ -447,9 +405,6 @@ def cv_rich_table(result: CVResult) -> Table:
 
 def _write_cv_report(result: CVResult) -> None:
     """``report.md`` of a cross-validation: the per-run table and the alignment-uniformity scatter."""
-    from .analysis import plot_runs_align_uniform
-    from .report import write_comparison_report
-
     scatter = result.out / "align_uniform.png"
     points = plot_runs_align_uniform([(f"fold {r.fold}" if r.fold is not None else f"seed {r.seed}", r.run_dir) for r in result.runs], scatter,
                                      title="Alignment vs uniformity per run (lower is better)")

@@ -14,6 +14,7 @@ from .dataset import Sample
 from .encoder import Batch, Encoder
 from .errors import DataError
 from .feature_cache import FEATURES_KEY, FrozenFeature
+from .model import PRESENT_KEY
 
 
 @dataclass
@@ -47,8 +48,6 @@ class Collator:
         self.num_classes = num_classes
 
     def __call__(self, samples: Sequence[Sample]) -> LabelledBatch:
-        from .model import PRESENT_KEY
-
         inputs = {}
         for s in samples:
             if all(s.inputs.get(m) is None for m in self.collates):
@@ -138,6 +137,8 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return max(size - self.start, 0)
 
 
+# Its keyword parameters are DataLoader's own options (workers, pinning, prefetch) plus the
+# sampler's (seed, shard); bundling them would only rename DataLoader's documented arguments.
 def make_loader(
     split: Sequence[Sample],
     collator: Collator,

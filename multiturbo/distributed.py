@@ -85,7 +85,7 @@ def gather_with_grad(x: Tensor, dim: int = 0) -> Tensor:
     if len({int(s) for s in sizes}) > 1:
         raise MultiturboError(f"Ranks hold different batch sizes {[int(s) for s in sizes]} for the gathered contrastive loss. "
                               "Use drop_last=True for the training sampler and loader so every rank has the same batch size.")
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed.nn.functional import all_gather  # only in a multi-process run: torch builds without distributed support lack it
 
     return torch.cat(all_gather(x.contiguous()), dim=dim)
 

@@ -30,3 +30,7 @@ class PluginError(MultiturboError):
 
 class DataError(MultiturboError):
     """Data that cannot be used as given (missing file, unknown label, missing modality...)."""
+
+
+class RunDirError(MultiturboError):
+    """A run directory that is missing, incomplete, damaged or from a run that did not finish."""

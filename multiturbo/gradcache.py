@@ -62,15 +62,13 @@ def cached_backward(
     inputs: Mapping[str, Batch],
     chunk_size: int,
     device: torch.device,
-    chunk_backward: Callable[[Callable[[], None], bool], None] | None = None,
     finite: Callable[[Tensor], bool] | None = None,
 ) -> Tensor:
     """Backpropagate ``objective(encode(inputs))`` chunk by chunk; returns the loss (detached).
 
     encode: collated inputs -> views {m: [K, b, d]} (items along dim 1). objective: the full
     batch's views {m: [K, B, d]} -> scalar loss; it may also return other outputs through a
-    closure. chunk_backward(run, last): wraps each chunk's re-forward + backward (e.g. in DDP's
-    no_sync for all chunks but the last); by default ``run()`` is called directly.
+    closure.
     The RNG state after the call is the one after the first (no-grad) pass, as for a plain step.
     A non-finite loss is returned without any backward (no gradient is written); ``finite(loss)``
     decides (default: torch.isfinite; a multi-process run passes a decision shared by all ranks).
@@ -95,26 +93,14 @@ def cached_backward(
         offsets.append(offsets[-1] + next(iter(c.values())).shape[1])
     for index, (chunk, state) in enumerate(zip(chunks, states)):
         lo, hi = offsets[index], offsets[index + 1]
-
-        def run(chunk=chunk, state=state, lo=lo, hi=hi) -> None:
-            state.restore()
-            again = encode(chunk)
-            tensors = [again[m] for m in modalities if views[m].grad is not None]
-            grads = [views[m].grad[:, lo:hi] for m in modalities if views[m].grad is not None]
-            if tensors:
-                torch.autograd.backward(tensors, grads)
-
-        if chunk_backward is None:
-            run()
-        else:
-            chunk_backward(run, index == len(chunks) - 1)
+        state.restore()
+        again = encode(chunk)
+        tensors = [again[m] for m in modalities if views[m].grad is not None]
+        grads = [views[m].grad[:, lo:hi] for m in modalities if views[m].grad is not None]
+        if tensors:
+            torch.autograd.backward(tensors, grads)
     after.restore()
     return loss.detach()
 
 
-def chunk_count(batch_size: int, chunk_size: int | None) -> int:
-    """How many chunks a batch of ``batch_size`` is cut into (1 without caching)."""
-    return 1 if not chunk_size else -(-batch_size // chunk_size)
-
-
-__all__: Sequence[str] = ("RngState", "split_inputs", "cached_backward", "chunk_count")
+__all__: Sequence[str] = ("RngState", "split_inputs", "cached_backward")

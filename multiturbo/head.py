@@ -25,6 +25,8 @@ class Head(nn.Module):
     Options: ClassVar[type[HeadOptions]] = HeadOptions
     # True if forward accepts ``present``: heads that can classify items that miss a modality.
     handles_missing: ClassVar[bool] = False
+    # True for the head a config gets when it names none (``model.head`` left out); one head sets it.
+    default: ClassVar[bool] = False
 
     def __init__(self, options: HeadOptions, *, modalities: Sequence[str], dim: int, num_classes: int):
         super().__init__()

@@ -1,7 +1,9 @@
 """Hook specifications: the whole plugin surface of multiturbo.
 
 Each hook receives a ``register`` callable; a plugin calls it once per thing it
-provides: ``register(name, cls)``. Names are global per kind: two plugins giving the
+provides: ``register(name, cls)``, or ``register(name, cls, aliases=("old_name",))`` after a
+rename, so that configs and run directories naming the old name still resolve (as timm's
+deprecated model names do). Names and aliases are global per kind: two plugins giving the
 same encoder name is an error.
 """
 
@@ -14,7 +16,7 @@ import pluggy
 hookspec = pluggy.HookspecMarker("multiturbo")
 hookimpl = pluggy.HookimplMarker("multiturbo")
 
-Register = Callable[[str, type], None]
+Register = Callable[..., None]  # register(name: str, cls: type, *, aliases: Sequence[str] = ()) -> None
 
 
 @hookspec
@@ -30,3 +32,8 @@ def register_datasets(register: Register) -> None:
 @hookspec
 def register_heads(register: Register) -> None:
     """Register classification head classes (subclasses of multiturbo.Head): register(name, cls)."""
+
+
+@hookspec
+def register_input_readers(register: Register) -> None:
+    """Register readers of prediction inputs by kind (subclasses of multiturbo.reader.InputReader): register(kind, cls)."""

@@ -1,7 +1,9 @@
 """Using a trained run: predict, evaluate, embed (the engine behind the CLI and :mod:`multiturbo.api`).
 
 Inputs are items: ``{modality: raw}`` mappings. What a raw value may be depends on the
-modality's kind (see :func:`modality_kinds`):
+modality's kind (see :func:`modality_kinds`), whose input reader (a plugin registered through
+the ``register_input_readers`` hook, :mod:`multiturbo.reader`) turns it into what the encoder
+takes. The first-party readers:
 
 - audio: a path (read with :func:`multiturbo.audio.load_audio`, mono), a
   ``(samples, sample_rate)`` pair, or a :class:`~multiturbo.audio.Waveform`. The encoder
@@ -10,13 +12,15 @@ modality's kind (see :func:`modality_kinds`):
 - image: a path (read as RGB) or an array [H, W, 3].
 - text: a string.
 
+A modality of unknown kind gets its values as they are.
+
 A modality that is absent from an item (or None) is missing: allowed when the model's head
 handles missing modalities (``handles_missing``, true for the first-party heads), otherwise a
 :class:`~multiturbo.errors.DataError` naming the item and the modality.
 
-Manifests (CSV / JSONL, the format of the ``manifest`` data set plugin) list one item per
-row. A modality's column is the one the run's training manifest used (when it trained on a
-manifest), else the column named like the modality. Labels (column ``label``, or the
+Manifests (CSV / JSONL, :mod:`multiturbo.table`) list one item per row. A modality's column
+is the one the training data set's options name (``modalities: {m: {column, kind}}``, as the
+``manifest`` data set's do), else the column named like the modality. Labels (column ``label``, or the
 training manifest's ``label_column``) are optional for predict and embed and required for
 evaluate; they are class NAMES, mapped to the run's classes by name. An ``id`` column, if
 present, names the items; otherwise items are named by their row index (0-based).
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,21 +43,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .audio import Waveform, load_audio
+from safetensors.torch import save_file
+
+from .build import make_dataset
+from .config.load import read_yaml
 from .data import Collator
 from .dataset import Sample
 from .errors import DataError, MultiturboError
 from .metrics import classification_metrics
-from .model import TurboModel
+from .model import TurboModel, eval_pass
+from .plugins import get_registries
+from .reader import InputReader
 from .retrieval import DEFAULT_KS, cross_modal_retrieval
 from .rundir import LoadedRun
-
-KINDS = ("audio", "text", "image")
-_NAME_HINTS = {
-    "audio": ("audio", "speech", "wav", "voice", "acoustic", "sound"),
-    "text": ("text", "transcript", "lexical", "caption", "sentence"),
-    "image": ("image", "vision", "visual", "video", "face", "img"),
-}
+from .table import read_manifest
 
 
 @dataclass
@@ -96,60 +98,46 @@ class Outputs:
 
 
 # -- kinds and raw values ----------------------------------------------------------------------
-def _training_manifest(run: LoadedRun) -> dict[str, Any] | None:
-    """The training data set's manifest options ({modalities: {m: {column, kind}}, label_column}), if any."""
-    if run.config.data.name != "manifest":
-        return None
+def _training_inputs(run: LoadedRun) -> Mapping[str, Any]:
+    """How the training data set's options describe its inputs, when they do as the manifest data
+    set's do (``{modalities: {m: {column, kind}}, label_column}``); else {}."""
     options = run.config.data.options
-    return options if isinstance(options, Mapping) else dict(options)
+    return options if isinstance(options, Mapping) and isinstance(options.get("modalities"), Mapping) else {}
 
 
 def modality_kinds(run: LoadedRun, kinds: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """{modality: "audio" | "text" | "image" | None}: given ``kinds``, else the training
-    manifest's ``kind``, else guessed from the modality's name (None: raw values are passed to
-    the encoder as they are)."""
+    """{modality: a registered input kind ("audio", "text", "image"...) or None}: given ``kinds``,
+    else the kind the training data set's options give, else guessed from the modality's name
+    with the readers' ``name_hints`` (None: raw values are passed to the encoder as they are)."""
+    readers = get_registries().input_readers
+    specs = _training_inputs(run).get("modalities") or {}
     out: dict[str, str | None] = {}
-    manifest = _training_manifest(run) or {}
-    specs = manifest.get("modalities") or {}
     for m in run.modalities:
         if kinds and m in kinds:
-            if kinds[m] not in KINDS:
-                raise MultiturboError(f"The kind of modality {m!r} must be one of {list(KINDS)}, got {kinds[m]!r}.")
+            if kinds[m] not in readers:
+                raise MultiturboError(f"The kind of modality {m!r} must be one of {readers.names()}, got {kinds[m]!r}.")
             out[m] = kinds[m]
-        elif m in specs and isinstance(specs[m], Mapping) and specs[m].get("kind") in KINDS:
+        elif m in specs and isinstance(specs[m], Mapping) and specs[m].get("kind") in readers:
             out[m] = specs[m]["kind"]
         else:
             lower = m.lower()
-            out[m] = next((k for k, hints in _NAME_HINTS.items() if any(h in lower for h in hints)), None)
+            out[m] = next((e.name for e in readers if any(h in lower for h in e.cls.name_hints)), None)
     return out
 
 
-def _load_image(path: Path) -> Any:
-    from .plugins import get_registries
-
-    cls = get_registries().datasets.get("manifest")
-    return sys.modules[cls.__module__].load_image(path)
-
-
-def _mono(samples: Any) -> np.ndarray:
-    if isinstance(samples, Tensor):
-        samples = samples.detach().cpu().numpy()
-    a = np.asarray(samples, dtype=np.float32)
-    if a.ndim == 2:  # [T, C] or [C, T]: average the (shorter) channel axis
-        a = a.mean(axis=1 if a.shape[0] >= a.shape[1] else 0)
-    return a
+def modality_readers(run: LoadedRun, kinds: Mapping[str, str] | None = None) -> dict[str, InputReader | None]:
+    """{modality: the input reader of its kind (None: values are taken as they are)}."""
+    readers = get_registries().input_readers
+    return {m: None if k is None else readers.get(k)() for m, k in modality_kinds(run, kinds).items()}
 
 
-def to_raw(value: Any, kind: str | None, base: Path | None = None) -> Any:
-    """One item's input as its encoder's collate takes it (files read, (array, rate) wrapped)."""
-    if isinstance(value, tuple) and len(value) == 2 and kind in ("audio", None) and np.isscalar(value[1]):
-        return Waveform(_mono(value[0]), int(value[1]))
-    if isinstance(value, (str, Path)) and kind in ("audio", "image"):
-        p = Path(value).expanduser()
-        if not p.is_absolute() and base is not None:
-            p = base / p
-        return load_audio(p) if kind == "audio" else _load_image(p)
-    return value
+def to_raw(value: Any, reader: InputReader | None, base: Path | None = None) -> Any:
+    """One item's input as its encoder's collate takes it (files read relative to ``base``)."""
+    if reader is None:
+        return value
+    if reader.files and isinstance(value, (str, Path)):
+        value = reader.resolve(value, base)
+    return reader.read(value)
 
 
 # -- reading inputs ------------------------------------------------------------------------------
@@ -188,15 +176,13 @@ def read_manifest_inputs(
     docstring). Text cells are taken as they are (an empty cell is the empty string);
     an empty audio / image cell, a JSON null or an absent key means the modality is missing.
     """
-    from .plugins import get_registries
-
     path = Path(path).expanduser()
-    reader = sys.modules[get_registries().datasets.get("manifest").__module__].read_manifest
-    header, rows = reader(path, "auto")
+    header, rows = read_manifest(path, "auto")
     source = f"the manifest {path}"
-    train = _training_manifest(run) or {}
+    train = _training_inputs(run)
     specs = train.get("modalities") or {}
-    kinds_of = modality_kinds(run, kinds)
+    readers = modality_readers(run, kinds)
+    takes_blank = {m: r is not None and not r.files for m, r in readers.items()}  # text: "" is a value, not a missing file
     label_column = label_column or train.get("label_column") or "label"
     use: dict[str, str | None] = {}
     for m in run.modalities:
@@ -214,9 +200,9 @@ def read_manifest_inputs(
         item = {}
         for m, col in use.items():
             value = row.get(col) if col is not None else None
-            if value is None or (kinds_of[m] != "text" and _is_blank(value)):
+            if value is None or (not takes_blank[m] and _is_blank(value)):
                 continue  # missing
-            item[m] = value.strip() if isinstance(value, str) and kinds_of[m] in ("audio", "image") else value
+            item[m] = value.strip() if isinstance(value, str) and readers[m] is not None and readers[m].files else value
         items.append(item)
         ids.append(str(row["id"]) if "id" in row and not _is_blank(row["id"]) else str(index))
         label = row.get(label_column) if labels != "ignore" else None
@@ -233,17 +219,13 @@ def read_dataset_inputs(run: LoadedRun, config: str | Path | Mapping[str, Any], 
     """Items of a data set given as a config snippet (a YAML file or a mapping: ``{name, options,
     fold}``, optionally under a ``data:`` key): its ``split`` ("train", "val", "test" or "all").
     Its labels are mapped to the run's classes by name."""
-    from .config.load import read_yaml
-    from .plugins import get_registries
-
     raw = read_yaml(config) if isinstance(config, (str, Path)) else dict(config)
     source = f"the data set of {config}" if isinstance(config, (str, Path)) else "the data set"
     data = raw.get("data", raw)
     if not isinstance(data, Mapping) or "name" not in data:
         raise MultiturboError(f"{_cap(source)}: give a data set as {{name: ..., options: {{...}}, fold: ...}} (optionally under data:).")
-    cls = get_registries().datasets.get(data["name"])
     try:
-        dataset = cls(cls.Options.model_validate(data.get("options") or {}), seed=int(data.get("seed", run.config.seed)))
+        dataset = make_dataset(data["name"], data.get("options") or {}, int(data.get("seed", run.config.seed)))
     except MultiturboError:
         raise
     except Exception as exc:  # pydantic ValidationError
@@ -307,32 +289,23 @@ def check_inputs(run: LoadedRun, inputs: Inputs) -> None:
             )
 
 
-@torch.no_grad()
 def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None, kinds: Mapping[str, str] | None = None) -> Outputs:
     """One eval-mode pass over ``inputs`` in batches: probabilities, views and presence masks."""
     check_inputs(run, inputs)
-    kinds_of = modality_kinds(run, kinds)
-    model = run.model
-    model.eval()
-    collator = Collator(model.encoders, num_classes=len(run.classes))
+    readers = modality_readers(run, kinds)
+    collator = Collator(run.model.encoders, num_classes=len(run.classes))
     bs = batch_size or run.config.train.eval_batch_size or run.config.train.batch_size
-    probs, views, present = [], {m: [] for m in run.modalities}, {m: [] for m in run.modalities}
-    for start in range(0, len(inputs), bs):
-        samples = []
-        for item, iid in zip(inputs.items[start:start + bs], inputs.ids[start:start + bs]):
-            raw = {m: None if item.get(m) is None else to_raw(item[m], kinds_of[m], inputs.base) for m in run.modalities}
-            samples.append(Sample(inputs=raw, label=0, meta={"id": iid}))
-        batch = collator(samples).to(run.device)
-        v = model.views(batch.inputs, passes=1)
-        mask = TurboModel.presence(batch.inputs) or {}
-        probs.append(model.logits(v, present=mask or None).float().softmax(-1).cpu())
-        for m in run.modalities:
-            views[m].append(v[m][0].float().cpu())
-            present[m].append(mask[m].cpu() if m in mask else torch.ones(len(samples), dtype=torch.bool))
-    return Outputs(
-        torch.cat(probs), {m: torch.cat(c) for m, c in views.items()}, {m: torch.cat(c) for m, c in present.items()},
-        list(inputs.ids), list(inputs.labels),
-    )
+
+    def batches():  # items read and collated batch by batch
+        for start in range(0, len(inputs), bs):
+            yield collator([
+                Sample(inputs={m: None if item.get(m) is None else to_raw(item[m], readers[m], inputs.base) for m in run.modalities},
+                       label=0, meta={"id": iid})
+                for item, iid in zip(inputs.items[start:start + bs], inputs.ids[start:start + bs])
+            ])
+
+    out = eval_pass(run.model, batches(), run.device)
+    return Outputs(out.probs, out.views, out.present, list(inputs.ids), list(inputs.labels))
 
 
 def predictions(run: LoadedRun, out: Outputs) -> list[dict[str, Any]]:
@@ -354,8 +327,7 @@ def evaluate_outputs(run: LoadedRun, out: Outputs, ks: Sequence[int] = DEFAULT_K
     if missing:
         raise DataError(f"Evaluation needs a label for every item; item {missing[0]} has none ({len(missing)} in all).")
     labels = torch.tensor(out.labels, dtype=torch.long)
-    metrics: dict[str, Any] = classification_metrics(out.probs, labels)
-    metrics["loss"] = float(F.nll_loss(out.probs.clamp_min(1e-12).log(), labels))
+    metrics: dict[str, Any] = classification_metrics(out.probs, labels, loss=True)
     metrics["n_items"] = len(labels)
     metrics["classes"] = list(run.classes)
     metrics["retrieval"] = cross_modal_retrieval(out.normalized(), out.present, ks) if len(run.modalities) > 1 else {}
@@ -401,8 +373,6 @@ def write_embeddings(path: str | Path, run: LoadedRun, out: Outputs) -> list[Pat
     arrays["labels"] = torch.tensor([-1 if x is None else x for x in out.labels], dtype=torch.int64)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         save_file(arrays, str(path), metadata={"ids": json.dumps(out.ids), "classes": json.dumps(run.classes), "normalized": "m: L2-normalised; m.raw: not"})
         return [path]
     np_arrays = {k: v.numpy() for k, v in arrays.items()}

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
@@ -40,7 +40,30 @@ from .distributed import current_world, gathered_turbo_loss
 from .errors import MultiturboError
 
 _LOG2E = 1.0 / math.log(2.0)
-_DEFAULTS = dict(in_modal=True, cross_modal=True, symmetric=True, reduction="sum", in_modal_weight=1.0, cross_modal_weight=1.0)
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """What the Turbo loss computes, besides the temperature (see :func:`turbo_loss`)."""
+
+    in_modal: bool = True
+    cross_modal: bool = True
+    symmetric: bool = True
+    reduction: Literal["sum", "mean"] = "sum"
+    in_modal_weight: float = 1.0
+    cross_modal_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_reduction(self.reduction)
+
+    @classmethod
+    def of(cls, owner: str, options: Mapping[str, object]) -> "LossOptions":
+        """From keyword options, naming ``owner`` when one is unknown."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"{owner} got unknown option(s) {unknown}; the known ones are {known}.")
+        return cls(**options)
 
 
 @dataclass
@@ -75,6 +98,8 @@ def info_nce(x: Tensor, y: Tensor, temperature: float | Tensor = 0.07, symmetric
     return 0.5 * (loss + F.cross_entropy(logits.T, target)) if symmetric else loss
 
 
+# The functional API takes LossOptions' fields as keywords (as F.cross_entropy takes its options);
+# TurboLoss and the training path pass one LossOptions.
 def turbo_loss(views: Mapping[str, Tensor], *, temperature: float | Tensor = 0.07, in_modal: bool = True,
                cross_modal: bool = True, symmetric: bool = True, reduction: Literal["sum", "mean"] = "sum",
                in_modal_weight: float = 1.0, cross_modal_weight: float = 1.0,
@@ -98,12 +123,11 @@ def turbo_loss(views: Mapping[str, Tensor], *, temperature: float | Tensor = 0.0
     that contribute.
     """
     _check_temperature(temperature)
-    _check_reduction(reduction)
-    return _turbo_loss(views, temperature, in_modal, cross_modal, symmetric, reduction, in_modal_weight,
-                       cross_modal_weight, present)
+    options = LossOptions(in_modal, cross_modal, symmetric, reduction, in_modal_weight, cross_modal_weight)
+    return _turbo_loss(views, temperature, options, present)
 
 
-def _turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_modal_weight, cross_modal_weight, present=None):
+def _turbo_loss(views: Mapping[str, Tensor], tau: float | Tensor, o: LossOptions, present: Mapping[str, Tensor] | None = None) -> TurboLossOutput:
     """turbo_loss after its option checks (TurboLoss checks once and passes a clamped temperature)."""
     K, B, d = _check_views(views)
     distributed = current_world().distributed
@@ -113,32 +137,31 @@ def _turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_moda
             raise MultiturboError("Items with missing modalities are not supported in a multi-process run yet (the gathered "
                                   "loss assumes complete batches). Train with one process, or give every item every modality.")
         if present:
-            return _masked_turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_modal_weight,
-                                      cross_modal_weight, present)
-    names = pair_names(list(views), K, in_modal, cross_modal)
+            return _masked_turbo_loss(views, tau, o, present)
+    names = pair_names(list(views), K, o.in_modal, o.cross_modal)
     if not names:
         return TurboLossOutput(total=sum(v.sum() * 0 for v in views.values()), terms={})
     if B < 2:
         raise ValueError(f"InfoNCE needs negatives: the batch has B = {B} item(s), so an anchor has no other item to "
                          "contrast with. Use a batch size of at least 2 (drop_last=True avoids a last batch of 1).")
     V = len(views) * K  # views in (modality, pass) order; anchor i pairs with views lo..hi-1
-    ranges = [(i, lo, hi) for i in range(V) for lo, hi in [_partners(i, K, V, in_modal, cross_modal)] if hi > lo]
+    ranges = [(i, lo, hi) for i in range(V) for lo, hi in [_partners(i, K, V, o.in_modal, o.cross_modal)] if hi > lo]
     tau = tau.to(next(iter(views.values())).device) if isinstance(tau, Tensor) else float(tau)
     if distributed:  # this rank's rows against every rank's columns (open_clip's local loss)
-        per_pair = gathered_turbo_loss(views, [(i, j) for i, lo, hi in ranges for j in range(lo, hi)], tau, symmetric=symmetric)
+        per_pair = gathered_turbo_loss(views, [(i, j) for i, lo, hi in ranges for j in range(lo, hi)], tau, symmetric=o.symmetric)
     else:
-        per_pair = _TurboPairs.apply(tau, ranges, 0.5 if symmetric else 0.0, *views.values())  # [P], `names` order
-    if in_modal_weight == cross_modal_weight:
-        total = per_pair.sum() * in_modal_weight
+        per_pair = _TurboPairs.apply(tau, ranges, 0.5 if o.symmetric else 0.0, *views.values())  # [P], `names` order
+    if o.in_modal_weight == o.cross_modal_weight:
+        total = per_pair.sum() * o.in_modal_weight
     else:  # pair (i, j) is in-modal when both views belong to one modality
-        w = [in_modal_weight if i // K == j // K else cross_modal_weight for i, lo, hi in ranges for j in range(lo, hi)]
+        w = [o.in_modal_weight if i // K == j // K else o.cross_modal_weight for i, lo, hi in ranges for j in range(lo, hi)]
         total = (per_pair * per_pair.new_tensor(w)).sum()
-    if reduction == "mean":
+    if o.reduction == "mean":
         total = total / len(names)
     return TurboLossOutput(total=total, terms=dict(zip(names, per_pair.detach().unbind())))
 
 
-def _masked_turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, in_modal_weight, cross_modal_weight, present):
+def _masked_turbo_loss(views: Mapping[str, Tensor], tau: float | Tensor, o: LossOptions, present: Mapping[str, Tensor]) -> TurboLossOutput:
     """The loss with missing items: one _TurboPairs call per modality (in-modal) and per modality
     pair (cross-modal), each on the sub-batch of items present in all of its modalities."""
     K = next(iter(views.values())).shape[0]
@@ -146,10 +169,10 @@ def _masked_turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, 
     everyone = None
     groups = []  # (modalities, in-modal?, weight)
     for a, m in enumerate(mods):
-        if in_modal and K > 1:
-            groups.append(([m], True, in_modal_weight))
-        if cross_modal:
-            groups.extend(([m, n], False, cross_modal_weight) for n in mods[a + 1 :])
+        if o.in_modal and K > 1:
+            groups.append(([m], True, o.in_modal_weight))
+        if o.cross_modal:
+            groups.extend(([m, n], False, o.cross_modal_weight) for n in mods[a + 1 :])
     tau = tau.to(next(iter(views.values())).device) if isinstance(tau, Tensor) else float(tau)
     terms, totals = {}, []
     for group, in_family, weight in groups:
@@ -168,15 +191,15 @@ def _masked_turbo_loss(views, tau, in_modal, cross_modal, symmetric, reduction, 
             sub = [views[m] for m in group]
         V = len(group) * K
         ranges = [(i, lo, hi) for i in range(V) for lo, hi in [_partners(i, K, V, in_family, not in_family)] if hi > lo]
-        per_pair = _TurboPairs.apply(tau, ranges, 0.5 if symmetric else 0.0, *sub)
+        per_pair = _TurboPairs.apply(tau, ranges, 0.5 if o.symmetric else 0.0, *sub)
         totals.append(per_pair.sum() * weight)
         terms.update(zip(pair_names(group, K, in_family, not in_family), per_pair.detach().unbind()))
-    order = pair_names(mods, K, in_modal, cross_modal)
+    order = pair_names(mods, K, o.in_modal, o.cross_modal)
     terms = {name: terms[name] for name in order if name in terms}
     if not totals:
         return TurboLossOutput(total=sum(v.sum() * 0 for v in views.values()), terms={})
     total = torch.stack(totals).sum()
-    if reduction == "mean":
+    if o.reduction == "mean":
         total = total / len(terms)
     return TurboLossOutput(total=total, terms=terms)
 
@@ -315,14 +338,10 @@ class TurboLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.07, learnable: bool = False, min_temperature: float = 0.01, **loss_options):
         super().__init__()
-        unknown = sorted(set(loss_options) - set(_DEFAULTS))
-        if unknown:
-            raise TypeError(f"TurboLoss got unknown option(s) {unknown}; the known ones are {list(_DEFAULTS)}.")
+        self.options = LossOptions.of("TurboLoss", loss_options)
         if not 0 < min_temperature <= temperature:
             raise ValueError(f"TurboLoss needs 0 < min_temperature <= temperature, got temperature={temperature}, "
                              f"min_temperature={min_temperature}. Lower min_temperature or raise temperature.")
-        self.options = {**_DEFAULTS, **loss_options}
-        _check_reduction(self.options["reduction"])
         self.learnable, self.min_temperature = learnable, min_temperature
         log_t = torch.tensor(math.log(temperature))
         if learnable:
@@ -341,7 +360,7 @@ class TurboLoss(nn.Module):
         if self.learnable and self.training:  # as open_clip clamps logit_scale after each step
             self.log_temperature.data.clamp_(min=math.log(self.min_temperature))
             tau = self.log_temperature.exp()  # no clamp here, so the gradient flows at the bound
-        return _turbo_loss(views, tau, **self.options, present=present)
+        return _turbo_loss(views, tau, self.options, present)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature.item():.4g}, learnable={self.learnable}, min_temperature={self.min_temperature}"

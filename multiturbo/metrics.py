@@ -1,34 +1,66 @@
-"""Classification metrics (torchmetrics): WA, UA, macro-F1, confusion matrix, EER.
+"""The metric registry: every classification metric defined once, with its direction and format.
 
-- WA: weighted accuracy = overall accuracy (micro average).
-- UA: unweighted accuracy = mean per-class recall over the classes present in the labels.
-- F1: macro-averaged F1.
-- EER (two classes only): the equal error rate of the ROC of P(class 1), where the false
+- ``wa``: weighted accuracy = overall accuracy (micro average).
+- ``ua``: unweighted accuracy = mean per-class recall over the classes present in the labels.
+- ``f1``: macro-averaged F1.
+- ``eer`` (two classes only): the equal error rate of the ROC of P(class 1), where the false
   positive rate equals the false negative rate (linear interpolation between ROC points).
+- ``loss``: the mean cross-entropy of the probabilities (validation CE); not in result tables.
+
+Adding a metric is one :class:`Metric` in :data:`METRICS` (and its test): the config's
+``train.monitor`` choices, training's per-epoch line, metrics.json, the run report, the cv and
+compare tables and the CLI all read this registry.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.functional.classification import (
-    binary_roc,
-    multiclass_accuracy,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_recall,
-)
 
-HIGHER_IS_BETTER = {"wa": True, "ua": True, "f1": True, "eer": False, "loss": False}
+
+def _tm():
+    """torchmetrics' functional classification (imported on first use: it takes seconds to import,
+    and the config schema, which lists the metric names, must load fast)."""
+    from torchmetrics.functional import classification
+
+    return classification
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: ``compute(preds [N], probs [N, C], target [N]) -> float``; ``classes``:
+    the number of classes it is defined for (None: any); ``in_tables``: shown in result tables
+    (wa, ua, f1, eer) or only recorded (loss)."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    compute: Callable[[Tensor, Tensor, Tensor], float]
+    classes: int | None = None
+    in_tables: bool = True
+
+    def defined_for(self, num_classes: int) -> bool:
+        return self.classes is None or self.classes == num_classes
+
+    def better(self, value: float, best: float) -> bool:
+        """Whether ``value`` improves on ``best`` (NaN never improves; anything beats a NaN best)."""
+        if math.isnan(value):
+            return False
+        if math.isnan(best):
+            return True
+        return value > best if self.higher_is_better else value < best
 
 
 def equal_error_rate(scores: Tensor, target: Tensor) -> float:
     """EER from scores [N] (higher = class 1) and binary targets [N]; NaN if one class is absent."""
     if target.min() == target.max():
         return math.nan
-    fpr, tpr, _ = binary_roc(scores.float(), target.long())
+    fpr, tpr, _ = _tm().binary_roc(scores.float(), target.long())
     fnr = 1.0 - tpr
     diff = fnr - fpr  # decreasing from >= 0 to <= 0 along the ROC
     i = int(torch.nonzero(diff <= 0)[0])
@@ -39,20 +71,40 @@ def equal_error_rate(scores: Tensor, target: Tensor) -> float:
     return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
 
 
-def classification_metrics(probs: Tensor, target: Tensor) -> dict[str, float | list[list[int]]]:
-    """Metrics from class probabilities [N, C] (softmax of the logits) and targets [N].
+def mean_nll(probs: Tensor, target: Tensor) -> float:
+    """The mean cross-entropy of class probabilities [N, C] against targets [N]."""
+    return float(F.nll_loss(probs.clamp_min(1e-12).log(), target))
 
-    Returns ``wa``, ``ua``, ``f1``, ``confusion`` (C x C, rows = true class) and, for C = 2,
-    ``eer``.
-    """
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("wa", "WA", True, lambda p, probs, t: float(_tm().multiclass_accuracy(p, t, num_classes=probs.shape[-1], average="micro"))),
+    Metric("ua", "UA", True, lambda p, probs, t: float(_tm().multiclass_recall(p, t, num_classes=probs.shape[-1], average="macro"))),
+    Metric("f1", "F1", True, lambda p, probs, t: float(_tm().multiclass_f1_score(p, t, num_classes=probs.shape[-1], average="macro"))),
+    Metric("eer", "EER", False, lambda p, probs, t: equal_error_rate(probs[:, 1], t), classes=2),
+    Metric("loss", "CE loss", False, lambda p, probs, t: mean_nll(probs, t), in_tables=False),
+)}
+TABLE_METRICS: tuple[str, ...] = tuple(name for name, m in METRICS.items() if m.in_tables)
+
+
+def metric(name: str) -> Metric:
+    return METRICS[name]
+
+
+def label(name: str) -> str:
+    """The table header of a metric; other names (``align:a~b``...) as they are."""
+    return METRICS[name].label if name in METRICS else name
+
+
+def classification_metrics(probs: Tensor, target: Tensor, *, loss: bool = False) -> dict[str, float | list[list[int]]]:
+    """Every registered metric defined for C classes, from class probabilities [N, C] (softmax of
+    the logits) and targets [N], then ``confusion`` (C x C, rows = true class). ``loss`` (the mean
+    CE) only when asked for (it needs the probabilities of a model, not one-hot predictions)."""
     num_classes = probs.shape[-1]
     preds = probs.argmax(-1)
     out: dict[str, float | list[list[int]]] = {
-        "wa": float(multiclass_accuracy(preds, target, num_classes=num_classes, average="micro")),
-        "ua": float(multiclass_recall(preds, target, num_classes=num_classes, average="macro")),
-        "f1": float(multiclass_f1_score(preds, target, num_classes=num_classes, average="macro")),
+        name: m.compute(preds, probs, target) for name, m in METRICS.items() if m.defined_for(num_classes) and (loss or name != "loss")
     }
-    if num_classes == 2:
-        out["eer"] = equal_error_rate(probs[:, 1], target)
-    out["confusion"] = multiclass_confusion_matrix(preds, target, num_classes=num_classes).tolist()
+    out["confusion"] = _tm().multiclass_confusion_matrix(preds, target, num_classes=num_classes).tolist()
+    if "loss" in out:
+        out["loss"] = out.pop("loss")  # after the confusion matrix, where metrics.json has always had it
     return out

@@ -31,7 +31,7 @@ A complete modality carries no mask and takes the plain path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -81,7 +81,7 @@ class TurboModel(nn.Module):
             non-persistent buffer: it follows the model's device and is not in saved weights.
     """
 
-    def __init__(
+    def __init__(  # the parts (encoders, head, loss) and the model's hyper-parameters, by keyword: built by build.build_model
         self,
         encoders: Mapping[str, Encoder],
         head: Head,
@@ -211,3 +211,44 @@ class TurboModel(nn.Module):
         out = self.contrastive(cviews, present) if present is not None else self.contrastive(cviews)
         loss = self.ce_weight * ce + (1.0 - self.ce_weight) * out.total
         return StepOutput(loss=loss, ce=ce, contrastive=out.total, terms=out.terms, logits=logits)
+
+
+@dataclass
+class EvalPass:
+    """One eval-mode pass over batches: class probabilities [N, C], the projected views
+    {m: [N, d]} (float32, not normalised; zero rows where an item lacks m), presence masks
+    {m: bool [N]} (all True without missing data) and the batches' labels [N]; on the CPU."""
+
+    probs: Tensor
+    views: dict[str, Tensor]
+    present: dict[str, Tensor]
+    labels: Tensor
+
+
+@torch.no_grad()
+def eval_pass(model: TurboModel, batches: Iterable, device: torch.device | str, advance: Callable[[], None] | None = None,
+              *, contrastive: bool = False) -> EvalPass | None:
+    """One forward per batch (``LabelledBatch``), dropout off: the logits and the views come from
+    the same pass. ``contrastive``: the views the contrastive terms compare (through the
+    contrastive heads, when the model has them) instead of the classifier's. None when there is
+    no batch. ``advance`` is called after each batch."""
+    model.eval()
+    probs, labels = [], []
+    views: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
+    present: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
+    for batch in batches:
+        batch = batch.to(device)
+        v = model.views(batch.inputs, passes=1)  # {m: [1, B, d]}
+        mask = TurboModel.presence(batch.inputs) or {}
+        probs.append(model.logits(v, present=mask or None).float().softmax(-1).cpu())
+        kept = model.contrastive_views(v) if contrastive else v
+        for m in model.modalities:
+            views[m].append(kept[m][0].float().cpu())
+            present[m].append(mask[m].cpu() if m in mask else torch.ones(v[m].shape[1], dtype=torch.bool))
+        labels.append(batch.labels.cpu())
+        if advance is not None:
+            advance()
+    if not probs:
+        return None
+    cat = lambda parts: {m: torch.cat(c) for m, c in parts.items()}  # noqa: E731
+    return EvalPass(torch.cat(probs), cat(views), cat(present), torch.cat(labels))

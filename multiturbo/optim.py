@@ -60,23 +60,6 @@ def decays(name: str, param: torch.Tensor) -> bool:
     return not any(seg.startswith(("bn", "ln")) or "norm" in seg.lower() for seg in name.split("."))
 
 
-def group_names(modalities: Sequence[str]) -> list[str]:
-    """The names lr_groups / weight_decay_groups accept for these modalities."""
-    return [*modalities, *GROUP_PARTS]
-
-
-def check_group_names(train: TrainConfig, modalities: Sequence[str]) -> list[str]:
-    """``location: message`` lines for every group that names no part of the model."""
-    valid = group_names(modalities)
-    lines = []
-    for key in ("lr_groups", "weight_decay_groups"):
-        for name in getattr(train, key):
-            if name not in valid:
-                lines.append(f"train.{key}.{name}: {name!r} names no part of the model. The groups are the modalities "
-                             f"(their encoders) and projections, head, temperature: {', '.join(valid)}.")
-    return lines
-
-
 @dataclass
 class ParamGroup:
     """One optimiser param group: a part of the model at one layer depth, with or without decay."""
@@ -212,6 +195,6 @@ def describe_groups(groups: Sequence[ParamGroup]) -> list[str]:
 
 
 __all__ = [
-    "ParamGroup", "check_group_names", "check_schedule", "decays", "describe_groups", "group_lrs", "group_names",
+    "ParamGroup", "check_schedule", "decays", "describe_groups", "group_lrs",
     "make_optimizer", "make_scheduler", "param_groups", "part_of", "steps_per_epoch", "warmup_steps",
 ]

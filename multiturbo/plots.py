@@ -117,7 +117,7 @@ def angle_density(angles: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Periodic Gaussian KDE of angles (scipy's gaussian_kde fitted on the angles shifted by
     -2pi, 0, +2pi with the kernel width of :func:`angle_bandwidth`), evaluated on ``grid`` in
     [-pi, pi]; integrates to 1 over [-pi, pi]."""
-    from scipy.stats import gaussian_kde
+    from scipy.stats import gaussian_kde  # scipy.stats: a real start-up cost, paid by the embedding figure only
 
     angles = np.asarray(angles, dtype=float)
     wrapped = np.concatenate([angles - 2 * np.pi, angles, angles + 2 * np.pi])
@@ -128,7 +128,7 @@ def angle_density(angles: np.ndarray, grid: np.ndarray) -> np.ndarray:
 def plane_density(points: np.ndarray, size: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Gaussian KDE of 2-D points on a [-1.25, 1.25]^2 grid: (xx, yy, density), or None if the
     points are degenerate (all on one line: the KDE's covariance is singular)."""
-    from scipy.stats import gaussian_kde
+    from scipy.stats import gaussian_kde  # scipy.stats: a real start-up cost, paid by the embedding figure only
 
     lin = np.linspace(-1.25, 1.25, size)
     xx, yy = np.meshgrid(lin, lin)

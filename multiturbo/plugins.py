@@ -27,7 +27,7 @@ import importlib.metadata
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,6 +38,7 @@ from .dataset import Dataset
 from .encoder import Encoder
 from .errors import PluginError
 from .head import Head
+from .reader import InputReader
 from .registry import Registry
 
 ENTRY_POINT_GROUP = "multiturbo"
@@ -168,27 +169,28 @@ def plugin_registered(plugin: object, name: str) -> Iterator[pluggy.PluginManage
 
 @dataclass(frozen=True)
 class Registries:
-    """Every registered encoder, data set and head."""
+    """Every registered encoder, data set, head and input reader."""
 
     encoders: Registry[Encoder]
     datasets: Registry[Dataset]
     heads: Registry[Head]
+    input_readers: Registry[InputReader]
 
 
 def _collect(hook: pluggy.HookCaller, registry: Registry) -> Registry:
-    deferred: list[tuple[str, str, type]] = []  # third-party entries: added last, never over a built-in name
+    deferred: list[tuple[str, str, type, tuple[str, ...]]] = []  # third-party entries: added last, never over a built-in name
     for impl in hook.get_hookimpls():
         plugin = impl.plugin_name
         third_party = plugin in _third_party
         if plugin in _broken:
             continue
-        entries: list[tuple[str, type]] = []
+        entries: list[tuple[str, type, tuple[str, ...]]] = []
 
-        def register(name: str, cls: type, _plugin: str = plugin, _entries=entries) -> None:
+        def register(name: str, cls: type, *, aliases: Sequence[str] = (), _plugin: str = plugin, _entries=entries) -> None:
             if _plugin in _third_party:
-                _entries.append((name, cls))
+                _entries.append((name, cls, tuple(aliases)))
             else:
-                registry.add(name, cls, _plugin)
+                registry.add(name, cls, _plugin, aliases=aliases)
 
         try:
             impl.function(register=register)
@@ -205,10 +207,10 @@ def _collect(hook: pluggy.HookCaller, registry: Registry) -> Registry:
                 f"Plugin {plugin!r} failed in its {hook.name} hook: {type(exc).__name__}: {exc}. "
                 f"Fix or uninstall that plugin, or set {NO_EXTERNAL_ENV}=1 to load first-party plugins only."
             ) from exc
-        deferred.extend((plugin, name, cls) for name, cls in entries)
-    for plugin, name, cls in deferred:
+        deferred.extend((plugin, name, cls, aliases) for name, cls, aliases in entries)
+    for plugin, name, cls, aliases in deferred:
         try:
-            registry.add(name, cls, plugin)
+            registry.add(name, cls, plugin, aliases=aliases)
         except PluginError as exc:
             _mark_broken(plugin, str(exc))
     return registry
@@ -223,6 +225,7 @@ def get_registries() -> Registries:
             encoders=_collect(hook.register_encoders, Registry("encoder", Encoder)),
             datasets=_collect(hook.register_datasets, Registry("dataset", Dataset)),
             heads=_collect(hook.register_heads, Registry("head", Head)),
+            input_readers=_collect(hook.register_input_readers, Registry("input reader", InputReader)),
         )
         if len(_broken) == known_broken:
             break

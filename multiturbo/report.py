@@ -10,11 +10,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .analysis import ANALYSIS_DIR, draw_run_figures, format_number, read_json, read_metrics_log
+from . import rundir
+from .analysis import draw_run_figures
 from .checkpoint import _atomic
 from .errors import MultiturboError
-
-METRIC_NAMES = {"wa": "WA", "ua": "UA", "f1": "macro-F1", "eer": "EER", "loss": "CE loss"}
+from .metrics import METRICS
+from .stats import fmt
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -50,40 +51,40 @@ def write_run_report(run_dir: str | Path) -> Path:
 
     The confusion and learning-curve figures are drawn from the metrics files if absent."""
     run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json")
+    info = rundir.read_info(run_dir)
     if info is None:
         raise MultiturboError(f"{run_dir}: no run.json; give a run directory written by multiturbo run.")
-    metrics = read_json(run_dir / "metrics.json")
-    fig_dir = run_dir / ANALYSIS_DIR
-    if not (fig_dir / "confusion.png").is_file() or not (fig_dir / "learning_curves.png").is_file():
+    metrics = rundir.read_test_metrics(run_dir)
+    if not rundir.has_figure(run_dir, "confusion") or not rundir.has_figure(run_dir, "learning_curves"):
         draw_run_figures(run_dir)
-    analysis = read_json(fig_dir / "analysis.json")
+    analysis = rundir.read_analysis(run_dir)
+    figure = lambda name, alt: _image(run_dir, rundir.figure_path(run_dir, name), alt)  # noqa: E731
 
     parts = [f"# Run report: {run_title(info, run_dir.name)}", ""]
     facts = [
         ("method", info.get("method")), ("status", info.get("status")), ("modalities", ", ".join(info.get("modalities", []))),
         ("classes", ", ".join(info.get("classes", []))),
         ("split sizes", ", ".join(f"{k} {v}" for k, v in (info.get("split_sizes") or {}).items())),
-        ("device", info.get("device")), ("seconds", format_number(info.get("seconds"), 1) if info.get("seconds") is not None else None),
+        ("device", info.get("device")), ("seconds", fmt(float(info["seconds"]), 1) if info.get("seconds") is not None else None),
         ("multiturbo / torch", f"{info.get('multiturbo_version')} / {info.get('torch_version')}"),
     ]
     parts += [markdown_table(["", ""], [(k, v) for k, v in facts if v not in (None, "")]), ""]
 
     parts += ["## Test metrics (best weights)", ""]
     if metrics:
-        keys = [k for k in METRIC_NAMES if k in metrics]
-        parts += [markdown_table([METRIC_NAMES[k] for k in keys], [[format_number(metrics[k]) for k in keys]]), ""]
+        keys = [k for k in METRICS if k in metrics]
+        parts += [markdown_table([METRICS[k].label for k in keys], [[fmt(metrics[k]) for k in keys]]), ""]
         extra = [f"{k} {metrics[k]}" for k in ("best_epoch", "epochs_run", "stopped_early") if k in metrics]
         if extra:
             parts += [", ".join(extra).replace("_", " "), ""]
-        if (fig_dir / "confusion.png").is_file():
-            parts += [_image(run_dir, fig_dir / "confusion.png", "confusion matrix"), ""]
+        if rundir.has_figure(run_dir, "confusion"):
+            parts += [figure("confusion", "confusion matrix"), ""]
     else:
         parts += ["No metrics.json: the run has not been tested (it did not finish).", ""]
 
-    log = read_metrics_log(run_dir)
-    if log and (fig_dir / "learning_curves.png").is_file():
-        parts += ["## Learning curves", "", _image(run_dir, fig_dir / "learning_curves.png", "learning curves"), ""]
+    log = rundir.read_log(run_dir)
+    if log and rundir.has_figure(run_dir, "learning_curves"):
+        parts += ["## Learning curves", "", figure("learning_curves", "learning curves"), ""]
     parts += diagnostics_section(log)
 
     parts += ["## Alignment and uniformity (test split, lower is better)", ""]
@@ -94,14 +95,14 @@ def write_run_report(run_dir: str | Path) -> Path:
             "",
         ]
         if analysis["alignment"]:
-            parts += [markdown_table(["modality pair", "alignment"], [(k, format_number(v)) for k, v in analysis["alignment"].items()]), ""]
-        parts += [markdown_table(["modality", "uniformity"], [(k, format_number(v)) for k, v in analysis["uniformity"].items()]), ""]
-        for name, alt in (("align_uniform.png", "alignment vs uniformity"), ("embeddings.png", "embeddings on the unit circle")):
-            if (fig_dir / name).is_file():
-                parts += [_image(run_dir, fig_dir / name, alt), ""]
+            parts += [markdown_table(["modality pair", "alignment"], [(k, fmt(v)) for k, v in analysis["alignment"].items()]), ""]
+        parts += [markdown_table(["modality", "uniformity"], [(k, fmt(v)) for k, v in analysis["uniformity"].items()]), ""]
+        for name, alt in (("align_uniform", "alignment vs uniformity"), ("embeddings", "embeddings on the unit circle")):
+            if rundir.has_figure(run_dir, name):
+                parts += [figure(name, alt), ""]
     else:
         parts += [f"Not analysed yet: run `multiturbo analyze {run_dir}`.", ""]
-    return _write(run_dir / "report.md", "\n".join(parts))
+    return rundir.write_report(run_dir, "\n".join(parts))
 
 
 def diagnostics_section(log: Sequence[dict]) -> list[str]:
@@ -117,9 +118,9 @@ def diagnostics_section(log: Sequence[dict]) -> list[str]:
     rows = []
     for r in records:
         d = r["diagnostics"]
-        mean = lambda xs: format_number(sum(xs) / len(xs), 3) if xs else "n/a"  # noqa: E731
+        mean = lambda xs: fmt(sum(xs) / len(xs), 3) if xs else "n/a"  # noqa: E731
         rows.append((r["epoch"], mean(list(d.get("uniformity", {}).values())), mean(list(d.get("recall@1", {}).values())),
-                     format_number(d.get("chance_recall@1"), 3), mean(list(d.get("term_ratio", {}).values()))))
+                     fmt(d.get("chance_recall@1"), 3), mean(list(d.get("term_ratio", {}).values()))))
     lines += [markdown_table(["epoch", "uniformity", "recall@1", "chance", "terms / log(B)"], rows), ""]
     warned = [(r["epoch"], w) for r in records for w in r.get("warnings", [])]
     if warned:
@@ -158,7 +159,7 @@ def write_comparison_report(
         parts += ["## Runs", ""]
         for rd in run_dirs:
             rd = Path(rd)
-            target = rd / "report.md" if (rd / "report.md").is_file() else rd
+            target = rundir.report_target(rd)
             parts.append(f"- [{rd.name}]({Path(os.path.relpath(target, out_dir)).as_posix()})")
         parts.append("")
     return _write(out_dir / "report.md", "\n".join(parts))

@@ -1,16 +1,5 @@
-"""One experiment end to end: build, train, test, and write the run directory.
-
-Run directory layout::
-
-    config.yaml        the resolved config (every plugin option filled in)
-    run.json           classes, modalities, versions, device, status and timings
-    metrics.jsonl      one line per epoch: train losses (CE, every Turbo term), val metrics
-    best.safetensors   weights at the best val epoch;  last.safetensors: after the last epoch
-    checkpoint.safetensors  the resumable training state (while the run is not finished)
-    metrics.json       test metrics of the best weights: wa, ua, f1 (eer for 2 classes), confusion
-    analysis/          alignment / uniformity of the test embeddings (analysis.json) and figures
-    tensorboard/       event files of metrics.jsonl (when tensorboard is installed)
-    report.md          the run's report: metrics, figures, analysis
+"""One experiment end to end: build, train, test, and write the run directory
+(its files: :mod:`multiturbo.rundir`).
 
 ``run_experiment(cfg, out, resume=True)`` (``multiturbo run ... --resume``) continues a run
 that was killed or failed from its last checkpoint, after checking that ``cfg`` is the saved
@@ -19,136 +8,28 @@ config (see docs/reliability.md).
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import platform
-import random
-import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 
-from . import __version__
-from .feature_cache import cache_frozen_features
+from . import rundir
+from .analysis import embed, write_analysis
 from .audio_cache import cache_splits
 from .balance import sample_weights, split_labels
-from .build import build_experiment
-from .checkpoint import load_weights, read_checkpoint_loop_state, write_json
-from .config import ExperimentConfig, config_to_yaml
+from .build import Experiment, build_experiment
+from .config import ExperimentConfig
 from .data import Collator, make_loader
-from .distributed import barrier, init_from_env
+from .distributed import World, barrier, init_from_env
 from .errors import MultiturboError
+from .feature_cache import cache_frozen_features
 from .progress import ProgressReporter
-from .rundir import export_assets
-from .train import CHECKPOINT_NAME, evaluate, fit
-
-RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "metrics.json", "best.safetensors", "last.safetensors", CHECKPOINT_NAME,
-             "report.md", "assets.json")
-RUN_DIRS = ("analysis", "tensorboard", "assets")  # written by a run; --overwrite removes them with the files
-# Config keys that may differ between a run and its resumption (they do not change what is computed).
-RESUME_MAY_CHANGE = ("train.device", "train.num_workers", "train.checkpoint_every", "train.nonfinite", "train.nonfinite_max_skips",
-                     "train.audio_cache", "train.audio_cache_dir")
-
-
-def result_relevant(config: dict) -> dict:
-    """A config mapping (``model_dump(mode="json")`` or config.yaml) without the keys of
-    :data:`RESUME_MAY_CHANGE`, which do not change what a run computes: what runs compare on."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-    for key in RESUME_MAY_CHANGE:
-        section, name = key.split(".")
-        if isinstance(out.get(section), dict):
-            out[section].pop(name, None)
-    return out
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MultiturboError(f"train.device: {name!r} is not a device name. Use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MultiturboError(f"train.device: {name!r} asked for, but no CUDA device is available here. Use train.device=auto or cpu.")
-    return device
-
-
-def default_run_dir(cfg: ExperimentConfig) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.name or 'run'}-{stamp}"
-
-
-def check_run_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to mix a new run into a directory that already holds files (unless ``overwrite``)."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise MultiturboError(f"The run directory {out} already exists and is not empty. Pass another --out, or --overwrite to replace its contents.")
-
-
-def prepare_run_dir(out: Path, overwrite: bool) -> Path:
-    """Create ``out``; refuse to mix a new run into a directory that already holds files."""
-    check_run_dir(out, overwrite)
-    if out.exists() and any(out.iterdir()):
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for name in RUN_DIRS:
-            shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _config_differences(saved: object, given: object, path: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(given, dict):
-        lines = []
-        for key in [*saved, *(k for k in given if k not in saved)]:
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in saved or key not in given:
-                lines.append(f"{sub}: saved {saved.get(key, '(absent)')!r}, given {given.get(key, '(absent)')!r}")
-            else:
-                lines.extend(_config_differences(saved[key], given[key], sub))
-        return lines
-    if saved != given and path not in RESUME_MAY_CHANGE:
-        return [f"{path}: saved {saved!r}, given {given!r}"]
-    return []
-
-
-def check_resumable(cfg: ExperimentConfig, out: Path) -> dict:
-    """The run.json of the run in ``out`` if ``cfg`` may continue it; a clear error otherwise."""
-    if not (out / "config.yaml").is_file() or not (out / "run.json").is_file():
-        raise MultiturboError(f"There is no run to resume in {out} (no config.yaml / run.json). Start it without --resume.")
-    try:
-        info = json.loads((out / "run.json").read_text(encoding="utf-8"))
-        saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
-    except (ValueError, yaml.YAMLError) as exc:
-        raise MultiturboError(f"The run directory {out} is damaged ({exc}); start the run again with --overwrite.") from None
-    if info.get("status") == "finished":
-        raise MultiturboError(
-            f"The run in {out} has finished (test metrics in {out / 'metrics.json'}); there is nothing to resume. "
-            f"Use another --out, or --overwrite to run it again."
-        )
-    diff = _config_differences(saved, yaml.safe_load(config_to_yaml(cfg)))
-    if diff:
-        raise MultiturboError(
-            f"The config does not match the one the run in {out} was started with, so it cannot be resumed: "
-            + "; ".join(diff[:10]) + (f"; ... ({len(diff)} differences)" if len(diff) > 10 else "")
-            + f". Resume with the saved config (multiturbo run {out} --resume), or start a new run."
-        )
-    ckpt = out / CHECKPOINT_NAME
-    if not ckpt.is_file():
-        raise MultiturboError(
-            f"The run in {out} has no checkpoint ({CHECKPOINT_NAME}): it stopped before the first one was written. "
-            f"Start it again with --overwrite."
-        )
-    read_checkpoint_loop_state(ckpt)  # a readable checkpoint of ours
-    return info
+from .report import write_run_report
+from .runtime import resolve_device, seed_everything
+from .tensorboard import export_tensorboard
+from .train import TrainState, evaluate, fit
+from .version import __version__
 
 
 def run_experiment(
@@ -170,13 +51,51 @@ def run_experiment(
     negatives gathered from all ranks, validation and test metrics are computed over all shards,
     and only rank 0 writes the run directory (docs/scaling.md)."""
     progress = progress or ProgressReporter(quiet=True)
-    if resume:
-        if out is None:
-            raise MultiturboError("Resuming needs the run directory: pass --out DIR (or give DIR as the config).")
-        if overwrite:
-            raise MultiturboError("--resume and --overwrite contradict each other: resume continues the run in the directory, overwrite replaces it.")
-        out = Path(out)
-        previous = check_resumable(cfg, out)
+    previous = _check_resume(cfg, out, overwrite) if resume else None
+    device, world = _device_and_world(cfg, out)
+    seed_everything(cfg.seed)
+    exp = build_experiment(cfg)  # every config and data check happens here, before training
+    out = Path(out) if resume else _prepare_run_dir(cfg, out, overwrite, exp, world.is_main)
+    info = rundir.RunInfo(out, _facts(cfg, exp, device, world.size), previous, write=world.is_main)
+    model = exp.model.to(device)
+    runner, rank_seed = None, None
+    if world.distributed:
+        rank_seed = cfg.seed + 1_000_003 * world.rank
+        torch.manual_seed(rank_seed)  # each rank its own dropout masks (the weights are rank 0's)
+        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loaders = _Loaders(cfg, exp, model, world, device, progress, label)
+    start = time.perf_counter()
+    try:
+        state = TrainState.create(model, cfg.train, device, runner, steps_per_epoch=len(loaders.train))
+        result = fit(state, loaders.train, loaders.val, out, progress, label=label, resume=resume, rank_seed=rank_seed)
+        barrier()  # rank 0 has written best.safetensors
+        rundir.load_best(model, out)
+        metrics = evaluate(model, loaders.test, device)
+    except BaseException as exc:
+        info.failed(exc, time.perf_counter() - start)
+        raise
+    metrics.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, stopped_early=result.stopped_early)
+    if world.is_main:
+        rundir.write_test_metrics(out, metrics)
+    info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, cfg.train.num_workers))
+    if world.is_main:
+        rundir.remove_checkpoint(out)
+        write_outputs(out, model, loaders.analysis(), device, exp.dataset.classes, cfg.method, progress)
+    barrier()
+    return metrics
+
+
+def _check_resume(cfg: ExperimentConfig, out: Path | str | None, overwrite: bool) -> dict:
+    """run.json of the run to resume in ``out`` (see :func:`multiturbo.rundir.check_resumable`)."""
+    if out is None:
+        raise MultiturboError("Resuming needs the run directory: pass --out DIR (or give DIR as the config).")
+    if overwrite:
+        raise MultiturboError("--resume and --overwrite contradict each other: resume continues the run in the directory, overwrite replaces it.")
+    return rundir.check_resumable(cfg, Path(out))
+
+
+def _device_and_world(cfg: ExperimentConfig, out: Path | str | None) -> tuple[torch.device, World]:
+    """The device (under torchrun, CUDA ranks take their local GPU) and the process group."""
     device = resolve_device(cfg.train.device)
     world = init_from_env(device.type)
     if world.distributed:
@@ -184,23 +103,29 @@ def run_experiment(
             raise MultiturboError("A multi-process run needs its run directory named: pass --out DIR (every process must write to the same place).")
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
-    seed_everything(cfg.seed)
-    exp = build_experiment(cfg)  # every config and data check happens here, before training
-    main = world.is_main
-    if not resume:
-        out = Path(out) if out else default_run_dir(cfg)
-        check_run_dir(out, overwrite)  # every rank checks before rank 0 writes anything
-        barrier()
-        if main:
-            prepare_run_dir(out, overwrite)
-            (out / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
-            export_assets(exp.model.encoders, out)  # what the encoders need to be rebuilt offline (assets/)
-    info = {
+    return device, world
+
+
+def _prepare_run_dir(cfg: ExperimentConfig, out: Path | str | None, overwrite: bool, exp: Experiment, main: bool) -> Path:
+    """A new run's directory: checked by every rank, then prepared by rank 0 (config.yaml, assets/)."""
+    out = Path(out) if out else rundir.default_run_dir(cfg)
+    rundir.check_run_dir(out, overwrite)  # every rank checks before rank 0 writes anything
+    barrier()
+    if main:
+        rundir.prepare_run_dir(out, overwrite)
+        rundir.write_config(out, cfg)
+        rundir.export_assets(exp.model.encoders, out)  # what the encoders need to be rebuilt offline (assets/)
+    return out
+
+
+def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, processes: int) -> dict:
+    """What run.json records about the run besides its status and times."""
+    return {
         "multiturbo_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device": str(device),
-        "processes": world.size,
+        "processes": processes,
         "classes": exp.dataset.classes,
         "modalities": list(cfg.modalities),
         "method": cfg.method,
@@ -209,63 +134,34 @@ def run_experiment(
         "fold": cfg.data.fold,
         "seed": cfg.seed,
         "split_sizes": {s: len(getattr(exp.splits, s)) for s in ("train", "val", "test")},
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "status": "running",
     }
-    if resume:
-        info["started"] = previous.get("started", info["started"])
-        info["resumed"] = [*previous.get("resumed", []), dt.datetime.now().isoformat(timespec="seconds")]
 
-    def save_info() -> None:
-        if main:
-            write_json(out / "run.json", info)
 
-    save_info()
-    model = exp.model.to(device)
-    runner, rank_seed = None, None
-    if world.distributed:
-        rank_seed = cfg.seed + 1_000_003 * world.rank
-        torch.manual_seed(rank_seed)  # each rank its own dropout masks (the weights are rank 0's)
-        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    collator = Collator(model.encoders, num_classes=len(exp.dataset.classes))
-    t = cfg.train
-    shard = (world.rank, world.size)
-    loader_options = dict(num_workers=t.num_workers, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor, shard=shard)
-    splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
-    splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, t.eval_batch_size or t.batch_size, progress, label)
-    train_loader = make_loader(
-        splits.train, collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
-        drop_singleton=model.contrastive is not None, **loader_options,
-        weights=sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None,
-    )
-    eval_bs = t.eval_batch_size or t.batch_size
-    val_loader = make_loader(splits.val, collator, batch_size=eval_bs, shuffle=False, **loader_options)
-    test_loader = make_loader(splits.test, collator, batch_size=eval_bs, shuffle=False, **loader_options)
+class _Loaders:
+    """The run's loaders: train (shuffled by the seed; balanced by class with train.sampler=balanced),
+    val and test, each rank on its shard; with train.audio_cache / train.frozen_features, over the
+    cached splits."""
 
-    start = time.perf_counter()
-    try:
-        result = fit(model, train_loader, val_loader, t, out, device, progress, label, resume=resume, runner=runner, rank_seed=rank_seed)
-        barrier()  # rank 0 has written best.safetensors
-        load_weights(model, out / "best.safetensors")
-        metrics = evaluate(model, test_loader, device)
-    except BaseException as exc:
-        info.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
-        save_info()
-        raise
-    metrics.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, stopped_early=result.stopped_early)
-    info.update(
-        status="finished", finished=dt.datetime.now().isoformat(timespec="seconds"), seconds=time.perf_counter() - start,
-        nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, t.num_workers),
-    )
-    if main:
-        write_json(out / "metrics.json", metrics)
-        save_info()
-        (out / CHECKPOINT_NAME).unlink(missing_ok=True)  # the run is finished: nothing left to resume
-        analysis_loader = test_loader if not world.distributed else make_loader(
-            splits.test, collator, batch_size=eval_bs, shuffle=False, num_workers=t.num_workers)
-        write_outputs(out, model, analysis_loader, device, exp.dataset.classes, cfg.method, progress)
-    barrier()
-    return metrics
+    def __init__(self, cfg: ExperimentConfig, exp: Experiment, model: torch.nn.Module, world: World, device: torch.device,
+                 progress: ProgressReporter, label: str):
+        t = cfg.train
+        self.collator = Collator(model.encoders, num_classes=len(exp.dataset.classes))
+        self.world, self.num_workers = world, t.num_workers
+        options = dict(num_workers=t.num_workers, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor, shard=(world.rank, world.size))
+        self.eval_bs = t.eval_batch_size or t.batch_size
+        splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
+        self.splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, self.eval_bs, progress, label)
+        weights = sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None
+        self.train = make_loader(self.splits.train, self.collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
+                                 drop_singleton=model.contrastive is not None, weights=weights, **options)
+        self.val = make_loader(self.splits.val, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
+        self.test = make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
+
+    def analysis(self):
+        """The whole test split for rank 0's analysis (a multi-process run's test loader is a shard)."""
+        if not self.world.distributed:
+            return self.test
+        return make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, num_workers=self.num_workers)
 
 
 def _cut_items(model, num_workers: int) -> dict[str, int] | None:
@@ -283,10 +179,6 @@ def write_outputs(out: Path, model, test_loader, device: torch.device, classes: 
 
     These read what the run wrote; a failure here is reported as a warning line and leaves the
     finished run intact (``multiturbo analyze RUN_DIR`` redoes them)."""
-    from .analysis import embed, write_analysis
-    from .report import write_run_report
-    from .tensorboard import export_tensorboard
-
     for name, job in (
         ("analysis", lambda: write_analysis(out, embed(model, test_loader, device), classes=classes, method=method)),
         ("tensorboard export", lambda: export_tensorboard(out)),

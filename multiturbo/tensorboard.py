@@ -12,12 +12,9 @@ epoch (step = epoch) for every number of the log: ``train/loss``, ``train/ce``,
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
-from .analysis import read_metrics_log
-
-TENSORBOARD_DIR = "tensorboard"
+from . import rundir
 
 
 def tensorboard_available() -> bool:
@@ -31,17 +28,15 @@ def export_tensorboard(run_dir: str | Path) -> Path | None:
     when tensorboard is not installed or the run has no log yet."""
     if not tensorboard_available():
         return None
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # optional: the tensorboard package
 
-    from .plots import learning_series
+    from .plots import learning_series  # matplotlib: a real start-up cost, paid only when exporting
 
     run_dir = Path(run_dir)
-    records = read_metrics_log(run_dir)
+    records = rundir.read_log(run_dir)
     if not records:
         return None
-    out = run_dir / TENSORBOARD_DIR
-    if out.exists():
-        shutil.rmtree(out)
+    out = rundir.fresh_tensorboard_dir(run_dir)
     writer = SummaryWriter(log_dir=str(out))
     try:
         for tag, (epochs, values) in learning_series(records).items():

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from .checkpoint import _atomic, load_checkpoint, restore_checkpoint, save_checkpoint, save_weights
+from . import rundir
+from .checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import EpochSampler, LabelledBatch
 from .diagnostics import collapse_warnings, normalised_views, representation_diagnostics
 from .distributed import all_ranks, average_gradients, current_world, gather_rows
 from .errors import MultiturboError
-from .metrics import HIGHER_IS_BETTER, classification_metrics
+from .metrics import METRICS, TABLE_METRICS, classification_metrics
 from .gradcache import cached_backward
 from .model import StepOutput, TurboModel
 from .optim import group_lrs, make_optimizer, make_scheduler
@@ -28,9 +28,6 @@ from .progress import ProgressReporter
 
 class TrainingError(MultiturboError):
     """Training cannot go on (e.g. a non-finite loss)."""
-
-
-CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 @dataclass
@@ -93,11 +90,9 @@ def predict_probs(model: TurboModel, loader: DataLoader, device: torch.device) -
 
 
 def evaluate(model: TurboModel, loader: DataLoader, device: torch.device) -> dict:
-    """Metrics of :func:`~multiturbo.metrics.classification_metrics` plus ``loss`` (mean CE)."""
+    """Every registered metric (:mod:`multiturbo.metrics`), the mean CE ``loss`` included."""
     probs, labels = predict_probs(model, loader, device)
-    metrics = classification_metrics(probs, labels)
-    metrics["loss"] = float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
-    return metrics
+    return classification_metrics(probs, labels, loss=True)
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -121,7 +116,7 @@ class StepRunner:
             raise MultiturboError("train.amp: fp16 needs a CUDA device (float16 on the CPU is slow and its gradient scaler is CUDA-only). Use train.amp=bf16 or off.")
         self.world = current_world()
         self.dtype = AMP_DTYPES.get(cfg.amp)
-        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")  # disabled: scale, unscale_ and update do nothing
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
@@ -141,7 +136,7 @@ class StepRunner:
             out = self.runner(batch.inputs, batch.labels)
         ok = self.finite(out.loss)
         if ok:
-            (self.scaler.scale(out.loss) if self.scaler is not None else out.loss).backward()
+            self.scaler.scale(out.loss).backward()
         return out, ok
 
     def _cached(self, batch: LabelledBatch, chunk: int) -> StepOutput:
@@ -159,7 +154,7 @@ class StepRunner:
             with self.autocast():
                 result["out"] = model.objective(views, batch.labels, present)
             loss = result["out"].loss
-            return self.scaler.scale(loss) if self.scaler is not None else loss
+            return self.scaler.scale(loss)
 
         loss = cached_backward(encode, objective, batch.inputs, chunk, self.device, finite=self.finite)
         ok = bool(torch.isfinite(loss)) if not self.world.distributed else self.finite(loss)
@@ -169,23 +164,15 @@ class StepRunner:
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Unscale fp16 gradients before they are checked or clipped."""
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
+        self.scaler.unscale_(optimizer)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            optimizer.step()
+        self.scaler.step(optimizer)  # disabled: optimizer.step()
+        self.scaler.update()
 
 
 def _improved(value: float, best: float, monitor: str) -> bool:
-    if math.isnan(value):
-        return False
-    if math.isnan(best):
-        return True
-    return value > best if HIGHER_IS_BETTER[monitor] else value < best
+    return METRICS[monitor].better(value, best)
 
 
 def nonfinite_grad_names(model: torch.nn.Module) -> list[str]:
@@ -199,149 +186,142 @@ def nonfinite_grad_names(model: torch.nn.Module) -> list[str]:
     return [n for (n, _), ok in zip(named, flags.tolist()) if not ok]
 
 
-def _truncate_log(path: Path, keep_below: int) -> None:
-    """Keep only the metrics.jsonl lines of epochs < ``keep_below`` (a resume rewrites the rest)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            epoch = json.loads(line).get("epoch")
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-        if isinstance(epoch, int) and epoch < keep_below:
-            kept.append(line)
-    text = "".join(f"{line}\n" for line in kept)
-    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+# -- one step over the training state ------------------------------------------------------------
+@dataclass
+class TrainState:
+    """What the training step and the epoch loop work on (open_clip's ``train_one_epoch`` shape):
+    the model, its optimizer (param groups) and learning-rate schedule (:mod:`multiturbo.optim`;
+    None without train.schedule), the step runner (amp, gradient caching, DDP) and the loop's state."""
+
+    model: TurboModel
+    optimizer: torch.optim.Optimizer
+    runner: StepRunner
+    cfg: TrainConfig
+    scheduler: LRScheduler | None = None
+    loop: LoopState = field(default_factory=LoopState)
+
+    @classmethod
+    def create(cls, model: TurboModel, cfg: TrainConfig, device: torch.device, runner: torch.nn.Module | None = None,
+               steps_per_epoch: int | None = None) -> "TrainState":
+        """``runner``: the module whose forward runs a step (DDP around ``model``, or None);
+        ``steps_per_epoch``: the schedule's unit (None: no schedule, as for ``multiturbo bench``)."""
+        optimizer = make_optimizer(model, cfg)
+        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch) if steps_per_epoch is not None else None
+        return cls(model, optimizer, StepRunner(model, cfg, device, runner=runner), cfg, scheduler)
 
 
-def fit(
-    model: TurboModel,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    cfg: TrainConfig,
-    run_dir: Path,
-    device: torch.device,
-    progress: ProgressReporter,
-    label: str = "",
-    *,
-    resume: bool = False,
-    runner: torch.nn.Module | None = None,
-    rank_seed: int | None = None,
-) -> FitResult:
-    """Train with early stopping on ``cfg.monitor``; writes ``metrics.jsonl``, ``best`` and
-    ``last`` safetensors into ``run_dir`` and leaves the model holding the best weights' state
-    on disk (load ``best.safetensors`` to use them).
+@dataclass
+class StepResult:
+    """A training step: its output, whether the update was made, and otherwise what was
+    non-finite: ``("loss" | "gradient", description)``."""
 
-    The optimiser's param groups and the learning-rate schedule come from
-    :mod:`multiturbo.optim` (the schedule steps once per batch). A resumable checkpoint
-    (``checkpoint.safetensors``: model, optimizer, schedule, RNG states, the loop's position and
-    early-stopping state) is written every ``cfg.checkpoint_every`` steps
-    and at every epoch end. ``resume=True`` continues from it: with the loader built by
-    :func:`~multiturbo.data.make_loader` the continued run is the uninterrupted one, bit for
-    bit on a CPU. ``cfg.nonfinite`` says what a NaN/inf loss or gradient does (stop or skip).
-    ``runner``: the module whose forward runs a training step (DistributedDataParallel around
-    ``model`` in a multi-process run); ``cfg.amp`` and ``cfg.grad_cache_chunk`` apply
-    (:class:`StepRunner`). In a multi-process run only rank 0 writes files, and a resume, which
-    restores rank 0's RNG state, reseeds each rank from ``rank_seed`` + the step so that the
-    ranks keep drawing different dropout masks (such a resume is not bit-exact).
-    """
-    optimizer = make_optimizer(model, cfg)  # param groups and schedule: multiturbo.optim
-    scheduler = make_scheduler(optimizer, cfg, len(train_loader))
-    step = StepRunner(model, cfg, device, runner=runner)
-    is_main = current_world().is_main
-    log_path = run_dir / "metrics.jsonl"
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    sampler = getattr(train_loader, "sampler", None)
-    batch_size = train_loader.batch_size or 1
-    st = LoopState()
+    out: StepOutput
+    ok: bool
+    problem: tuple[str, str] | None = None
 
-    def write_epoch_outputs(record: dict) -> None:
-        if not is_main:
-            return
-        if record["best"]:
-            save_weights(model, run_dir / "best.safetensors")
-        save_weights(model, run_dir / "last.safetensors")
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
-    if resume:
-        if not ckpt_path.exists():
-            raise MultiturboError(f"There is no checkpoint to resume from in {run_dir} ({CHECKPOINT_NAME} is missing).")
-        st = LoopState.from_json(restore_checkpoint(load_checkpoint(ckpt_path), model, optimizer, scheduler=scheduler, scaler=step.scaler))
+def train_step(state: TrainState, batch: LabelledBatch) -> StepResult:
+    """One optimisation step on a batch (already on the device): forward and backward (amp, gradient
+    caching), the non-finite loss and gradient checks, gradient clipping, the optimizer step. A
+    non-finite step makes no update and leaves no gradient. Shared by :func:`fit` and ``multiturbo bench``."""
+    model, optimizer, runner = state.model, state.optimizer, state.runner
+    optimizer.zero_grad(set_to_none=True)
+    out, ok = runner.forward_backward(batch)
+    if not ok:
+        bad = [name for name, t in {"ce": out.ce, **out.terms}.items() if not torch.isfinite(t)]
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(out, False, ("loss", f"term(s) {', '.join(bad) or 'total'} = {float(out.loss.detach())}"))
+    runner.unscale(optimizer)
+    bad = nonfinite_grad_names(model) if not runner.scaler.is_enabled() else []  # fp16: the scaler skips overflowing steps itself
+    if bad:
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(out, False, ("gradient", "parameter(s) " + ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")))
+    if state.cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), state.cfg.grad_clip)
+    runner.optimizer_step(optimizer)
+    return StepResult(out, True)
+
+
+# -- the epoch loop -----------------------------------------------------------------------------------
+class _EpochLoop:
+    """:func:`fit`'s epochs over a :class:`TrainState`: the batches of an epoch, its end (validation,
+    early stopping, checkpoint, outputs), the resume and the non-finite policy. Only rank 0 writes."""
+
+    def __init__(self, state: TrainState, run_dir: Path, progress: ProgressReporter, label: str):
+        self.state, self.run_dir, self.progress, self.label = state, run_dir, progress, label
+        self.is_main = current_world().is_main
+        self.ckpt_path = rundir.checkpoint_path(run_dir)
+
+    def checkpoint(self) -> None:
+        s = self.state
+        if self.is_main:
+            save_checkpoint(self.ckpt_path, s.model, s.optimizer, s.loop.to_json(), scheduler=s.scheduler, scaler=s.runner.scaler)
+
+    def write_epoch_outputs(self, record: dict) -> None:
+        if self.is_main:
+            rundir.write_epoch(self.run_dir, self.state.model, record)
+
+    def resume(self, train_loader: DataLoader, rank_seed: int | None) -> None:
+        """Continue from the checkpoint: states restored, the outputs of a pending epoch rewritten."""
+        s = self.state
+        if not self.ckpt_path.exists():
+            raise MultiturboError(f"There is no checkpoint to resume from in {self.run_dir} ({self.ckpt_path.name} is missing).")
+        s.loop = st = LoopState.from_json(restore_checkpoint(load_checkpoint(self.ckpt_path), s.model, s.optimizer, scheduler=s.scheduler, scaler=s.runner.scaler))
         if rank_seed is not None:
             torch.manual_seed(rank_seed + st.step)
-        if st.batch and not isinstance(sampler, EpochSampler):
+        if st.batch and not isinstance(getattr(train_loader, "sampler", None), EpochSampler):
             raise MultiturboError("Resuming in the middle of an epoch needs a loader made by multiturbo.data.make_loader.")
         if st.pending is not None:  # the checkpoint was written at an epoch end: redo that epoch's outputs
-            if is_main:
-                _truncate_log(log_path, st.pending["epoch"])
-            write_epoch_outputs(st.pending)
+            if self.is_main:
+                rundir.truncate_log(self.run_dir, st.pending["epoch"])
+            self.write_epoch_outputs(st.pending)
             st.pending = None
-        elif is_main:
-            _truncate_log(log_path, st.epoch)
-        progress.log(f"{label}resumed at epoch {st.epoch}, batch {st.batch} (step {st.step})")
+        elif self.is_main:
+            rundir.truncate_log(self.run_dir, st.epoch)
+        self.progress.log(f"{self.label}resumed at epoch {st.epoch}, batch {st.batch} (step {st.step})")
 
-    def checkpoint() -> None:
-        if is_main:
-            save_checkpoint(ckpt_path, model, optimizer, st.to_json(), scheduler=scheduler, scaler=step.scaler)
-
-    def nonfinite(kind: str, what: str) -> None:
+    def nonfinite(self, kind: str, what: str) -> None:
+        """A step's non-finite loss or gradient: skipped (train.nonfinite=skip, within the limit) or a TrainingError."""
+        cfg, st = self.state.cfg, self.state.loop
         where = f"at epoch {st.epoch}, step {st.step + 1} (batch {st.batch + 1} of the epoch)"
         if cfg.nonfinite == "skip":
             st.epoch_skipped += 1
             st.skipped_total += 1
             st.skipped_in_a_row += 1
             if st.skipped_in_a_row <= cfg.nonfinite_max_skips:
-                progress.log(f"{label}skipped step {st.step + 1}: non-finite {kind} ({what})")
+                self.progress.log(f"{self.label}skipped step {st.step + 1}: non-finite {kind} ({what})")
                 return
             first = f"{cfg.nonfinite_max_skips + 1} steps in a row had a non-finite loss or gradient; the last one: "
         else:
             first = ""
         kept = (
-            f"The last good checkpoint is {ckpt_path} (continue from it with --resume --set train.nonfinite=skip); "
-            f"the weights of the last finished epoch are in {run_dir / 'last.safetensors'}. "
-            if ckpt_path.exists() else "No checkpoint had been written yet. "
+            f"The last good checkpoint is {self.ckpt_path} (continue from it with --resume --set train.nonfinite=skip); "
+            f"the weights of the last finished epoch are in {rundir.layout.path(self.run_dir, rundir.layout.LAST)}. "
+            if self.ckpt_path.exists() else "No checkpoint had been written yet. "
         )
         raise TrainingError(
             f"{first}Non-finite {kind} {where}: {what}. {kept}"
             f"Lower train.lr, raise turbo.temperature, set train.grad_clip, or set train.nonfinite=skip."
         )
 
-    progress.start_epochs(f"{label}epochs", total=cfg.epochs, completed=st.epoch - 1)
-    while not st.done and st.epoch <= cfg.epochs:
-        epoch = st.epoch
-        start = time.perf_counter() - st.epoch_seconds
-        model.train()
+    def run_epoch(self, train_loader: DataLoader, start: float) -> None:
+        """The batches of epoch ``loop.epoch`` from batch ``loop.batch`` on (a resume starts mid-epoch)."""
+        s, st, cfg = self.state, self.state.loop, self.state.cfg
+        s.model.train()
+        sampler = getattr(train_loader, "sampler", None)
         if isinstance(sampler, EpochSampler):
-            sampler.set_epoch(epoch, st.batch * batch_size)
+            sampler.set_epoch(st.epoch, st.batch * (train_loader.batch_size or 1))
         n_batches = st.batch + len(train_loader)
-        progress.start(f"{label}epoch {epoch}/{cfg.epochs}", total=n_batches)
+        self.progress.start(f"{self.label}epoch {st.epoch}/{cfg.epochs}", total=n_batches)
         for _ in range(st.batch):
-            progress.advance()
+            self.progress.advance()
         for batch in train_loader:
-            batch: LabelledBatch = batch.to(device)  # non_blocking copies from pinned memory
-            b = len(batch)
-            optimizer.zero_grad(set_to_none=True)
-            out, ok = step.forward_backward(batch)
-            if not ok:
-                bad = [name for name, t in {"ce": out.ce, **out.terms}.items() if not torch.isfinite(t)]
-                nonfinite("loss", f"term(s) {', '.join(bad) or 'total'} = {float(out.loss.detach())}")
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                step.unscale(optimizer)
-                bad = nonfinite_grad_names(model) if step.scaler is None else []  # fp16: the scaler skips overflowing steps itself
-                if bad:
-                    ok = False
-                    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-                    nonfinite("gradient", f"parameter(s) {shown}")
-                    optimizer.zero_grad(set_to_none=True)
-            if ok:
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                step.optimizer_step(optimizer)
+            batch: LabelledBatch = batch.to(s.runner.device)  # non_blocking copies from pinned memory
+            result = train_step(s, batch)
+            if result.problem is not None:
+                self.nonfinite(*result.problem)
+            if result.ok:
+                out, b = result.out, len(batch)
                 st.skipped_in_a_row = 0
                 st.n_items += b
                 scalars = {"loss": out.loss, "ce": out.ce, "contrastive": out.contrastive, **{f"term/{k}": v for k, v in out.terms.items()}}
@@ -349,36 +329,36 @@ def fit(
                     st.sums[key] = st.sums.get(key, 0.0) + float(value.detach()) * b
             st.step += 1
             st.batch += 1
-            if scheduler is not None:  # once per batch: the schedule's position is st.step
-                scheduler.step()
-            progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}")
+            if s.scheduler is not None:  # once per batch: the schedule's position is st.step
+                s.scheduler.step()
+            self.progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}")
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < n_batches:  # epoch ends write one anyway
                 st.epoch_seconds = time.perf_counter() - start
-                checkpoint()
+                self.checkpoint()
 
+    def end_epoch(self, val_loader: DataLoader, start: float) -> dict:
+        """Validation, early stopping, then the checkpoint and the epoch's outputs; returns its record."""
+        s, st, cfg = self.state, self.state.loop, self.state.cfg
+        epoch = st.epoch
         train_stats = {k: v / max(st.n_items, 1) for k, v in st.sums.items()}
-        if model.contrastive is not None:
-            train_stats["temperature"] = float(model.contrastive.temperature)
-        val = evaluate(model, val_loader, device)
+        if s.model.contrastive is not None:
+            train_stats["temperature"] = float(s.model.contrastive.temperature)
+        val = evaluate(s.model, val_loader, s.runner.device)
         value = float(val[cfg.monitor])
         improved = _improved(value, st.best_value, cfg.monitor)
         if improved:
             st.best_value, st.best_epoch, st.bad_epochs = value, epoch, 0
         else:
             st.bad_epochs += 1
-        diagnostics, warnings = None, []
-        if cfg.diagnostics:  # vanilla runs too, so that methods can be compared; warnings only for contrastive ones
-            terms = {k.removeprefix("term/"): v for k, v in train_stats.items() if k.startswith("term/")}
-            views, present = normalised_views(model, val_loader, device)
-            diagnostics = representation_diagnostics(views, present, terms, batch_size * current_world().size)
-            warnings = collapse_warnings(diagnostics, epoch) if model.contrastive is not None else []
+        terms = {k.removeprefix("term/"): v for k, v in train_stats.items() if k.startswith("term/")}
+        diagnostics, warnings = self.diagnose(val_loader, terms, epoch) if cfg.diagnostics else (None, [])
         record = {
             "epoch": epoch,
             "step": st.step,
             "train": {k: v for k, v in train_stats.items() if not k.startswith("term/")},
-            "terms": {k.removeprefix("term/"): v for k, v in train_stats.items() if k.startswith("term/")},
+            "terms": terms,
             "val": val,
-            "lr": group_lrs(optimizer),
+            "lr": group_lrs(s.optimizer),
             "best": improved,
             "seconds": time.perf_counter() - start,
             "nonfinite_skipped": st.epoch_skipped,
@@ -389,28 +369,78 @@ def fit(
         st.done = st.stopped or epoch >= cfg.epochs
         st.epoch, st.batch, st.sums, st.n_items, st.epoch_seconds, st.epoch_skipped = epoch + 1, 0, {}, 0, 0.0, 0
         st.pending = record
-        checkpoint()  # first the checkpoint, then the outputs it describes (a resume rewrites them)
+        self.checkpoint()  # first the checkpoint, then the outputs it describes (a resume rewrites them)
         st.pending = None
-        write_epoch_outputs(record)
-        ts = record["train"]
-        progress.log(
-            f"{label}epoch {epoch}: loss {ts.get('loss', math.nan):.3f} ce {ts.get('ce', math.nan):.3f} "
-            f"contr {ts.get('contrastive', math.nan):.3f} | val wa {val['wa']:.3f} ua {val['ua']:.3f} "
-            f"f1 {val['f1']:.3f}{' *' if improved else ''}"
+        self.write_epoch_outputs(record)
+        return record
+
+    def diagnose(self, val_loader: DataLoader, terms: dict, epoch: int) -> tuple[dict, list[str]]:
+        """The epoch's collapse diagnostics on the validation split (:mod:`multiturbo.diagnostics`), for
+        vanilla runs too so that methods can be compared; warnings only for contrastive ones."""
+        model = self.state.model
+        views, present = normalised_views(model, val_loader, self.state.runner.device)
+        diagnostics = representation_diagnostics(views, present, terms, self.batch_size * current_world().size)
+        return diagnostics, collapse_warnings(diagnostics, epoch) if model.contrastive is not None else []
+
+    def report_epoch(self, record: dict) -> None:
+        """The epoch's line and the progress bar's summary (and the early stop, when it happens)."""
+        cfg, st, ts, val = self.state.cfg, self.state.loop, record["train"], record["val"]
+        self.progress.log(
+            f"{self.label}epoch {record['epoch']}: loss {ts.get('loss', math.nan):.3f} ce {ts.get('ce', math.nan):.3f} "
+            f"contr {ts.get('contrastive', math.nan):.3f} | val "
+            + " ".join(f"{k} {val[k]:.3f}" for k in TABLE_METRICS if k in val) + f"{' *' if record['best'] else ''}"
             + (f" | {record['nonfinite_skipped']} step(s) skipped" if record["nonfinite_skipped"] else "")
         )
-        for warning in warnings:
-            progress.log(f"{label}warning: {warning}")
-        progress.epoch_done(f"val {cfg.monitor} {value:.3f} (best {st.best_value:.3f} @ {st.best_epoch})")
+        for warning in record.get("warnings", []):
+            self.progress.log(f"{self.label}warning: {warning}")
+        self.progress.epoch_done(f"val {cfg.monitor} {float(val[cfg.monitor]):.3f} (best {st.best_value:.3f} @ {st.best_epoch})")
         if st.stopped:
-            progress.log(f"{label}early stop: no better val {cfg.monitor} for {cfg.patience} epochs (best {st.best_value:.4f} at epoch {st.best_epoch})")
-    progress.finish_epochs()
-    epochs_run = st.epoch - 1
-    if st.best_epoch == 0:  # every monitored value was NaN: keep the last weights as "best"
-        if is_main:
-            save_weights(model, run_dir / "best.safetensors")
-        st.best_epoch = epochs_run
-    return FitResult(
-        best_epoch=st.best_epoch, best_value=st.best_value, epochs_run=epochs_run,
-        stopped_early=st.stopped, nonfinite_skipped=st.skipped_total,
-    )
+            self.progress.log(f"{self.label}early stop: no better val {cfg.monitor} for {cfg.patience} epochs (best {st.best_value:.4f} at epoch {st.best_epoch})")
+
+    def run(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
+        st, cfg = self.state.loop, self.state.cfg
+        self.batch_size = train_loader.batch_size or 1  # the contrastive batch of the diagnostics' log(B)
+        self.progress.start_epochs(f"{self.label}epochs", total=cfg.epochs, completed=st.epoch - 1)
+        while not st.done and st.epoch <= cfg.epochs:
+            start = time.perf_counter() - st.epoch_seconds
+            self.run_epoch(train_loader, start)
+            self.report_epoch(self.end_epoch(val_loader, start))
+        self.progress.finish_epochs()
+        epochs_run = st.epoch - 1
+        if st.best_epoch == 0:  # every monitored value was NaN: keep the last weights as "best"
+            if self.is_main:
+                rundir.save_best(self.run_dir, self.state.model)
+            st.best_epoch = epochs_run
+        return FitResult(
+            best_epoch=st.best_epoch, best_value=st.best_value, epochs_run=epochs_run,
+            stopped_early=st.stopped, nonfinite_skipped=st.skipped_total,
+        )
+
+
+def fit(
+    state: TrainState,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    run_dir: Path,
+    progress: ProgressReporter,
+    *,
+    label: str = "",
+    resume: bool = False,
+    rank_seed: int | None = None,
+) -> FitResult:
+    """Train ``state`` with early stopping on ``cfg.monitor``; writes ``metrics.jsonl``, ``best`` and
+    ``last`` safetensors into ``run_dir`` (load ``best.safetensors`` to use the best weights).
+
+    A resumable checkpoint (``checkpoint.safetensors``: model, optimizer, RNG states, the
+    loop's position and early-stopping state) is written every ``cfg.checkpoint_every`` steps
+    and at every epoch end. ``resume=True`` continues from it: with the loader built by
+    :func:`~multiturbo.data.make_loader` the continued run is the uninterrupted one, bit for
+    bit on a CPU. ``cfg.nonfinite`` says what a NaN/inf loss or gradient does (stop or skip).
+    Each batch is one :func:`train_step`. In a multi-process run only rank 0 writes files, and a
+    resume, which restores rank 0's RNG state, reseeds each rank from ``rank_seed`` + the step so
+    that the ranks keep drawing different dropout masks (such a resume is not bit-exact).
+    """
+    loop = _EpochLoop(state, run_dir, progress, label)
+    if resume:
+        loop.resume(train_loader, rank_seed)
+    return loop.run(train_loader, val_loader)

@@ -334,7 +334,7 @@ def test_manifest_items_are_served_from_the_disk_cache(tmp_path, monkeypatch):
 
 
 def test_resuming_may_change_the_cache_setting():
-    from multiturbo.run import _config_differences
+    from multiturbo.config import config_differences as _config_differences
 
     saved = {"train": {"audio_cache": "off", "audio_cache_dir": None, "lr": 0.1}}
     assert _config_differences(saved, {"train": {"audio_cache": "disk", "audio_cache_dir": "/c", "lr": 0.1}}) == []

@@ -18,7 +18,7 @@ HOOKS = [name for name, fn in vars(hookspecs).items() if inspect.isfunction(fn) 
 
 
 def test_there_are_hooks():
-    assert set(HOOKS) == {"register_encoders", "register_datasets", "register_heads"}
+    assert set(HOOKS) == {"register_encoders", "register_datasets", "register_heads", "register_input_readers"}
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -54,3 +54,13 @@ def test_ci_runs_the_readme_test_command():
     readme_block = re.search(r"```bash\n(.*?)```", (root / "README.md").read_text(), re.S).group(1).strip().splitlines()
     assert len(readme_block) == 2 and "multiturbo compare configs/demo.yaml" in readme_block[0]
     assert readme_block[1] in (root / ".ci" / "run").read_text()
+
+
+def test_every_core_module_is_in_the_architecture_table():
+    root = DOCS.parent / "multiturbo"
+    text = (DOCS / "architecture.md").read_text()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        assert f"`{rel}`" in text, f"docs/architecture.md does not describe {rel}"

@@ -220,3 +220,51 @@ def test_cli_errors_are_one_paragraph(run, tiny_run, tmp_path):
     assert res.exit_code == 2 and "no such run directory" in res.output
     res = CliRunner().invoke(cli, ["predict", str(tiny_run)])
     assert res.exit_code == 2 and "Nothing to run on" in res.output
+
+
+# -- input readers: a plugin contract (register_input_readers) ---------------------------------------
+def test_a_plugin_adds_an_input_kind(run, tmp_path):
+    """A kind registered through register_input_readers reads the values of --kind MODALITY=KIND,
+    files relative to the manifest included."""
+    from multiturbo import hookimpl
+    from multiturbo.inference import modality_kinds
+    from multiturbo.plugins import get_registries, plugin_registered
+    from multiturbo.reader import InputReader
+
+    seen = []
+
+    class TextFileReader(InputReader):
+        """Text kept in files: the value is a path to a UTF-8 file."""
+
+        files = True
+
+        def read(self, value):
+            seen.append(value)
+            return value.read_text(encoding="utf-8")
+
+    class Plugin:
+        @hookimpl
+        def register_input_readers(self, register):
+            register("text_file", TextFileReader)
+
+    texts = [s.inputs["text"] for s in test_split(run)]
+    for i, t in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_text(t, encoding="utf-8")
+    manifest = write_manifest(run, tmp_path, labels=False)
+    rows = list(csv.DictReader(manifest.open()))
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "text": f"{i}.txt"} for i, r in enumerate(rows))
+    with plugin_registered(Plugin(), "text-files"):
+        assert "text_file" in get_registries().input_readers
+        assert modality_kinds(run, {"text": "text_file"})["text"] == "text_file"
+        out = run_inputs(run, read_inputs(run, manifest, kinds={"text": "text_file"}), kinds={"text": "text_file"})
+    assert seen == [tmp_path / f"{i}.txt" for i in range(len(texts))]
+    expected = run_inputs(run, read_inputs(run, write_manifest(run, tmp_path / "plain", labels=False)))
+    torch.testing.assert_close(out.probs, expected.probs)
+
+
+def test_an_unknown_kind_lists_the_registered_ones(run):
+    with pytest.raises(MultiturboError, match=r"must be one of \['audio', 'image', 'text'\], got 'video'"):
+        run_inputs(run, read_inputs(run, [{"audio": np.zeros(500, np.float32), "text": "a"}]), kinds={"text": "video"})

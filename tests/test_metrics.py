@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pathlib
 
 import pytest
 import torch
@@ -40,3 +41,31 @@ def test_eer_is_nan_with_a_single_class_and_reported_for_two_classes():
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     m = classification_metrics(probs, torch.tensor([0, 1, 0, 1]))
     assert m["eer"] == pytest.approx(0.0) and m["wa"] == 1.0
+
+
+# -- the metric registry ----------------------------------------------------------------------------
+def test_every_registered_metric_is_computed_labelled_and_a_monitor_choice():
+    from multiturbo.config import TrainConfig
+    from multiturbo.metrics import METRICS, TABLE_METRICS
+
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    m = classification_metrics(probs, torch.tensor([0, 1, 0, 1]), loss=True)
+    assert set(METRICS) <= set(m) and all(METRICS[k].label for k in METRICS)
+    assert TrainConfig.model_json_schema()["properties"]["monitor"]["enum"] == list(METRICS)
+    assert "loss" in METRICS and "loss" not in TABLE_METRICS and METRICS["eer"].higher_is_better is False
+    assert METRICS["wa"].better(0.6, 0.5) and METRICS["eer"].better(0.1, 0.2) and not METRICS["wa"].better(math.nan, 0.5)
+
+
+def test_a_new_metric_is_one_registry_entry(monkeypatch):
+    """An entry in METRICS reaches metrics.json's dict and the cv / compare tables."""
+    from multiturbo import crossval, metrics
+    from multiturbo.metrics import Metric
+
+    top2 = Metric("top2", "top-2", True, lambda preds, probs, t: float((probs.topk(2).indices == t[:, None]).any(1).float().mean()))
+    monkeypatch.setitem(metrics.METRICS, "top2", top2)
+    monkeypatch.setattr(metrics, "TABLE_METRICS", (*metrics.TABLE_METRICS, "top2"))
+    monkeypatch.setattr(crossval, "TABLE_METRICS", metrics.TABLE_METRICS)
+    m = classification_metrics(torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6]]), torch.tensor([0, 1, 1]))
+    assert m["top2"] == pytest.approx(1.0)
+    record = crossval.RunRecord("turbo", None, 0, pathlib.Path("r"), m, "trained", 1.0)
+    assert "top2" in record.values and crossval.header("top2") == "top-2"

@@ -214,3 +214,41 @@ def test_core_imports_no_concrete_plugin():
             for name in names:
                 assert name.split(".")[0] not in FIRST_PARTY_PLUGINS, f"{path} imports {name}"
                 assert name.split(".")[0] not in ("transformers", "timm"), f"{path} imports {name}"
+
+
+def test_core_names_no_concrete_plugin():
+    """Nor reaches into a plugin through sys.modules, nor names a first-party encoder, data set or
+    head (or plugin module) in a string: the plugin list of plugins.py is the one exception.
+    (Input kinds such as "audio" are left out: they are also generic words, e.g. file-format keys.)"""
+    regs = get_registries()
+    names = {e.name for reg in (regs.encoders, regs.datasets, regs.heads) for e in reg if e.plugin in FIRST_PARTY_PLUGINS}
+    assert {"manifest", "concat_linear", "hf_audio"} <= names
+    root = pathlib.Path(multiturbo.__file__).parent
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        allowed = set()
+        if path.name == "plugins.py" and path.parent == root:
+            allowed = {id(c) for node in ast.walk(tree) if isinstance(node, ast.Assign) and any(
+                getattr(t, "id", None) == "FIRST_PARTY_PLUGINS" for t in node.targets) for c in ast.walk(node.value)}
+            allowed |= {id(c) for node in ast.walk(tree) if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "FIRST_PARTY_PLUGINS"
+                        for c in ast.walk(node.value)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "modules" and getattr(node.value, "id", None) == "sys":
+                raise AssertionError(f"{path}:{node.lineno} looks a module up in sys.modules")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in allowed:
+                assert node.value not in names and node.value not in FIRST_PARTY_PLUGINS, f"{path}:{node.lineno} names {node.value!r}"
+
+
+def test_a_config_without_a_head_gets_the_registered_default(tiny_raw):
+    from multiturbo.config import check_config, validate_config
+    from multiturbo.head import Head
+
+    raw = {**tiny_raw, "model": {k: v for k, v in tiny_raw.get("model", {}).items() if k != "head"}}
+    assert check_config(validate_config(raw)).model.head == "concat_linear"  # the first-party head marked default
+    reg = Registry("head", Head)
+    with pytest.raises(PluginError, match="no registered head set default = True"):
+        reg.default()
+    reg.add("a", type("A", (Head,), {"default": True}), "p")
+    reg.add("b", type("B", (Head,), {"default": True}), "q")
+    with pytest.raises(PluginError, match=r"several heads \(a, b\)"):
+        reg.default()

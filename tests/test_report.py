@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from multiturbo import tensorboard as tb
-from multiturbo.analysis import analyze_run, read_metrics_log
+from multiturbo.analysis import analyze_run
+from multiturbo.rundir import read_log as read_metrics_log
 from multiturbo.errors import MultiturboError
 from multiturbo.report import markdown_table, write_comparison_report, write_run_report
 

@@ -22,7 +22,7 @@ from multiturbo.cli import cli
 from multiturbo.config import load_config
 from multiturbo.errors import MultiturboError
 from multiturbo.run import run_experiment
-from multiturbo.train import CHECKPOINT_NAME
+from multiturbo.rundir import CHECKPOINT as CHECKPOINT_NAME
 
 # Runs the CLI; each training step sleeps SLOW_STEP seconds so that the test can kill the
 # process between two checkpoints (the kill itself is triggered by a file appearing, not by a timer).
@@ -139,7 +139,7 @@ def test_resume_after_a_crash_between_checkpoint_and_epoch_outputs(resume_config
     ref, run = tmp_path / "ref", tmp_path / "run"
     _run(resume_config, ref)
 
-    real, calls = multiturbo.train.save_weights, []
+    real, calls = multiturbo.rundir.write.save_weights, []
 
     def crash_once_in_epoch_2(model, path):
         calls.append(path)
@@ -147,10 +147,10 @@ def test_resume_after_a_crash_between_checkpoint_and_epoch_outputs(resume_config
             raise KeyboardInterrupt
         real(model, path)
 
-    monkeypatch.setattr(multiturbo.train, "save_weights", crash_once_in_epoch_2)
+    monkeypatch.setattr(multiturbo.rundir.write, "save_weights", crash_once_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         _run(resume_config, run)
-    monkeypatch.setattr(multiturbo.train, "save_weights", real)
+    monkeypatch.setattr(multiturbo.rundir.write, "save_weights", real)
     state = read_checkpoint_loop_state(run / CHECKPOINT_NAME)
     assert (state["epoch"], state["batch"], state["pending"]["epoch"]) == (3, 0, 2)
     assert json.loads((run / "run.json").read_text())["status"] == "failed"

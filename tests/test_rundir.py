@@ -285,3 +285,45 @@ def test_export_assets_replaces_a_previous_runs_assets(run_copy):
     assert export_assets({}, run_copy) == {}
     assert not (run_copy / "assets").exists() and not (run_copy / "assets.json").exists()
     load_run(run_copy)
+
+
+# -- renamed plugins: aliases ----------------------------------------------------------------------
+def test_a_renamed_encoder_still_loads_an_old_run_directory(tiny_run, run_copy):
+    """The run was trained when its audio encoder was called "old_mel"; the plugin has since renamed
+    it "mel_v2" and registers the old name as an alias: the old run directory loads, unchanged."""
+    from multiturbo import hookimpl
+    from multiturbo.plugins import get_registries, plugin_registered
+
+    saved = yaml.safe_load((run_copy / "config.yaml").read_text())
+    cls = get_registries().encoders.get(saved["modalities"]["audio"]["encoder"])
+    saved["modalities"]["audio"]["encoder"] = "old_mel"
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.raises(MultiturboError, match="Unknown encoder 'old_mel'"):
+        load_run(run_copy)
+
+    class Renamed:
+        @hookimpl
+        def register_encoders(self, register):
+            register("mel_v2", cls, aliases=("old_mel",))
+
+    with plugin_registered(Renamed(), "renamed"):
+        registry = get_registries().encoders
+        assert "old_mel" in registry and registry.current_name("old_mel") == "mel_v2" and "old_mel" not in registry.names()
+        with pytest.warns(DeprecationWarning, match="'old_mel' is deprecated: it now is 'mel_v2'"):
+            run = load_run(run_copy)
+    reference = load_run(tiny_run)
+    for (name, a), b in zip(run.model.state_dict().items(), reference.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_an_alias_may_not_take_a_registered_name():
+    from multiturbo.encoder import Encoder
+    from multiturbo.registry import Registry
+
+    reg = Registry("encoder", Encoder)
+    reg.add("a", Encoder, "p")
+    with pytest.raises(MultiturboError, match="Duplicate encoder name 'a'"):
+        reg.add("b", Encoder, "q", aliases=("a",))
+    reg.add("c", Encoder, "q", aliases=("old_c",))
+    with pytest.raises(MultiturboError, match="Duplicate encoder name 'old_c': registered by plugin 'q'"):
+        reg.add("old_c", Encoder, "r")

@@ -13,7 +13,8 @@ from multiturbo.checkpoint import read_checkpoint_loop_state
 from multiturbo.config import check_config, validate_config
 from multiturbo.data import EpochSampler
 from multiturbo.run import run_experiment
-from multiturbo.train import CHECKPOINT_NAME, TrainingError
+from multiturbo.rundir import CHECKPOINT as CHECKPOINT_NAME
+from multiturbo.train import TrainingError
 
 REAL_STEP = multiturbo.model.TurboModel.step
 

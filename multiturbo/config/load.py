@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, PluginError
-from .schema import ExperimentConfig
+from ..plugins import get_registries
+from .schema import GROUP_PARTS, ExperimentConfig, TrainConfig
 
 Loc = tuple[str | int, ...]
 
@@ -118,8 +119,6 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
     the saved config says exactly what ran.
     """
     if registries is None:
-        from ..plugins import get_registries
-
         registries = get_registries()
     lines: list[str] = []
     data = cfg.data.model_copy()
@@ -131,9 +130,13 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
         opts = _resolve(registries.encoders, mc.encoder, mc.options, ("modalities", m, "encoder"), ("modalities", m, "options"), lines)
         modalities[m] = mc.model_copy(update={"options": opts}) if opts is not None else mc
     model = cfg.model
-    opts = _resolve(registries.heads, cfg.model.head, cfg.model.head_options, ("model", "head"), ("model", "head_options"), lines)
-    if opts is not None:
-        model = model.model_copy(update={"head_options": opts})
+    try:
+        head = cfg.model.head or registries.heads.default()  # the resolved config names the head that ran
+    except PluginError as exc:
+        lines.append(f"model.head: {exc}")
+        head = None
+    opts = _resolve(registries.heads, head, cfg.model.head_options, ("model", "head"), ("model", "head_options"), lines) if head else None
+    model = model.model_copy(update={"head": head, **({"head_options": opts} if opts is not None else {})})
 
     t, M = cfg.turbo, len(cfg.modalities)
     if t.in_modal and t.passes < 2:
@@ -150,7 +153,6 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
         lines.append("model.feature_norm: batch normalises over the whole batch, but train.grad_cache_chunk encodes the batch in "
                      "chunks, whose statistics differ from the batch's (the cached and the replayed views would not be the "
                      "step's). Set model.feature_norm=layer (per item) or none with gradient caching.")
-    from ..optim import check_group_names  # here: multiturbo.optim imports this package
 
     lines.extend(check_group_names(cfg.train, list(cfg.modalities)))
     if lines:
@@ -186,3 +188,20 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), registries=None
 def config_to_yaml(cfg: ExperimentConfig) -> str:
     """The config as YAML, every field included (the resolved config saved with a run)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def group_names(modalities: Sequence[str]) -> list[str]:
+    """The names train.lr_groups / train.weight_decay_groups accept for these modalities."""
+    return [*modalities, *GROUP_PARTS]
+
+
+def check_group_names(train: TrainConfig, modalities: Sequence[str]) -> list[str]:
+    """``location: message`` lines for every group that names no part of the model."""
+    valid = group_names(modalities)
+    lines = []
+    for key in ("lr_groups", "weight_decay_groups"):
+        for name in getattr(train, key):
+            if name not in valid:
+                lines.append(f"train.{key}.{name}: {name!r} names no part of the model. The groups are the modalities "
+                             f"(their encoders) and projections, head, temperature: {', '.join(valid)}.")
+    return lines

@@ -11,9 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from ..metrics import METRICS
 from ..options import StrictModel
 
 Method = Literal["vanilla", "cross", "turbo"]
+MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]  # the metric registry's names
 
 # Paper, Table 1: vanilla = CE only; cross = CL_cross (CLAP-like), K = 1; turbo = K = 2, in + cross.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -51,7 +53,7 @@ class ModelConfig(StrictModel):
         "none",
         description="none: the contrastive terms read the views the classifier reads (the paper); mlp: a small per-modality head (linear, GELU, linear) that only the contrastive terms read (SimCLR/SimCSE).",
     )
-    head: str = Field("concat_linear", description="Registered head name.")
+    head: str | None = Field(None, description="Registered head name; None: the registered head marked as the default (the first-party concatenation head, paper eq. 5).")
     head_options: dict[str, Any] = Field(default_factory=dict, description="The head plugin's own options.")
     forward_mode: Literal["batched", "sequential"] = Field(
         "batched",
@@ -133,7 +135,7 @@ class TrainConfig(StrictModel):
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     epochs: int = Field(10, ge=1)
     patience: int | None = Field(None, ge=1, description="Stop after this many epochs without improvement of `monitor`; None = never.")
-    monitor: Literal["wa", "ua", "f1", "eer", "loss"] = Field("ua", description="Validation metric for early stopping and the best checkpoint.")
+    monitor: MetricName = Field("ua", description="Validation metric for early stopping and the best checkpoint.")
     grad_clip: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this value.")
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1...")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")

@@ -37,6 +37,7 @@ class ConcatLinearHead(Head):
 
     Options = LinearHeadOptions
     handles_missing = True
+    default = True  # the head of a config that names none
 
     def __init__(self, options: LinearHeadOptions, *, modalities, dim: int, num_classes: int):
         super().__init__(options, modalities=modalities, dim=dim, num_classes=num_classes)

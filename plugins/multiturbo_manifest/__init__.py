@@ -50,10 +50,8 @@ that is not an input or the label (speaker, split...).
 
 from __future__ import annotations
 
-import csv
 import json
 import operator
-from collections import Counter
 from collections.abc import Sequence
 from functools import partial
 from operator import itemgetter
@@ -63,11 +61,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from multiturbo.audio import load_audio
+from multiturbo.audio import Waveform, load_audio
 from multiturbo.dataset import Dataset, DatasetOptions, LazySplit, Sample, Splits
 from multiturbo.errors import DataError
 from multiturbo.hookspecs import Register, hookimpl
 from multiturbo.options import StrictModel
+from multiturbo.reader import InputReader
+from multiturbo.table import read_manifest
 
 __all__ = ["ManifestDataset", "ManifestOptions", "manifest_split", "ModalitySpec", "load_image"]
 
@@ -154,65 +154,6 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-
-def read_manifest(path: Path, fmt: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    """(column names, [(line number, row)]) of a CSV or JSONL manifest, with clear errors."""
-    if not path.is_file():
-        raise DataError(f"The manifest {path} does not exist. Set the data set option `path` to your CSV or JSONL file.")
-    if fmt == "auto":
-        fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "csv"
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"Cannot read the manifest {path} ({exc}). Save it as UTF-8 text.") from None
-    rows: list[tuple[int, dict[str, Any]]] = []
-    if fmt == "csv":
-        reader = csv.reader(text.splitlines(keepends=True))
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise DataError(f"The manifest {path} is empty: it needs a header row and at least one row.")
-        header = [h.strip() for h in header]
-        dup = sorted(h for h, n in Counter(header).items() if n > 1)
-        if dup:
-            raise DataError(f"The manifest {path} repeats the column(s) {dup} in its header {header}. Rename them.")
-        for values in reader:
-            if not values or all(not v.strip() for v in values):
-                continue
-            if len(values) != len(header):
-                raise DataError(
-                    f"The manifest {path}, line {reader.line_num}, has {len(values)} fields but the header has "
-                    f"{len(header)} ({header}). Quote fields that contain commas."
-                )
-            rows.append((reader.line_num, dict(zip(header, values))))
-        columns = header
-    else:
-        columns, seen = [], set()
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-
-            def no_duplicates(pairs: list[tuple[str, Any]], n: int = n) -> dict[str, Any]:
-                keys = [k for k, _ in pairs]
-                dup = sorted(k for k, c in Counter(keys).items() if c > 1)
-                if dup:
-                    raise DataError(f"The manifest {path}, line {n}, repeats the key(s) {dup}. Keep one of each.")
-                return dict(pairs)
-
-            try:
-                row = json.loads(line, object_pairs_hook=no_duplicates)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"The manifest {path}, line {n}, is not valid JSON ({exc.msg}). Write one JSON object per line.") from None
-            if not isinstance(row, dict):
-                raise DataError(f"The manifest {path}, line {n}, is not a JSON object. Write one object per line.")
-            for k in row:
-                if k not in seen:
-                    seen.add(k)
-                    columns.append(k)
-            rows.append((n, row))
-    if not rows:
-        raise DataError(f"The manifest {path} has no rows. Add one row per item.")
-    return columns, rows
 
 
 def _sort_key(value: str) -> tuple:
@@ -401,3 +342,49 @@ class ManifestDataset(Dataset):
 @hookimpl
 def register_datasets(register: Register) -> None:
     register("manifest", ManifestDataset)
+
+
+# -- reading inputs for prediction (multiturbo predict / evaluate / embed) -------------------------
+def _mono(samples: Any) -> np.ndarray:
+    if hasattr(samples, "detach"):  # a torch tensor
+        samples = samples.detach().cpu().numpy()
+    a = np.asarray(samples, dtype=np.float32)
+    if a.ndim == 2:  # [T, C] or [C, T]: average the (shorter) channel axis
+        a = a.mean(axis=1 if a.shape[0] >= a.shape[1] else 0)
+    return a
+
+
+class AudioReader(InputReader):
+    """Audio: a file path (mono), a ``(samples, sample_rate)`` pair, or a Waveform; the encoder
+    resamples to its own rate."""
+
+    name_hints = ("audio", "speech", "wav", "voice", "acoustic", "sound")
+    files = True
+
+    def read(self, value: Any) -> Any:
+        if isinstance(value, tuple) and len(value) == 2 and np.isscalar(value[1]):
+            return Waveform(_mono(value[0]), int(value[1]))
+        return load_audio(value) if isinstance(value, Path) else value
+
+
+class ImageReader(InputReader):
+    """Images: a file path (read as RGB) or a uint8 array [H, W, 3]."""
+
+    name_hints = ("image", "vision", "visual", "video", "face", "img")
+    files = True
+
+    def read(self, value: Any) -> Any:
+        return load_image(value) if isinstance(value, Path) else value
+
+
+class TextReader(InputReader):
+    """Text: the string itself (the empty string is valid text)."""
+
+    name_hints = ("text", "transcript", "lexical", "caption", "sentence")
+
+
+@hookimpl
+def register_input_readers(register: Register) -> None:
+    register("audio", AudioReader)
+    register("text", TextReader)
+    register("image", ImageReader)

@@ -119,6 +119,10 @@ class _Probe:
     def register_heads(self, register):
         register("probe_head", get_registries_cls("heads", "mean_linear"))
 
+    @hookimpl
+    def register_input_readers(self, register):
+        register("probe_input_reader", get_registries_cls("input_readers", "text"))
+
 
 _FIRST_PARTY = {}
 
@@ -130,7 +134,7 @@ def get_registries_cls(kind, name):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hook_is_exercised_by_a_registered_plugin(hook):
     regs = get_registries()
-    _FIRST_PARTY.update({k: {n: getattr(regs, k).get(n) for n in getattr(regs, k).names()} for k in ("encoders", "datasets", "heads")})
+    _FIRST_PARTY.update({k: {n: getattr(regs, k).get(n) for n in getattr(regs, k).names()} for k in ("encoders", "datasets", "heads", "input_readers")})
     kind = hook.removeprefix("register_")
     assert hasattr(_Probe, hook), f"the probe plugin does not implement the hook {hook}: add it"
     with plugin_registered(_Probe(), "probe"):

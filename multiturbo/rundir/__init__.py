@@ -1,0 +1,32 @@
+"""The run directory: the one owner of every file a run writes and reads back.
+
+- :mod:`.layout`: every file name, and what ``--overwrite`` removes;
+- :mod:`.write`: preparing the directory, config.yaml, the run.json lifecycle, epoch records,
+  weights, test metrics, analysis and report files, the encoders' assets;
+- :mod:`.read`: run.json, the saved config, metrics, the epoch log, analysis; the version
+  check and the resume check;
+- :mod:`.load`: :func:`load_run`, the trained model back from a finished run.
+
+No other module opens a run-directory file by name: they call this package.
+"""
+
+from ..errors import RunDirError
+from .layout import CHECKPOINT
+from .load import LoadedRun, load_run, make_eval_loader, test_split
+from .read import (
+    check_resumable, check_version, finished_metrics, has_figure, read_analysis, read_info, read_log, read_saved_config,
+    read_test_metrics, report_target, run_seconds, same_config,
+)
+from .write import (
+    RunInfo, check_run_dir, checkpoint_path, default_run_dir, export_assets, figure_path, fresh_tensorboard_dir, load_best,
+    prepare_run_dir, remove_checkpoint, save_best, truncate_log, write_analysis_file, write_config, write_epoch, write_report,
+    write_test_metrics,
+)
+
+__all__ = [
+    "CHECKPOINT", "LoadedRun", "RunDirError", "RunInfo", "check_resumable", "check_run_dir", "check_version", "checkpoint_path",
+    "default_run_dir", "export_assets", "figure_path", "finished_metrics", "fresh_tensorboard_dir", "has_figure", "load_best",
+    "load_run", "make_eval_loader", "prepare_run_dir", "read_analysis", "read_info", "read_log", "read_saved_config",
+    "read_test_metrics", "remove_checkpoint", "report_target", "run_seconds", "same_config", "save_best", "test_split",
+    "truncate_log", "write_analysis_file", "write_config", "write_epoch", "write_report", "write_test_metrics",
+]

@@ -1,0 +1,202 @@
+"""Writing a run directory: preparing it, config.yaml, the run.json lifecycle, the epoch
+records, the weights, the test metrics, the analysis and report files, the encoders' assets.
+
+Every write is atomic (multiturbo.checkpoint), so a killed run never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..checkpoint import _atomic, load_weights, save_weights, write_json
+from ..config import ExperimentConfig, config_to_yaml
+from ..errors import MultiturboError, RunDirError
+from . import layout
+
+
+def default_run_dir(cfg: ExperimentConfig) -> Path:
+    """``runs/<name>-<date>-<time>``."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.name or 'run'}-{stamp}"
+
+
+def check_run_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to mix a new run into a directory that already holds files (unless ``overwrite``)."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise MultiturboError(f"The run directory {out} already exists and is not empty. Pass another --out, or --overwrite to replace its contents.")
+
+
+def prepare_run_dir(out: Path, overwrite: bool) -> Path:
+    """Create ``out``; with ``overwrite``, remove what an earlier run wrote there (only that)."""
+    check_run_dir(out, overwrite)
+    if out.exists() and any(out.iterdir()):
+        for name in layout.RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for name in layout.RUN_DIRS:
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_config(out: Path, cfg: ExperimentConfig) -> None:
+    _write_text(layout.path(out, layout.CONFIG), config_to_yaml(cfg))
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+class RunInfo:
+    """``run.json`` through a run's life: ``running`` (with ``started``, and ``resumed`` times),
+    then ``finished`` or ``failed`` (with the error). ``write=False`` (the other ranks of a
+    multi-process run) keeps the record without writing it."""
+
+    def __init__(self, out: Path, facts: dict[str, Any], previous: dict[str, Any] | None = None, *, write: bool = True):
+        self.path, self.write = layout.path(out, layout.INFO), write
+        self.data = {**facts, "started": _now(), "status": "running"}
+        if previous is not None:  # a resumed run keeps its start and lists its resumptions
+            self.data["started"] = previous.get("started", self.data["started"])
+            self.data["resumed"] = [*previous.get("resumed", []), _now()]
+        self.save()
+
+    def save(self) -> None:
+        if self.write:
+            write_json(self.path, self.data)
+
+    def failed(self, exc: BaseException, seconds: float) -> None:
+        self.data.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=seconds)
+        self.save()
+
+    def finished(self, seconds: float, **facts: Any) -> None:
+        self.data.update(status="finished", finished=_now(), seconds=seconds, **facts)
+        self.save()
+
+
+# -- training outputs -------------------------------------------------------------------------------
+def checkpoint_path(run_dir: Path) -> Path:
+    return layout.path(run_dir, layout.CHECKPOINT)
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    """The run is finished: nothing is left to resume."""
+    checkpoint_path(run_dir).unlink(missing_ok=True)
+
+
+def save_best(run_dir: Path, model: nn.Module) -> None:
+    save_weights(model, layout.path(run_dir, layout.BEST))
+
+
+def load_best(model: nn.Module, run_dir: Path) -> None:
+    load_weights(model, layout.path(run_dir, layout.BEST))
+
+
+def write_epoch(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
+    """An epoch's outputs: the best weights (when ``record["best"]``), the last weights, and
+    the record as one line of metrics.jsonl."""
+    if record["best"]:
+        save_best(run_dir, model)
+    save_weights(model, layout.path(run_dir, layout.LAST))
+    with open(layout.path(run_dir, layout.LOG), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(run_dir: Path, keep_below: int) -> None:
+    """Keep only the metrics.jsonl lines of epochs < ``keep_below`` (a resume rewrites the rest)."""
+    path = layout.path(run_dir, layout.LOG)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            epoch = json.loads(line).get("epoch")
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if isinstance(epoch, int) and epoch < keep_below:
+            kept.append(line)
+    _write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def write_test_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    write_json(layout.path(run_dir, layout.TEST_METRICS), metrics)
+
+
+# -- after training ----------------------------------------------------------------------------------
+def write_analysis_file(run_dir: Path, result: dict[str, Any]) -> Path:
+    """``analysis/analysis.json``."""
+    path = layout.analysis_path(run_dir)
+    write_json(path, result)
+    return path
+
+
+def figure_path(run_dir: Path, name: str) -> Path:
+    """Where a figure of the run goes: ``analysis/<name>.png`` (the directory is created)."""
+    path = layout.analysis_path(run_dir, f"{name}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_report(run_dir: Path, text: str) -> Path:
+    return _write_text(layout.path(run_dir, layout.REPORT), text)
+
+
+def fresh_tensorboard_dir(run_dir: Path) -> Path:
+    """``tensorboard/``, emptied (an export replaces the earlier one)."""
+    out = layout.path(run_dir, layout.TENSORBOARD_DIR)
+    if out.exists():
+        shutil.rmtree(out)
+    return out
+
+
+def _write_text(path: Path, text: str) -> Path:
+    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path
+
+
+def export_assets(encoders: Any, run_dir: str | Path) -> dict[str, Any]:
+    """Call every encoder's ``export_assets`` with ``run_dir/assets/<modality>/``; write ``assets.json``.
+
+    ``encoders``: {modality: Encoder} (e.g. ``model.encoders``). Returns what ``assets.json``
+    holds: ``{modality: {"encoder": class name, "options": overrides, "paths": [option
+    names whose values are paths relative to the run directory]}}``; empty (and no file,
+    no directory) when no encoder needs assets. Called by ``run_experiment`` after it wrote
+    ``config.yaml``.
+    """
+    run_dir = Path(run_dir)
+    root = layout.path(run_dir, layout.ASSETS_DIR)
+    layout.path(run_dir, layout.ASSETS_FILE).unlink(missing_ok=True)  # a previous run's assets (--overwrite) must not linger
+    if root.is_dir():
+        shutil.rmtree(root)
+    record: dict[str, Any] = {}
+    for m, enc in dict(encoders).items():
+        directory = root / m
+        directory.mkdir(parents=True)
+        overrides = enc.export_assets(directory) or {}
+        options, paths = {}, []
+        for key, value in overrides.items():
+            if isinstance(value, Path):
+                try:
+                    value = value.resolve().relative_to(run_dir.resolve()).as_posix()
+                except ValueError:
+                    raise RunDirError(
+                        f"The {type(enc).__name__} encoder ({m}) exported the option {key}={value}, a path outside its "
+                        f"assets directory {directory}; export_assets must save inside the directory it is given."
+                    ) from None
+                paths.append(key)
+            options[key] = value
+        if options:
+            record[m] = {"encoder": type(enc).__name__, "options": options, "paths": paths}
+        elif not any(directory.iterdir()):
+            directory.rmdir()
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+    if record:
+        write_json(layout.path(run_dir, layout.ASSETS_FILE), record)
+    return record

@@ -1,0 +1,31 @@
+"""Process-wide settings of a run: the random seeds and the device."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .errors import MultiturboError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), cpu, cuda or cuda:N; a clear error for a
+    bad name or a CUDA device this machine does not have."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MultiturboError(f"train.device: {name!r} is not a device name. Use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MultiturboError(f"train.device: {name!r} asked for, but no CUDA device is available here. Use train.device=auto or cpu.")
+    return device
