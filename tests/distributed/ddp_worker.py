@@ -44,6 +44,7 @@ def main(raw_json: str, out_dir: str) -> None:
     if world.rank == 0:
         tensors.update({f"grad/{n}": p.grad for n, p in model.named_parameters() if p.grad is not None})
     save_file({k: t.contiguous() for k, t in tensors.items()}, f"{out_dir}/rank{world.rank}.safetensors")
+    dist.barrier()  # no rank leaves while another still talks to it (gloo aborts a peer whose partner exited)
     dist.destroy_process_group()
 
 

@@ -27,6 +27,7 @@ def main(out_dir: str, B: int, symmetric: bool) -> None:
     (per_pair.sum() / W).backward()  # what DDP's gradient averaging does with the local losses
     tensors = {"per_pair": per_pair.detach(), **{f"grad/{m}": v.grad for m, v in local.items()}}
     save_file({k: t.contiguous() for k, t in tensors.items()}, f"{out_dir}/rank{current_world().rank}.safetensors")
+    dist.barrier()  # no rank leaves while another still talks to it (gloo aborts a peer whose partner exited)
     dist.destroy_process_group()
 
 
