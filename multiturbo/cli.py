@@ -1,4 +1,4 @@
-"""The ``multiturbo`` command line: run, compare, cv, analyze, predict, evaluate, embed, bench, plugins, schema, config."""
+"""The ``multiturbo`` command line: run, compare, cv, analyze, predict, evaluate, embed, export, bench, plugins, schema, config."""
 
 from __future__ import annotations
 
@@ -390,6 +390,26 @@ def embed(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path
     files = write_embeddings(output, run.loaded, out)
     dims = ", ".join(f"{m} [{v.shape[0]}, {v.shape[1]}]" for m, v in out.views.items())
     out_console.print(f"embeddings {dims} written to {', '.join(map(str, files))}", markup=False, highlight=False, soft_wrap=True)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="The file format.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="The .onnx file; its .json, .preprocess/ and _runner.py go beside it.")
+@click.option("--example", type=click.Path(path_type=Path), default=None, help="A manifest of items to trace the graph on (default: made-up audio / text / image items).")
+@click.option("--kind", "kinds", multiple=True, metavar="MODALITY=KIND", help="How to read a modality's values: audio / image (file paths) or text.")
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="The ONNX opset.")
+def export_command(run_dir: Path, fmt: str, output: Path, example: Path | None, kinds: tuple[str, ...], opset: int) -> None:
+    """Export RUN_DIR's inference graph (encoders, projections, head; eval mode) to ONNX.
+
+    Dynamic batch and length axes; the preprocessing (the encoders' collate) and a runner
+    script (onnxruntime) are written beside it (docs/using-a-trained-model.md)."""
+    from .export import export_onnx
+
+    run = _load_for_inference(run_dir, "cpu", None, kinds)
+    done = export_onnx(run.loaded, output, example=example, kinds=run.kinds or None, opset=opset)
+    check = "not checked (onnxruntime not installed)" if done.max_abs_diff is None else f"onnxruntime vs PyTorch: max |diff| {done.max_abs_diff:.1e}"
+    out_console.print(f"{fmt}: {done.model}  ({check}); preprocessing: {done.preprocess}; runner: {done.runner}", markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()
