@@ -149,6 +149,8 @@ def test_a_non_whisper_model_is_a_clear_error(tmp_path):
         load_transcriber(_save_bert(tmp_path / "bert"))
     with pytest.raises(MultiturboError, match=r"no model config could be read"):
         load_transcriber(tmp_path / "nothing-here")
+    with pytest.raises(MultiturboError, match=r"it has no usable tokenizer \(1 tokens for a vocabulary of 100\)"):
+        load_transcriber(tiny_hf()._save_whisper(tmp_path / "whisper-without-tokenizer"))  # a Whisper saved for the hf_whisper encoder
 
 
 def test_cli_predict_and_evaluate_with_a_tiny_whisper(whisper_dir, tiny_run, run, tmp_path):
@@ -175,9 +177,10 @@ def test_cli_transcribe_errors_are_one_paragraph(tiny_run, tmp_path):
     assert res.exit_code == 2 and "not a Whisper one" in res.output and "Traceback" not in res.output
 
 
-@pytest.mark.skipif(not os.environ.get("MULTITURBO_REAL_WHISPER"), reason="set MULTITURBO_REAL_WHISPER to a Whisper transformers directory")
-def test_a_real_whisper_transcribes_speech_like_audio():
+@pytest.mark.skipif(not os.environ.get("MULTITURBO_REAL_WHISPER"), reason="set MULTITURBO_REAL_WHISPER to a Whisper transformers directory with its tokenizer")
+def test_a_real_whisper_loads_and_transcribes():
     from multiturbo.transcribe import load_transcriber
 
     asr = load_transcriber(os.environ["MULTITURBO_REAL_WHISPER"])
-    assert asr.transcribe([np.zeros(16000, np.float32)]) is not None
+    texts = asr.transcribe([np.zeros(16000, np.float32), 0.05 * np.random.default_rng(0).standard_normal(24000).astype(np.float32)])
+    assert len(texts) == 2 and all(isinstance(t, str) and len(t) < 400 for t in texts)

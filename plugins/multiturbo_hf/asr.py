@@ -52,6 +52,9 @@ class WhisperTranscriber(Transcriber):
             self.model = transformers.WhisperForConditionalGeneration.from_pretrained(str(model), local_files_only=local_files_only)
         except (OSError, ValueError, TypeError) as exc:
             raise _fail(model, f"it cannot be loaded as a Whisper recogniser ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}).") from None
+        if len(self.processor.tokenizer) < 0.9 * config.vocab_size:  # transformers makes an empty tokenizer when its files are absent
+            raise _fail(model, f"it has no usable tokenizer ({len(self.processor.tokenizer)} tokens for a vocabulary of {config.vocab_size}): "
+                               f"add the tokenizer files (tokenizer.json, or vocab.json + merges.txt) of the same Whisper model to the directory.")
         self.device = torch.device(device)
         self.model.to(self.device).eval()
 
