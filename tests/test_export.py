@@ -97,22 +97,35 @@ def test_an_encoder_that_cannot_be_exported_is_named(tiny_run, tmp_path):
         export_onnx(run, tmp_path / "m.pt")
 
 
-def test_a_bert_text_encoder_exports(tmp_path):
+def _tiny_hf():
+    sys.path.insert(0, str(Path(__file__).parent / "plugins"))
+    try:
+        return importlib.import_module("tiny_hf")
+    finally:
+        sys.path.pop(0)
+
+
+@pytest.mark.parametrize("modality, encoder, family", [("text", "hf_text", "bert"), ("audio", "hf_audio", "wav2vec2"), ("audio", "hf_whisper", "whisper")])
+def test_hugging_face_encoders_export(modality, encoder, family, tmp_path):
     pytest.importorskip("transformers")
     from multiturbo.config import check_config, validate_config
     from multiturbo.run import run_experiment
 
-    sys.path.insert(0, str(Path(__file__).parent / "plugins"))
-    try:
-        tiny_hf = importlib.import_module("tiny_hf")
-    finally:
-        sys.path.pop(0)
+    tiny_hf = _tiny_hf()
+    save = {"bert": tiny_hf._save_bert, "whisper": tiny_hf._save_whisper,
+            "wav2vec2": lambda p: tiny_hf._save_audio(p, tiny_hf.transformers.Wav2Vec2Config, tiny_hf.transformers.Wav2Vec2Model)}[family]
     raw = copy.deepcopy(TINY)
-    raw["modalities"]["text"] = {"encoder": "hf_text", "options": {"model": tiny_hf._save_bert(tmp_path / "bert")}}
+    raw["modalities"][modality] = {"encoder": encoder, "options": {"model": save(tmp_path / family)}}
+    if modality == "audio":
+        raw["data"]["options"]["sample_rate"] = tiny_hf.RATE
     raw["train"]["epochs"] = 1
     run_experiment(check_config(validate_config(raw)), tmp_path / "run")
     run = load_run(tmp_path / "run")
-    done = export_onnx(run, tmp_path / "out" / "bert.onnx")
-    assert (done.preprocess / "assets" / "text").is_dir()  # the tokenizer travels with the export
-    items = [dict(it, text=t) for it, t in zip(new_items(4), ["hello world", "this is a long sentence , much more text", "", "one two"])]
+    done = export_onnx(run, tmp_path / "out" / f"{family}.onnx")
+    # the tokenizer / feature extractor travels with the export when the run saved it (hf_whisper saves no assets)
+    assert (done.preprocess / "assets" / modality).is_dir() == (tmp_path / "run" / "assets" / modality).is_dir() == (encoder != "hf_whisper")
+    rng = np.random.default_rng(3)
+    rate = run.model.encoders["audio"].input_sample_rate
+    texts = ["hello world", "this is a long sentence , much more text", "", "one two"]
+    items = [{"audio": (0.1 * rng.standard_normal(int(rate * s)).astype(np.float32), rate), "text": t} for s, t in zip((0.2, 0.9, 0.5, 0.35), texts)]
     _same_as_pytorch(run, done.model, items)
