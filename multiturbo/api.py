@@ -30,7 +30,9 @@ from .inference import Inputs, Outputs, evaluate_outputs, predictions, read_inpu
 from .retrieval import DEFAULT_KS, cross_modal_retrieval
 from .rundir import LoadedRun, load_run
 from .runtime import resolve_device
-from .transcribe import TranscriptCache, default_cache_path, evaluate_transcribed, load_transcriber, with_transcripts
+from .transcribe import (
+    TranscriptCache, default_cache_path, evaluate_transcribed, load_transcriber, transcript_modalities, with_transcripts,
+)
 from .transcriber import Transcriber
 
 __all__ = ["TrainedRun", "load"]
@@ -75,9 +77,16 @@ class TrainedRun:
         return f"TrainedRun({str(self.run_dir)!r}, classes={self.classes}, modalities={self.modalities})"
 
     # -- running it ----------------------------------------------------------------------------
-    def inputs(self, data: Any, *, labels: str = "optional", split: str = "test") -> Inputs:
-        """Items from a manifest path, a data set config (.yaml or mapping), or a list of item mappings."""
-        return read_inputs(self.loaded, data, labels=labels, split=split, **({"kinds": self.kinds} if self._is_manifest(data) else {}))
+    def inputs(self, data: Any, *, labels: str = "optional", split: str = "test", optional: Sequence[str] = ()) -> Inputs:
+        """Items from a manifest path, a data set config (.yaml or mapping), or a list of item mappings
+        (``optional``: modalities a manifest may lack a column for, filled later: see :meth:`transcribed`)."""
+        extra = {"kinds": self.kinds, "optional": tuple(optional)} if self._is_manifest(data) else {}
+        return read_inputs(self.loaded, data, labels=labels, split=split, **extra)
+
+    def fillable(self, transcribe: Any) -> tuple[str, ...]:
+        """(the modality ``transcribe`` fills: the text one,), or () without ``transcribe``; an error
+        naming the run's modalities when it has no text or no audio modality."""
+        return () if transcribe is None else (transcript_modalities(self.loaded, self.kinds)[1],)
 
     @staticmethod
     def _is_manifest(data: Any) -> bool:
@@ -101,7 +110,7 @@ class TrainedRun:
 
     def outputs(self, data: Any, *, labels: str = "optional", split: str = "test", transcribe: str | Path | Transcriber | None = None) -> Outputs:
         """One pass over ``data``: probabilities, views, presence masks, ids and labels."""
-        inputs = self.transcribed(self.inputs(data, labels=labels, split=split), transcribe)
+        inputs = self.transcribed(self.inputs(data, labels=labels, split=split, optional=self.fillable(transcribe)), transcribe)
         return run_inputs(self.loaded, inputs, batch_size=self.batch_size, kinds=self.kinds)
 
     def predict(self, data: Any, *, transcribe: str | Path | Transcriber | None = None) -> list[dict[str, Any]]:
@@ -126,7 +135,7 @@ class TrainedRun:
         classes), confusion, loss, n_items, classes and ``retrieval`` (recall@k per modality pair).
         With ``transcribe``: also ``asr`` (the same metrics with the audio's transcripts as the
         text) and ``transcription`` (``wer`` against the gold text, the model, counts)."""
-        inputs = self.inputs(data, labels="required", split=split)
+        inputs = self.inputs(data, labels="required", split=split, optional=self.fillable(transcribe))
         if transcribe is None:
             return evaluate_outputs(self.loaded, run_inputs(self.loaded, inputs, batch_size=self.batch_size, kinds=self.kinds), ks)
         return evaluate_transcribed(

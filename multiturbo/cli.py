@@ -253,7 +253,7 @@ def _load_for_inference(run_dir: Path, device: str, batch_size: int | None, kind
     return load(run_dir, device=device, batch_size=batch_size, kinds=_pairs(kinds, "--kind") or None, transcript_cache=transcript_cache)
 
 
-def _inference_inputs(run, data: Path | None, items: tuple[str, ...], columns: tuple[str, ...], labels: str, split: str = "test"):
+def _inference_inputs(run, data: Path | None, items: tuple[str, ...], columns: tuple[str, ...], labels: str, split: str = "test", transcribe: str | None = None):
     from .inference import Inputs, read_inputs
 
     if data is not None and items:
@@ -262,7 +262,7 @@ def _inference_inputs(run, data: Path | None, items: tuple[str, ...], columns: t
         return Inputs([_pairs(items, "--input")], ["0"], source="the --input item")
     if data is None:
         raise MultiturboError("Nothing to run on: give INPUT (a CSV / JSONL manifest) or --input MODALITY=VALUE per modality.")
-    kwargs = {"columns": _pairs(columns, "--column"), "kinds": run.kinds or None} if data.suffix.lower() not in (".yaml", ".yml") else {}
+    kwargs = {"columns": _pairs(columns, "--column"), "kinds": run.kinds or None, "optional": run.fillable(transcribe)} if data.suffix.lower() not in (".yaml", ".yml") else {}
     return read_inputs(run.loaded, data, labels=labels, split=split, **kwargs)
 
 
@@ -299,7 +299,7 @@ def predict(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Pa
     from .inference import predictions, run_inputs, write_predictions
 
     run = _load_for_inference(run_dir, device, batch_size, kinds, transcript_cache)
-    inputs = run.transcribed(_inference_inputs(run, data, items, columns, "optional"), transcribe)
+    inputs = run.transcribed(_inference_inputs(run, data, items, columns, "optional", transcribe=transcribe), transcribe)
     rows = predictions(run.loaded, run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds))
     if output is not None:
         write_predictions(output, rows, run.classes)
@@ -352,7 +352,7 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
     from .transcribe import TranscriptCache, evaluate_transcribed
 
     run = _load_for_inference(run_dir, device, batch_size, kinds, transcript_cache)
-    inputs = _inference_inputs(run, data, (), columns, "required", split)
+    inputs = _inference_inputs(run, data, (), columns, "required", split, transcribe)
     if transcribe is None:
         metrics = evaluate_outputs(run.loaded, run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds))
     else:
@@ -385,7 +385,7 @@ def embed(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path
     from .inference import run_inputs, write_embeddings
 
     run = _load_for_inference(run_dir, device, batch_size, kinds, transcript_cache)
-    inputs = run.transcribed(_inference_inputs(run, data, items, columns, "optional"), transcribe)
+    inputs = run.transcribed(_inference_inputs(run, data, items, columns, "optional", transcribe=transcribe), transcribe)
     out = run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds)
     files = write_embeddings(output, run.loaded, out)
     dims = ", ".join(f"{m} [{v.shape[0]}, {v.shape[1]}]" for m, v in out.views.items())

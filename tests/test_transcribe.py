@@ -76,6 +76,18 @@ def test_missing_text_is_filled_and_cached(run, tmp_path):
     assert other.seen == len(inputs)  # the model id is part of the key
 
 
+def test_a_manifest_without_text_needs_no_missing_modality_support(tiny_run, run, tmp_path, monkeypatch):
+    """With a head that cannot handle missing modalities, a manifest without a text column is still
+    read when --transcribe will fill the text (and refused without it)."""
+    manifest = _without_text(write_manifest(run, tmp_path / "h", labels=False))
+    trained = multiturbo.load(tiny_run, transcript_cache=tmp_path / "t.json")
+    monkeypatch.setattr(trained.model.head, "handles_missing", False, raising=False)
+    with pytest.raises(MultiturboError, match=r"no column for the modality 'text'"):
+        trained.predict(manifest)
+    rows = trained.predict(manifest, transcribe=CountingTranscriber())
+    assert len(rows) == len(read_inputs(run, manifest))
+
+
 def test_a_changed_file_is_transcribed_again(run, tmp_path):
     manifest = _without_text(write_manifest(run, tmp_path / "c", labels=False))
     inputs = read_inputs(run, manifest)
