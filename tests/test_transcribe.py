@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
