@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -96,8 +97,13 @@ class TranscriptCache:
         return hashlib.sha1(f"{what}|{model_id}".encode()).hexdigest()
 
     def save(self) -> None:
+        """Write the cache; a cache that cannot be written (a read-only run directory) is a warning:
+        the transcripts are used all the same, and made again next time."""
         if self.path is not None:
-            write_json(self.path, self.entries)
+            try:
+                write_json(self.path, self.entries)
+            except OSError as exc:
+                warnings.warn(f"The transcript cache {self.path} cannot be written ({exc}); give another file with --transcript-cache.", stacklevel=2)
 
 
 def default_cache_path(run: LoadedRun) -> Path:

@@ -88,6 +88,14 @@ def test_a_manifest_without_text_needs_no_missing_modality_support(tiny_run, run
     assert len(rows) == len(read_inputs(run, manifest))
 
 
+def test_a_cache_that_cannot_be_written_is_a_warning(run, tmp_path):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    with pytest.warns(UserWarning, match=r"cannot be written.*--transcript-cache"):
+        filled, texts = with_transcripts(run, read_inputs(run, [{"audio": np.ones(800, np.float32)}]), CountingTranscriber(), cache=TranscriptCache(blocked / "cache.json"))
+    assert filled.items[0]["text"] == "hello world"
+
+
 def test_a_changed_file_is_transcribed_again(run, tmp_path):
     manifest = _without_text(write_manifest(run, tmp_path / "c", labels=False))
     inputs = read_inputs(run, manifest)

@@ -67,5 +67,10 @@ class WhisperTranscriber(Transcriber):
             [np.asarray(a, dtype=np.float32) for a in audio], sampling_rate=self.sample_rate, return_tensors="pt",
         )  # input_features [B, n_mels, 3000]: padded to Whisper's 30 s window
         limit = min(self.max_new_tokens, self.model.config.max_target_positions // 2)  # room for the prompt tokens
-        ids = self.model.generate(feats.input_features.to(self.device), max_new_tokens=limit)  # [B, L]
+        level = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # generate's notes on its defaults (no attention mask: Whisper pads to 30 s)
+        try:
+            ids = self.model.generate(feats.input_features.to(self.device), max_new_tokens=limit)  # [B, L]
+        finally:
+            transformers.logging.set_verbosity(level)
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
