@@ -1,4 +1,4 @@
-"""The ``multiturbo`` command line: run, compare, cv, analyze, predict, evaluate, embed, bench, plugins, schema, config."""
+"""The ``multiturbo`` command line: run, compare, cv, analyze, predict, evaluate, embed, export, bench, plugins, schema, config."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def cv(config: Path, out: Path | None, overrides: tuple[str, ...], folds: str | 
 
 @cli.command()
 def plugins() -> None:
-    """List every registered encoder, data set and head, with the plugin that provides it."""
+    """List every registered encoder, data set, head and transcriber, with the plugin that provides it."""
     from .plugins import blocked_plugins, broken_plugins, get_registries, plugin_source
 
     regs = get_registries()
@@ -157,7 +157,7 @@ def plugins() -> None:
     for col in ("kind", "name", "plugin", "source"):
         table.add_column(col, no_wrap=True)
     table.add_column("description", overflow="fold")
-    for kind, registry in (("encoder", regs.encoders), ("dataset", regs.datasets), ("head", regs.heads)):
+    for kind, registry in (("encoder", regs.encoders), ("dataset", regs.datasets), ("head", regs.heads), ("transcriber", regs.transcribers)):
         for entry in registry:
             doc = (entry.cls.__doc__ or "").strip().splitlines()
             table.add_row(kind, entry.name, entry.plugin, plugin_source(entry.plugin), doc[0] if doc else "")
@@ -245,15 +245,15 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return out
 
 
-def _load_for_inference(run_dir: Path, device: str, batch_size: int | None, kinds: tuple[str, ...] = ()):
+def _load_for_inference(run_dir: Path, device: str, batch_size: int | None, kinds: tuple[str, ...] = (), transcript_cache: Path | None = None):
     from .api import load
 
     if batch_size is not None and batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
-    return load(run_dir, device=device, batch_size=batch_size, kinds=_pairs(kinds, "--kind") or None)
+    return load(run_dir, device=device, batch_size=batch_size, kinds=_pairs(kinds, "--kind") or None, transcript_cache=transcript_cache)
 
 
-def _inference_inputs(run, data: Path | None, items: tuple[str, ...], columns: tuple[str, ...], labels: str, split: str = "test"):
+def _inference_inputs(run, data: Path | None, items: tuple[str, ...], columns: tuple[str, ...], labels: str, split: str = "test", transcribe: str | None = None):
     from .inference import Inputs, read_inputs
 
     if data is not None and items:
@@ -262,7 +262,7 @@ def _inference_inputs(run, data: Path | None, items: tuple[str, ...], columns: t
         return Inputs([_pairs(items, "--input")], ["0"], source="the --input item")
     if data is None:
         raise MultiturboError("Nothing to run on: give INPUT (a CSV / JSONL manifest) or --input MODALITY=VALUE per modality.")
-    kwargs = {"columns": _pairs(columns, "--column"), "kinds": run.kinds or None} if data.suffix.lower() not in (".yaml", ".yml") else {}
+    kwargs = {"columns": _pairs(columns, "--column"), "kinds": run.kinds or None, "optional": run.fillable(transcribe)} if data.suffix.lower() not in (".yaml", ".yml") else {}
     return read_inputs(run.loaded, data, labels=labels, split=split, **kwargs)
 
 
@@ -272,10 +272,14 @@ inference_options = [
     click.option("--column", "columns", multiple=True, metavar="MODALITY=COLUMN", help="The manifest column of a modality (default: the training manifest's, else the modality's name)."),
     click.option("--kind", "kinds", multiple=True, metavar="MODALITY=KIND", help="How to read a modality's values: audio / image (file paths) or text."),
 ]
+transcribe_options = [
+    click.option("--transcribe", default=None, metavar="MODEL", help="Fill a missing text modality by transcribing the audio with this Whisper model (a local directory or a cached hub id; offline)."),
+    click.option("--transcript-cache", type=click.Path(path_type=Path), default=None, help="The JSON file caching transcripts (default: transcripts.json in RUN_DIR)."),
+]
 
 
 def _with_inference_options(fn):
-    for option in reversed(inference_options):
+    for option in reversed(inference_options + transcribe_options):
         fn = option(fn)
     return fn
 
@@ -286,14 +290,16 @@ def _with_inference_options(fn):
 @click.option("--input", "items", multiple=True, metavar="MODALITY=VALUE", help="One item instead of a manifest: --input audio=a.wav --input text='hello'.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the predictions to a .csv or .jsonl file.")
 @_with_inference_options
-def predict(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path | None, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+def predict(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path | None, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...],
+            transcribe: str | None, transcript_cache: Path | None) -> None:
     """Predict the class of every item of DATA (a CSV / JSONL manifest; labels optional) with RUN_DIR.
 
-    Writes one row per item: id, predicted class, one probability per class (prob_<class>)."""
+    Writes one row per item: id, predicted class, one probability per class (prob_<class>).
+    With --transcribe MODEL, items without text get their audio's transcript as the text."""
     from .inference import predictions, run_inputs, write_predictions
 
-    run = _load_for_inference(run_dir, device, batch_size, kinds)
-    inputs = _inference_inputs(run, data, items, columns, "optional")
+    run = _load_for_inference(run_dir, device, batch_size, kinds, transcript_cache)
+    inputs = run.transcribed(_inference_inputs(run, data, items, columns, "optional", transcribe=transcribe), transcribe)
     rows = predictions(run.loaded, run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds))
     if output is not None:
         write_predictions(output, rows, run.classes)
@@ -309,37 +315,57 @@ def predict(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Pa
         out_console.print(f"({len(rows) - 50} more; write them all with --output FILE.csv)", markup=False, highlight=False)
 
 
+def _metrics_table(metrics: dict, title: str) -> Table:
+    """The metrics and recall@k as rows; with an ``asr`` part, a gold and an asr column side by side."""
+    from .metrics import METRICS
+
+    sides = {"value": metrics} if "asr" not in metrics else {"gold text": metrics, "asr text": metrics["asr"]}
+    table = Table(title=title, caption=f"{metrics['n_items']} items")
+    table.add_column("metric")
+    for name in sides:
+        table.add_column(name, justify="right")
+    for key in METRICS:
+        if key in metrics:
+            table.add_row(key, *(f"{m[key]:.4f}" for m in sides.values()))
+    for pair, res in metrics["retrieval"].items():
+        for k in res:
+            if k != "n":
+                table.add_row(f"{pair} {k}", *(f"{m['retrieval'].get(pair, {}).get(k, float('nan')):.4f}" for m in sides.values()))
+    return table
+
+
 @cli.command("evaluate")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the metrics to this JSON file.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]), help="With a data set config as DATA: the split to evaluate.")
 @_with_inference_options
-def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...],
+                     transcribe: str | None, transcript_cache: Path | None) -> None:
     """Test RUN_DIR on DATA: a labelled manifest (labels are class names) or a data set config (.yaml).
 
     The metrics of training's evaluation (wa, ua, f1, eer for two classes, confusion) and
-    cross-modal retrieval (recall@1, recall@5 per modality pair)."""
+    cross-modal retrieval (recall@1, recall@5 per modality pair). With --transcribe MODEL, the
+    metrics with the gold text and with the audio's transcripts side by side, and the WER."""
     from .checkpoint import write_json
     from .inference import evaluate_outputs, run_inputs
-    from .metrics import METRICS
+    from .transcribe import TranscriptCache, evaluate_transcribed
 
-    run = _load_for_inference(run_dir, device, batch_size, kinds)
-    inputs = _inference_inputs(run, data, (), columns, "required", split)
-    metrics = evaluate_outputs(run.loaded, run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds))
+    run = _load_for_inference(run_dir, device, batch_size, kinds, transcript_cache)
+    inputs = _inference_inputs(run, data, (), columns, "required", split, transcribe)
+    if transcribe is None:
+        metrics = evaluate_outputs(run.loaded, run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds))
+    else:
+        metrics = evaluate_transcribed(run.loaded, inputs, run.transcriber(transcribe), batch_size=batch_size, kinds=run.kinds,
+                                       cache=TranscriptCache(run.transcript_cache))
     if output is not None:
         write_json(output, metrics)
-    table = Table(title=f"{run_dir.name} on {data.name}", caption=f"{metrics['n_items']} items")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in METRICS:
-        if key in metrics:
-            table.add_row(key, f"{metrics[key]:.4f}")
-    for pair, res in metrics["retrieval"].items():
-        for k, v in res.items():
-            if k != "n":
-                table.add_row(f"{pair} {k}", f"{v:.4f}")
-    out_console.print(table)
+    out_console.print(_metrics_table(metrics, f"{run_dir.name} on {data.name}"))
+    if "transcription" in metrics:
+        t = metrics["transcription"]
+        wer = "n/a (no gold text)" if t["wer"] is None else f"{t['wer']:.4f}"
+        out_console.print(f"word error rate of the transcripts: {wer} ({t['n_transcribed']} transcribed, {t['n_empty_transcripts']} empty; model {t['model']})",
+                          markup=False, highlight=False, soft_wrap=True)
     if output is not None:
         out_console.print(f"metrics: {output}", markup=False, highlight=False)
 
@@ -350,19 +376,40 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
 @click.option("--input", "items", multiple=True, metavar="MODALITY=VALUE", help="One item instead of a manifest.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="A .safetensors, .npz or .npy file (.npy: one file per array).")
 @_with_inference_options
-def embed(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...]) -> None:
+def embed(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...],
+          transcribe: str | None, transcript_cache: Path | None) -> None:
     """Export the projected views of every item of DATA (one eval pass) per modality.
 
     Each modality m is written L2-normalised as m and before normalisation as m.raw,
     with labels (-1 when unknown) and the item ids (docs/using-a-trained-model.md)."""
     from .inference import run_inputs, write_embeddings
 
-    run = _load_for_inference(run_dir, device, batch_size, kinds)
-    inputs = _inference_inputs(run, data, items, columns, "optional")
+    run = _load_for_inference(run_dir, device, batch_size, kinds, transcript_cache)
+    inputs = run.transcribed(_inference_inputs(run, data, items, columns, "optional", transcribe=transcribe), transcribe)
     out = run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds)
     files = write_embeddings(output, run.loaded, out)
     dims = ", ".join(f"{m} [{v.shape[0]}, {v.shape[1]}]" for m, v in out.views.items())
     out_console.print(f"embeddings {dims} written to {', '.join(map(str, files))}", markup=False, highlight=False, soft_wrap=True)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="The file format.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="The .onnx file; its .json, .preprocess/ and _runner.py go beside it.")
+@click.option("--example", type=click.Path(path_type=Path), default=None, help="A manifest of items to trace the graph on (default: made-up audio / text / image items).")
+@click.option("--kind", "kinds", multiple=True, metavar="MODALITY=KIND", help="How to read a modality's values: audio / image (file paths) or text.")
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="The ONNX opset.")
+def export_command(run_dir: Path, fmt: str, output: Path, example: Path | None, kinds: tuple[str, ...], opset: int) -> None:
+    """Export RUN_DIR's inference graph (encoders, projections, head; eval mode) to ONNX.
+
+    Dynamic batch and length axes; the preprocessing (the encoders' collate) and a runner
+    script (onnxruntime) are written beside it (docs/using-a-trained-model.md)."""
+    from .export import export_onnx
+
+    run = _load_for_inference(run_dir, "cpu", None, kinds)
+    done = export_onnx(run.loaded, output, example=example, kinds=run.kinds or None, opset=opset)
+    check = "not checked (onnxruntime not installed)" if done.max_abs_diff is None else f"onnxruntime vs PyTorch: max |diff| {done.max_abs_diff:.1e}"
+    out_console.print(f"{fmt}: {done.model}  ({check}); preprocessing: {done.preprocess}; runner: {done.runner}", markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()

@@ -37,3 +37,8 @@ def register_heads(register: Register) -> None:
 @hookspec
 def register_input_readers(register: Register) -> None:
     """Register readers of prediction inputs by kind (subclasses of multiturbo.reader.InputReader): register(kind, cls)."""
+
+
+@hookspec
+def register_transcribers(register: Register) -> None:
+    """Register speech recognisers for --transcribe (subclasses of multiturbo.transcriber.Transcriber): register(name, cls)."""

@@ -168,6 +168,7 @@ def read_manifest_inputs(
     columns: Mapping[str, str] | None = None,
     label_column: str | None = None,
     kinds: Mapping[str, str] | None = None,
+    optional: Sequence[str] = (),
 ) -> Inputs:
     """Items of a CSV / JSONL manifest (the manifest plugin's format) for ``run``.
 
@@ -175,6 +176,8 @@ def read_manifest_inputs(
     class name) or "ignore". ``columns`` maps modalities to columns (default: see the module
     docstring). Text cells are taken as they are (an empty cell is the empty string);
     an empty audio / image cell, a JSON null or an absent key means the modality is missing.
+    The modalities in ``optional`` may lack a column even when the head cannot handle missing
+    modalities: something fills them before the model runs (``--transcribe`` the text).
     """
     path = Path(path).expanduser()
     header, rows = read_manifest(path, "auto")
@@ -188,7 +191,7 @@ def read_manifest_inputs(
     for m in run.modalities:
         candidates = [c for c in ((columns or {}).get(m), (specs.get(m) or {}).get("column") if isinstance(specs.get(m), Mapping) else None, m) if c]
         use[m] = next((c for c in candidates if c in header), None)
-        if use[m] is None and not _handles_missing(run.model):
+        if use[m] is None and m not in optional and not _handles_missing(run.model):
             raise DataError(
                 f"{_cap(source)} has no column for the modality {m!r} that the model needs (looked for {candidates}); its "
                 f"columns are {header}. Name the column after the modality, or map it (--column {m}=COLUMN)."

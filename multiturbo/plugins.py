@@ -40,6 +40,7 @@ from .errors import PluginError
 from .head import Head
 from .reader import InputReader
 from .registry import Registry
+from .transcriber import Transcriber
 
 ENTRY_POINT_GROUP = "multiturbo"
 NO_EXTERNAL_ENV = "MULTITURBO_NO_EXTERNAL_PLUGINS"
@@ -169,12 +170,13 @@ def plugin_registered(plugin: object, name: str) -> Iterator[pluggy.PluginManage
 
 @dataclass(frozen=True)
 class Registries:
-    """Every registered encoder, data set, head and input reader."""
+    """Every registered encoder, data set, head, input reader and transcriber."""
 
     encoders: Registry[Encoder]
     datasets: Registry[Dataset]
     heads: Registry[Head]
     input_readers: Registry[InputReader]
+    transcribers: Registry[Transcriber]
 
 
 def _collect(hook: pluggy.HookCaller, registry: Registry) -> Registry:
@@ -226,6 +228,7 @@ def get_registries() -> Registries:
             datasets=_collect(hook.register_datasets, Registry("dataset", Dataset)),
             heads=_collect(hook.register_heads, Registry("head", Head)),
             input_readers=_collect(hook.register_input_readers, Registry("input reader", InputReader)),
+            transcribers=_collect(hook.register_transcribers, Registry("transcriber", Transcriber)),
         )
         if len(_broken) == known_broken:
             break

@@ -18,7 +18,7 @@ HOOKS = [name for name, fn in vars(hookspecs).items() if inspect.isfunction(fn) 
 
 
 def test_there_are_hooks():
-    assert set(HOOKS) == {"register_encoders", "register_datasets", "register_heads", "register_input_readers"}
+    assert set(HOOKS) == {"register_encoders", "register_datasets", "register_heads", "register_input_readers", "register_transcribers"}
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -12,6 +12,7 @@
     analysis/               analysis.json (alignment / uniformity of the test embeddings) and figures
     tensorboard/            event files of metrics.jsonl (when tensorboard is installed)
     report.md               the run's report: metrics, figures, analysis
+    transcripts.json        ASR transcripts of prediction inputs (--transcribe), a cache kept by --overwrite
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ ASSETS_DIR = "assets"
 ANALYSIS_DIR = "analysis"
 ANALYSIS_FILE = "analysis.json"  # inside ANALYSIS_DIR
 TENSORBOARD_DIR = "tensorboard"
+TRANSCRIPTS = "transcripts.json"  # multiturbo.transcribe: a cache, not a training output
 
 # What --overwrite removes (and nothing else: a user's own files in the directory stay).
 RUN_FILES = (CONFIG, INFO, LOG, TEST_METRICS, BEST, LAST, CHECKPOINT, REPORT, ASSETS_FILE)

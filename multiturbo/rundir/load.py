@@ -28,6 +28,7 @@ from ..config import ExperimentConfig, check_config, validate_config
 from ..config.load import read_yaml
 from ..data import Collator, make_loader
 from ..dataset import Dataset, Sample, Splits
+from ..encoder import Encoder
 from ..errors import RunDirError
 from ..model import TurboModel
 from ..plugins import get_registries
@@ -66,6 +67,37 @@ class LoadedRun:
         return self._data
 
 
+def resolved_config(run_dir: str | Path) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """The saved config of ``run_dir`` with the option overrides of ``assets.json`` applied (paths
+    made absolute), checked against the registered plugins; and those overrides {modality: options}."""
+    run_dir = Path(run_dir)
+    config_path = layout.path(run_dir, layout.CONFIG)
+    raw = read_yaml(config_path)
+    assets = asset_overrides(run_dir, (raw or {}).get("modalities", {}) if isinstance(raw, dict) else {})
+    for m, overrides in assets.items():
+        mc = raw["modalities"][m]
+        if isinstance(mc, dict):  # anything else fails validation below, with its location
+            mc["options"] = {**(mc.get("options") or {}), **overrides}
+    return check_config(validate_config(raw, str(config_path)), get_registries(), str(config_path)), assets
+
+
+def build_encoders(directory: str | Path) -> dict[str, Encoder]:
+    """The encoders of the run (or exported preprocessing) in ``directory``, built from its config
+    and assets without weights: for their ``collate`` (the preprocessing), e.g. beside an ONNX
+    export (:mod:`multiturbo.export`). Needs ``config.yaml`` (and ``assets.json`` / ``assets/``
+    when the run has them); raises RunDirError when the config is missing."""
+    directory = Path(directory)
+    if not layout.path(directory, layout.CONFIG).is_file():
+        raise RunDirError(f"{directory} has no {layout.CONFIG}: it is not a run directory or exported preprocessing.")
+    cfg, _ = resolved_config(directory)
+    registries = get_registries()
+    encoders = {}
+    for m, mc in cfg.modalities.items():
+        cls = registries.encoders.get(mc.encoder)
+        encoders[m] = cls(cls.Options.model_validate(mc.options)).eval()
+    return encoders
+
+
 def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", require_finished: bool = True) -> LoadedRun:
     """Load a run directory written by :func:`multiturbo.run.run_experiment`.
 
@@ -78,13 +110,7 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", require
     info = check_loadable(run_dir, require_finished)
     registries = get_registries()
     config_path = layout.path(run_dir, layout.CONFIG)
-    raw = read_yaml(config_path)
-    assets = asset_overrides(run_dir, (raw or {}).get("modalities", {}) if isinstance(raw, dict) else {})
-    for m, overrides in assets.items():
-        mc = raw["modalities"][m]
-        if isinstance(mc, dict):  # anything else fails validation below, with its location
-            mc["options"] = {**(mc.get("options") or {}), **overrides}
-    cfg = check_config(validate_config(raw, str(config_path)), registries, str(config_path))
+    cfg, assets = resolved_config(run_dir)
     classes = list(info["classes"])
     seed_everything(cfg.seed)  # the same initial state as training had (non-saved state included)
     model = build_model(cfg, len(classes), registries)

@@ -200,3 +200,19 @@ def export_assets(encoders: Any, run_dir: str | Path) -> dict[str, Any]:
     if record:
         write_json(layout.path(run_dir, layout.ASSETS_FILE), record)
     return record
+
+
+def copy_preprocessing(run_dir: str | Path, directory: str | Path) -> Path:
+    """Copy what rebuilds the run's preprocessing (the encoders' collate: tokenizers, feature
+    extractors, options) into ``directory``, without weights: config.yaml, run.json and the
+    encoders' assets (assets.json, assets/). :func:`multiturbo.rundir.load.build_encoders` reads it."""
+    run_dir, directory = Path(run_dir), Path(directory)
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    for name in (layout.CONFIG, layout.INFO, layout.ASSETS_FILE):
+        if layout.path(run_dir, name).is_file():
+            shutil.copy2(layout.path(run_dir, name), layout.path(directory, name))
+    if layout.path(run_dir, layout.ASSETS_DIR).is_dir():
+        shutil.copytree(layout.path(run_dir, layout.ASSETS_DIR), layout.path(directory, layout.ASSETS_DIR))
+    return directory

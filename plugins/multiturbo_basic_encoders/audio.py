@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from pydantic import Field, model_validator
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multiturbo.audio import Waveform, to_rate
@@ -145,13 +146,31 @@ class LogMelCNN(Encoder):
 
     # -- network ---------------------------------------------------------------------
 
+    def power_dft(self, waveform: Tensor) -> Tensor:
+        """|STFT|^2 of waveform [B, T] as torch.stft(center=True, zero padding) gives it, computed as a
+        strided convolution with the windowed DFT basis (cos and sin rows) -> [B, n_fft/2+1, F]. Used
+        in ONNX export (multiturbo export), which has no complex STFT; equal to the FFT up to rounding."""
+        n_fft, hop = self.options.n_fft, self.options.hop_length
+        n = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+        angle = 2 * torch.pi * k[:, None] * n[None, :] / n_fft  # [K, n_fft]
+        w = self.window.to(torch.float64)
+        basis = torch.cat([torch.cos(angle) * w, -torch.sin(angle) * w]).to(waveform.dtype)[:, None, :]  # [2K, 1, n_fft]
+        x = F.pad(waveform[:, None, :], (n_fft // 2, n_fft // 2))  # [B, 1, T + n_fft]
+        spec = F.conv1d(x, basis.to(waveform.device), stride=hop)  # [B, 2K, F]
+        re, im = spec.chunk(2, dim=1)
+        return re.square() + im.square()
+
     def log_mel(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waveform [B, T] -> (standardised log-mel [B, n_mels, F], valid-frame mask [B, F])."""
         o = self.options
-        spec = torch.stft(
-            waveform, o.n_fft, o.hop_length, window=self.window, center=True, pad_mode="constant", return_complex=True
-        )  # [B, n_fft/2+1, F]; frame f covers samples f*hop -/+ n_fft/2, zeros outside the signal
-        power = spec.real.square() + spec.imag.square()
+        if torch.onnx.is_in_onnx_export():  # ONNX has no complex STFT: the same power spectrum as real convolutions
+            power = self.power_dft(waveform)
+        else:
+            spec = torch.stft(
+                waveform, o.n_fft, o.hop_length, window=self.window, center=True, pad_mode="constant", return_complex=True
+            )  # [B, n_fft/2+1, F]; frame f covers samples f*hop -/+ n_fft/2, zeros outside the signal
+            power = spec.real.square() + spec.imag.square()
         logmel = torch.log(torch.einsum("bkf,km->bmf", power, self.mel) + 1e-6)  # [B, n_mels, F]
         frames = lengths // o.hop_length + 1  # frames whose centre lies inside the item
         mask = torch.arange(logmel.shape[-1], device=logmel.device)[None, :] < frames[:, None]  # [B, F]

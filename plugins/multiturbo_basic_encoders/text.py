@@ -14,6 +14,7 @@ Python's salted ``hash()``).
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 from pydantic import Field, model_validator
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multiturbo.encoder import Encoder, EncoderOptions
@@ -93,9 +95,27 @@ class HashedTransformer(Encoder):
             tokens[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         return {"tokens": tokens, "mask": tokens != PAD}
 
+    def _encoder_for_export(self, x: Tensor, mask: Tensor) -> Tensor:
+        """self.encoder in eval mode (dropout off) with the same weights, written with reshapes that
+        keep the batch and length dynamic in an ONNX export: x [B, L, dim], mask [B, L] -> [B, L, dim]."""
+        heads = self.options.heads
+        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))[:, None, None, :]  # [B, 1, 1, L]
+        for layer in self.encoder.layers:  # norm_first: x + SA(LN(x)), then x + FF(LN(x))
+            attn = layer.self_attn
+            q, k, v = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # [B, L, dim] each
+            q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))  # [B, H, L, dim/H]
+            w = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + bias  # [B, H, L, L]
+            a = (w.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)  # [B, L, dim]
+            x = x + attn.out_proj(a)
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+        return self.encoder.norm(x)
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """{"tokens": [B, L], "mask": [B, L]} -> [B, dim]."""
         tokens, mask = batch["tokens"], batch["mask"].bool()
         x = self.embed(tokens) + self.position[: tokens.shape[1]]  # [B, L, dim]
-        x = self.encoder(self.dropout(x), src_key_padding_mask=~mask)  # [B, L, dim]
+        if torch.onnx.is_in_onnx_export():  # nn.MultiheadAttention's traced reshapes fix the length: spell it out
+            x = self._encoder_for_export(x, mask)
+        else:
+            x = self.encoder(self.dropout(x), src_key_padding_mask=~mask)  # [B, L, dim]
         return masked_mean(x, mask[..., None], dim=1)  # [B, dim]

@@ -45,6 +45,33 @@ def _save_whisper(path: Path) -> str:
     return str(path)
 
 
+def save_whisper_asr(path: Path) -> str:
+    """A tiny random Whisper speech recogniser (WhisperForConditionalGeneration + WhisperProcessor
+    with a byte-level tokenizer of 256 symbols): it transcribes garbage, or nothing."""
+    import json
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(bytes_to_unicode().values())}))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    end = "<|endoftext|>"
+    tok = transformers.WhisperTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), unk_token=end, bos_token=end, eos_token=end, pad_token=end)
+    tok.add_special_tokens({"additional_special_tokens": ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]})
+    eos, start = tok.convert_tokens_to_ids([end, "<|startoftranscript|>"])
+    config = transformers.WhisperConfig(
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=37, decoder_ffn_dim=37, num_mel_bins=80, max_source_positions=1500, max_target_positions=32,
+        vocab_size=len(tok), decoder_start_token_id=start, pad_token_id=eos, bos_token_id=eos, eos_token_id=eos,
+    )
+    model = transformers.WhisperForConditionalGeneration(config)
+    model.generation_config.update(decoder_start_token_id=start, eos_token_id=eos, pad_token_id=eos, max_length=16)
+    model.save_pretrained(path)
+    transformers.WhisperProcessor(feature_extractor=transformers.WhisperFeatureExtractor(feature_size=80), tokenizer=tok).save_pretrained(path)
+    return str(path)
+
+
 def _save_bert(path: Path) -> str:
     torch.manual_seed(0)
     path.mkdir(parents=True, exist_ok=True)
