@@ -36,11 +36,14 @@ TERM_AT_LOG_B = 0.97
 UNIFORMITY_COLLAPSED = -0.3
 
 FIXES = (
-    "Likely fixes: a separate contrastive projection head (model.contrastive_head: mlp), a higher or learnable "
-    "temperature (turbo.temperature 0.1-0.2, turbo.learn_temperature), averaging the terms (turbo.reduction: mean), "
-    "a lower learning rate for pretrained encoders (train.lr_groups), and data whose modalities share item-level "
-    "information (docs/training-dynamics.md)."
+    "Likely causes and fixes, in the order we found them (docs/training-dynamics.md): pooled encoder outputs that start "
+    "as one point (model.feature_norm: batch, the default; `none` is the paper's projection); pretrained encoders "
+    "fine-tuned at the head's learning rate (give them their own, e.g. train.lr_groups: {audio: 1e-5, text: 2e-5}); "
+    "modalities that share little item by item (check that the items are paired); too little weight on the "
+    "classifier to hold the space open (turbo.ce_weight)."
 )
+# Recall@1 below this multiple of chance counts as "retrieval at chance" for the cross-modal terms.
+RECALL_AT_CHANCE = 2.0
 
 
 def term_ratios(terms: Mapping[str, float], batch_size: int) -> dict[str, float]:
@@ -72,11 +75,23 @@ def representation_diagnostics(
     }
 
 
+def _is_cross(term: str) -> bool:
+    """Whether a term name ("audio1~text2") pairs two different modalities."""
+    a, b = term.split("~", 1)
+    return a.rstrip("0123456789") != b.rstrip("0123456789")
+
+
 def collapse_warnings(diagnostics: Mapping, epoch: int) -> list[str]:
-    """Warnings for a collapsed contrastive space: terms at log(B) (from epoch 2 on, so the first
-    epoch's start-up does not count) and modalities whose uniformity approaches 0."""
+    """Warnings for a collapsed contrastive space, from epoch 2 on for the terms (the first epoch's
+    start-up does not count): in-modal terms at log(B); cross-modal terms at log(B) while validation
+    recall@1 is within RECALL_AT_CHANCE x chance (a slowly learning term that already retrieves is
+    not collapsed); and, every epoch, modalities whose uniformity approaches 0."""
     out = []
-    at_log_b = sorted(name for name, r in diagnostics.get("term_ratio", {}).items() if r >= TERM_AT_LOG_B)
+    recall = list(diagnostics.get("recall@1", {}).values())
+    chance = diagnostics.get("chance_recall@1", math.nan)
+    retrieves = bool(recall) and not math.isnan(chance) and sum(recall) / len(recall) > RECALL_AT_CHANCE * chance
+    at_log_b = sorted(name for name, r in diagnostics.get("term_ratio", {}).items()
+                      if r >= TERM_AT_LOG_B and not (_is_cross(name) and retrieves))
     if at_log_b and epoch >= 2:
         shown = ", ".join(at_log_b[:4]) + (f" and {len(at_log_b) - 4} more" if len(at_log_b) > 4 else "")
         out.append(

@@ -34,9 +34,17 @@ def test_collapsed_space_gives_warnings_naming_terms_and_fixes():
     assert len(warnings) == 2
     assert "audio1~text1" in warnings[0] and "log(B) = 3.466" in warnings[0]
     assert "Uniformity approaches 0" in warnings[1] and "audio" in warnings[1] and "text" in warnings[1]
-    assert all("Likely fixes" in w for w in warnings)
+    assert all("Likely causes and fixes" in w and "feature_norm" in w for w in warnings)
     # the first epoch's terms do not count (start-up), uniformity does
     assert [w for w in collapse_warnings(d, epoch=1) if "log(B)" in w and "sit at" in w] == []
+
+
+def test_a_cross_term_near_log_b_that_already_retrieves_is_not_called_collapsed():
+    B = 32
+    d = representation_diagnostics(_views(False), None, {"audio1~text1": 0.99 * math.log(B), "audio1~audio2": 0.99 * math.log(B)}, B)
+    assert d["recall@1"]["audio->text"] == 1.0
+    warnings = collapse_warnings(d, epoch=4)
+    assert len(warnings) == 1 and "audio1~audio2" in warnings[0] and "audio1~text1" not in warnings[0]
 
 
 def test_spread_aligned_space_gives_no_warning():

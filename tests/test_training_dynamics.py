@@ -53,4 +53,4 @@ def test_the_users_collapse_is_detected_and_reported(tmp_path):
     assert any("Uniformity approaches 0" in w and "audio" in w for w in warnings)
     assert any("sit at log(B)" in w for w in warnings)
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "**Warning**" in report and "Likely fixes" in report
+    assert "**Warning**" in report and "Likely causes and fixes" in report
