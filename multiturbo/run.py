@@ -133,6 +133,7 @@ def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, process
         "dataset": cfg.data.name,
         "fold": cfg.data.fold,
         "seed": cfg.seed,
+        "split_seed": cfg.data.data_seed,
         "split_sizes": {s: len(getattr(exp.splits, s)) for s in ("train", "val", "test")},
     }
 

@@ -38,7 +38,8 @@ Splits (exactly one way):
 - ``fold_column``: folds by value (values sorted; numbers numerically): fold f tests the
   rows whose value is the f-th, validates on the (f + 1)-th (cyclically), trains on the
   rest. ``num_folds`` is the number of values (at least 3).
-- otherwise random, reproducible from the constructor's ``seed``: ``test_fraction`` and
+- otherwise random, reproducible from the constructor's ``seed`` (the config's
+  ``data.split_seed``, default 0, the same for every training seed): ``test_fraction`` and
   ``val_fraction`` of the rows, stratified by label; with ``group_column`` (e.g. a
   speaker) whole groups are assigned instead, so no group is in two splits: groups are
   shuffled by the seed, and each joins test (then val) while that brings the split's row
