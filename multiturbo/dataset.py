@@ -84,7 +84,9 @@ class Dataset:
     training seed, so every training seed of an experiment sees the same split (and, for a
     generated data set, the same data). A random split and any generated data follow it.
     ``group_key``: the ``meta`` key whose values are groups that a split keeps whole (a speaker),
-    or None; run.json counts the groups per split.
+    or None; run.json counts the groups per split. Items of a :class:`LazySplit` that lack a
+    modality (input None) list it in ``meta["missing"]``, so that the split's composition is
+    known without loading it.
     """
 
     group_key: str | None = None

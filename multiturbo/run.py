@@ -19,6 +19,7 @@ from .analysis import embed, write_analysis
 from .audio_cache import cache_splits
 from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
+from .composition import composition_warnings, split_composition
 from .config import ExperimentConfig
 from .data import Collator, make_loader
 from .distributed import World, barrier, init_from_env
@@ -57,6 +58,8 @@ def run_experiment(
     exp = build_experiment(cfg)  # every config and data check happens here, before training
     out = Path(out) if resume else _prepare_run_dir(cfg, out, overwrite, exp, world.is_main)
     info = rundir.RunInfo(out, _facts(cfg, exp, device, world.size), previous, write=world.is_main)
+    for warning in info.data["split_warnings"] if world.is_main else ():
+        progress.log(f"{label}warning: {warning}")
     model = exp.model.to(device)
     runner, rank_seed = None, None
     if world.distributed:
@@ -119,7 +122,9 @@ def _prepare_run_dir(cfg: ExperimentConfig, out: Path | str | None, overwrite: b
 
 
 def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, processes: int) -> dict:
-    """What run.json records about the run besides its status and times."""
+    """What run.json records about the run besides its status and times (with the splits'
+    composition and its warnings: :mod:`multiturbo.composition`)."""
+    composition = split_composition(exp.splits, exp.dataset.classes, list(cfg.modalities), exp.dataset.group_key)
     return {
         "multiturbo_version": __version__,
         "torch_version": torch.__version__,
@@ -135,6 +140,8 @@ def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, process
         "seed": cfg.seed,
         "split_seed": cfg.data.data_seed,
         "split_sizes": {s: len(getattr(exp.splits, s)) for s in ("train", "val", "test")},
+        "split_composition": composition,
+        "split_warnings": composition_warnings(composition),
     }
 
 

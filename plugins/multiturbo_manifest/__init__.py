@@ -46,7 +46,8 @@ Splits (exactly one way):
   count closer to its target (a split with a fraction > 0 gets at least one group).
 
 ``meta`` holds ``line`` (the row's line in the manifest) and the value of every column
-that is not an input or the label (speaker, split...).
+that is not an input or the label (speaker, split...); with an optional modality also
+``missing``, the modalities the row lacks.
 """
 
 from __future__ import annotations
@@ -229,6 +230,8 @@ class ManifestDataset(Dataset):
             if all(v is None for v in inputs.values()):
                 empty.append(f"line {n}")
             meta = {"line": n, **{k: v for k, v in row.items() if k not in input_columns and k != o.label_column}}
+            if any(spec.optional for spec in o.modalities.values()):
+                meta["missing"] = [m for m, v in inputs.items() if v is None]
             rows.append({"inputs": inputs, "label": index[label], "meta": meta})
         if absent:
             raise DataError(
@@ -242,6 +245,7 @@ class ManifestDataset(Dataset):
                 f"Remove them."
             )
         self.rows = rows
+        self.group_key = o.group_column
         self._folds: list[str] = []
         if o.fold_column:
             self._folds = sorted({_cell(r["meta"][o.fold_column]) for r in rows}, key=_sort_key)

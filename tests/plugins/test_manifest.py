@@ -278,3 +278,16 @@ def test_the_example_in_the_docs_loads(tmp_path):
     s = ds.splits()
     assert {m["speaker"] for m in s.test.meta}.isdisjoint(m["speaker"] for m in s.train.meta)
     assert ds.rows[2]["inputs"]["text"] == ""
+
+
+def test_group_key_and_missing_meta_for_the_split_composition(data):
+    root, rows = data
+    for i in (0, 3):
+        rows[i]["transcript"] = ""
+    path = write_csv(root / "m.csv", rows)
+    optional = {"audio": AUDIO_TEXT["audio"], "text": {**AUDIO_TEXT["text"], "optional": True}}
+    ds = make(path, modalities=optional, group_column="speaker")
+    assert ds.group_key == "speaker" and make(path).group_key is None
+    meta = [m for name in ("train", "val", "test") for m in getattr(ds.splits(), name).meta]
+    assert sorted(m["line"] for m in meta if m["missing"] == ["text"]) == [2, 5] and all(m["missing"] in ([], ["text"]) for m in meta)
+    assert "missing" not in make(path).splits().train.meta[0]  # no optional modality: meta as before
