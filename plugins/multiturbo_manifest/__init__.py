@@ -15,8 +15,7 @@ and the options say which column feeds which modality::
 Kinds: ``audio`` (a path, read with :func:`multiturbo.audio.load_audio`: a mono
 :class:`~multiturbo.audio.Waveform`), ``image`` (a path, read with Pillow and converted to
 RGB: grayscale is replicated to 3 channels, palette images are expanded, an alpha channel
-is dropped, not composited; a uint8 array [H, W, 3]) and ``text`` (the cell as a str; an
-empty cell is the empty string, which is allowed). Paths are relative to the manifest's
+is dropped, not composited; a uint8 array [H, W, 3]) and ``text`` (the cell as a str). Paths are relative to the manifest's
 directory (absolute paths are kept). Files are read lazily in ``__getitem__``, i.e. in the
 DataLoader's workers; that every audio and image file exists is checked when the data set
 is built.
@@ -25,7 +24,8 @@ Missing values: a modality with ``optional: true`` may be absent from an item: a
 (or a JSON null / absent key) then gives the input ``None`` (for text too: an empty text cell of an
 optional modality is missing, not the empty string), and the engine leaves that item out of the
 modality's encoder, contrastive terms and head slot (docs/loss.md). Without ``optional`` an empty
-cell of an audio or image column is an error. A row with every modality missing is an error.
+(or blank) cell is an error for every kind, text included: it names the rows and the fix. A row
+with every modality missing is an error.
 
 Format: ``.jsonl`` / ``.ndjson`` files hold one JSON object per line (blank lines are
 skipped); any other suffix is read as CSV with a header row (``format`` overrides the
@@ -213,16 +213,19 @@ class ManifestDataset(Dataset):
         base = self.path.parent
         input_columns = {spec.column for spec in o.modalities.values()}
         rows, absent, empty = [], [], []
+        blank: dict[str, list[str]] = {}  # modality -> rows whose cell of a required modality is empty
         for (n, row), (_, label) in zip(raw, label_of):
             inputs: dict[str, Any] = {}
             for m, spec in o.modalities.items():
                 value = _cell(row.get(spec.column))
-                if spec.optional and not value.strip():
-                    inputs[m] = None  # a missing modality
+                if not value.strip():
+                    if not spec.optional:
+                        blank.setdefault(m, []).append(f"line {n}")
+                    inputs[m] = None  # a missing modality (an error below unless optional)
                 elif spec.kind != "text":
                     p = Path(value.strip()).expanduser()
                     file = p if p.is_absolute() else base / p
-                    if not value.strip() or not file.is_file():
+                    if not file.is_file():
                         absent.append(f"line {n}: {spec.column}={value!r}")
                     inputs[m] = file
                 else:
@@ -233,6 +236,15 @@ class ManifestDataset(Dataset):
             if any(spec.optional for spec in o.modalities.values()):
                 meta["missing"] = [m for m, v in inputs.items() if v is None]
             rows.append({"inputs": inputs, "label": index[label], "meta": meta})
+        if blank:
+            m, where = next(iter(blank.items()))
+            others = f" (and empty cells of {', '.join(repr(o.modalities[k].column) for k in list(blank)[1:])} too)" if len(blank) > 1 else ""
+            raise DataError(
+                f"The manifest {self.path} has empty cells in the column {o.modalities[m].column!r} of the required "
+                f"{o.modalities[m].kind} modality {m!r}: {_rows_listing(where, len(where))}{others}. Fill them in, remove the "
+                f"rows, or, if items may lack {m!r}, set `optional: true` on it (data.options.modalities.{m}.optional) so an "
+                f"empty cell means the item lacks it."
+            )
         if absent:
             raise DataError(
                 f"The manifest {self.path} names files that do not exist (paths are relative to {base}): "
