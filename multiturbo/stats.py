@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as sps
 
 MIN_WILCOXON = 6  # below 6 pairs the exact two-sided signed-rank p-value cannot go below 0.0625
 MIN_T_TEST = 5  # below 5 pairs no t-test p-value is given (only the interval): with 1-3 degrees of freedom
@@ -82,9 +81,18 @@ class PairedStats:
         return asdict(self)
 
 
+def _sps():
+    """scipy.stats, imported on first use: about a second of start-up that a single run (which only
+    formats numbers with this module) need not pay."""
+    from scipy import stats
+
+    return stats
+
+
 def corrected_resampled_t(d: Sequence[float], test_train_ratio: float, confidence: float = 0.95) -> tuple[float, float, float]:
     """Nadeau-Bengio corrected resampled t-test of the differences ``d`` (n >= 2, not all equal):
     (ci_low, ci_high, two-sided p) with variance (1/n + n_test/n_train) * sd(d)^2 and n - 1 df."""
+    sps = _sps()
     x = np.asarray(d, dtype=np.float64)
     n = int(x.size)
     if not test_train_ratio > 0:
@@ -114,6 +122,7 @@ def paired_difference(
     ``test_train_ratio`` (test items / training items of one run, for fold grids) adds the
     Nadeau-Bengio corrected interval and p-value (:func:`corrected_resampled_t`).
     """
+    sps = _sps()
     if len(a) != len(b):
         raise ValueError(f"paired samples must have the same length, got {len(a)} and {len(b)}")
     xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

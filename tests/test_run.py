@@ -67,6 +67,9 @@ def test_run_json_and_report_carry_the_split_composition_and_seeds_share_the_spl
     assert sum(comp[s]["missing"]["note"] for s in comp) == 10 and all(comp[s]["missing"]["text"] == 0 for s in comp)
     assert any("validation split has 9 items" in w for w in a["split_warnings"])
     assert any(w.startswith("The test split has fewer than 10 items of some classes (a 6, b 6, c 6)") for w in a["split_warnings"])
+    timings = a["timings"]  # seconds per phase; the process's start-up only in a run of its own process
+    assert {"build", "run_dir", "loaders", "train", "test", "analysis", "tensorboard", "report", "outside_training"} <= set(timings)
+    assert timings["outside_training"] == pytest.approx(sum(v for k, v in timings.items() if k not in ("train", "outside_training")), abs=0.01)
     report = (tmp_path / "seed0" / "report.md").read_text()
     assert "## Splits" in report and "| class a | 21 | 3 | 6 |" in report and "lacking note" in report
     assert "**Warning**: The validation split has 9 items" in report
