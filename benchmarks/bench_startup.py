@@ -12,9 +12,11 @@ Three commands, each timed from outside as a whole process (median of --repeat r
 
     OMP_NUM_THREADS=1 python benchmarks/bench_startup.py --repeat 3
 
-Measured on 2 shared CPU cores (issue 19; medians of 3): schema error 3.8 s -> 0.2 s; plugin
-option error 3.6 s -> 1.9 s; tiny run 9.9 s -> 7.3 s in all, its training phase 4.1 s -> 1.2 s
-(torchmetrics' import, 2 s of every process, is gone from the epoch's metrics).
+Measured on 2 shared CPU cores (issue 19; medians of 3; "before" = commit dbda4ca, the same
+script): schema error 4.36 s -> 0.21 s; plugin option error 2.84 s -> 1.80 s (the plugins import
+torch); tiny run 10.6 s -> 5.3 s in all. The tiny run's phases after: before_run 1.4 s, train
+1.1 s (was 4.1 s: torchmetrics' 2 s import is gone from the epoch's metrics), analysis 1.3 s
+(was 2.0 s: scipy.stats' import for the embedding figure's KDE is gone), tensorboard 0.25 s.
 """
 
 from __future__ import annotations
