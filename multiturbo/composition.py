@@ -86,6 +86,15 @@ def composition_warnings(composition: Mapping[str, Mapping[str, Any]]) -> list[s
     return warnings
 
 
+def best_epoch_warning(val_items: int, best_epoch: int, epochs_run: int) -> str | None:
+    """A warning when early stopping kept the first epoch of several, chosen on a small validation split."""
+    if val_items >= MIN_EVAL_ITEMS or best_epoch != 1 or epochs_run < 2:
+        return None
+    return (f"The best epoch was epoch 1 of {epochs_run}, chosen on a validation split of {val_items} items (< {MIN_EVAL_ITEMS}): "
+            f"the choice is likely noise, and the test metrics are those of a barely trained model. Enlarge the validation "
+            f"split, or raise train.patience.")
+
+
 def composition_markdown(composition: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Markdown lines: a table of items per class (and missing modalities, groups) per split."""
     names = [s for s in SPLITS if s in composition]

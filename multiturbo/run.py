@@ -19,7 +19,7 @@ from .analysis import embed, write_analysis
 from .audio_cache import cache_splits
 from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
-from .composition import composition_warnings, split_composition
+from .composition import best_epoch_warning, composition_warnings, split_composition
 from .config import ExperimentConfig
 from .data import Collator, make_loader
 from .distributed import World, barrier, init_from_env
@@ -86,6 +86,11 @@ def run_experiment(
         info.failed(exc, time.perf_counter() - start)
         raise
     metrics.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, stopped_early=result.stopped_early)
+    warning = best_epoch_warning(len(exp.splits.val), result.best_epoch, result.epochs_run)
+    if warning:
+        info.data["split_warnings"].append(warning)  # saved by info.finished below
+        if world.is_main:
+            progress.log(f"{label}warning: {warning}")
     if world.is_main:
         rundir.write_test_metrics(out, metrics)
     info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, cfg.train.num_workers))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multiturbo.composition import MIN_CLASS_ITEMS, MIN_EVAL_ITEMS, composition_markdown, composition_warnings, split_composition
+from multiturbo.composition import MIN_CLASS_ITEMS, best_epoch_warning, MIN_EVAL_ITEMS, composition_markdown, composition_warnings, split_composition
 from multiturbo.dataset import LazySplit, Sample, Splits
 
 
@@ -42,3 +42,9 @@ def test_warnings_name_small_splits_and_rare_or_absent_classes():
     assert composition_warnings(rare) == [w for w in composition_warnings(rare) if w.startswith("The train split")]
     assert "(y 9)" in composition_warnings(rare)[0]
     assert MIN_EVAL_ITEMS == 50 and MIN_CLASS_ITEMS == 10
+
+
+def test_the_first_epoch_kept_on_a_small_validation_split_is_warned_about():
+    assert "epoch 1 of 5, chosen on a validation split of 12 items" in best_epoch_warning(12, 1, 5)
+    assert best_epoch_warning(12, 2, 5) is None and best_epoch_warning(12, 1, 1) is None
+    assert best_epoch_warning(MIN_EVAL_ITEMS, 1, 5) is None
