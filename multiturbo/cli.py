@@ -139,11 +139,12 @@ def cv(config: Path, out: Path | None, overrides: tuple[str, ...], folds: str | 
     import datetime as dt
 
     from .config import load_config
+
+    cfg = load_config(config, overrides)  # config errors before the runs' imports (torch, scipy: seconds)
     from .crossval import cross_validate, cv_rich_table, parse_folds, parse_seeds
     from .progress import ProgressReporter
 
     fold_list, seed_list = parse_folds(folds), parse_seeds(seeds)
-    cfg = load_config(config, overrides)
     out = out or Path("runs") / f"{cfg.name or 'run'}-cv-{dt.datetime.now():%Y%m%d-%H%M%S}"
     with ProgressReporter(quiet=quiet) as progress:
         result = cross_validate(cfg, out, folds="all" if fold_list is None else fold_list, seeds=seed_list, overwrite=overwrite, progress=progress)
