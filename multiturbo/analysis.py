@@ -124,7 +124,7 @@ def plot_runs_align_uniform(runs: Sequence[tuple[str, str | Path]], path: str | 
     """Fig. 2 across runs: ``runs`` is [(label, run_dir)] (e.g. the method of each run, a
     label repeated for seeds or folds); every analysed run contributes one point per modality
     pair (:func:`align_uniform_points`), unanalysed runs are skipped. Returns the points."""
-    from .plots import plot_align_uniform  # matplotlib and scipy: a real start-up cost, paid only when drawing
+    from .plots import plot_align_uniform  # matplotlib: a real start-up cost, paid only when drawing
 
     points = []
     for label, run_dir in runs:
@@ -193,7 +193,7 @@ def draw_run_figures(
 ) -> dict[str, Path]:
     """Draw every figure of a run that its files (and the given embeddings) allow, into
     ``run_dir/analysis/``; returns {name: path} of the figures written."""
-    from . import plots  # matplotlib and scipy: a real start-up cost, paid only when drawing
+    from . import plots  # matplotlib: a real start-up cost, paid only when drawing
 
     run_dir = Path(run_dir)
     written: dict[str, Path] = {}

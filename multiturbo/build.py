@@ -27,14 +27,15 @@ class Experiment:
 
 
 def make_dataset(name: str, options: dict, seed: int, registries: Registries | None = None) -> Dataset:
-    """The data set plugin ``name`` built with its ``options`` (validated by its Options model)."""
+    """The data set plugin ``name`` built with its ``options`` (validated by its Options model);
+    ``seed``: the data seed (the config's ``data.data_seed``: its split seed, not the training seed)."""
     cls = (registries or get_registries()).datasets.get(name)
     return cls(cls.Options.model_validate(options), seed=seed)
 
 
 def build_dataset(cfg: ExperimentConfig, registries: Registries) -> tuple[Dataset, Splits]:
     """The data set plugin and the configured fold's splits; checks modalities and fold."""
-    dataset = make_dataset(cfg.data.name, cfg.data.options, cfg.seed, registries)
+    dataset = make_dataset(cfg.data.name, cfg.data.options, cfg.data.data_seed, registries)
     missing = [m for m in cfg.modalities if m not in dataset.modalities]
     if missing:
         raise ConfigError(

@@ -62,21 +62,25 @@ def cli() -> None:
 def run(config: Path, out: Path | None, overrides: tuple[str, ...], overwrite: bool, quiet: bool, resume: bool) -> None:
     """Train and test the experiment in CONFIG; write a run directory."""
     from .config import load_config
-    from .metrics import TABLE_METRICS
-    from .progress import ProgressReporter
-    from .run import run_experiment
-    from .rundir import default_run_dir, layout
 
     if resume and config.is_dir():  # multiturbo run RUN_DIR --resume: the run's own config
+        from .rundir import layout
+
         if out is not None and out.resolve() != config.resolve():
             raise MultiturboError(f"--resume with a run directory ({config}) continues that directory; drop --out {out}.")
         out, config = config, layout.path(config, layout.CONFIG)
     if resume and out is None:
         raise MultiturboError("--resume needs the run directory: multiturbo run RUN_DIR --resume, or multiturbo run CONFIG --out RUN_DIR --resume.")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides)  # config errors show here, before the run's imports (torch, scipy: seconds)
+    from .metrics import TABLE_METRICS
+    from .progress import ProgressReporter
+    from .run import run_experiment
+    from .rundir import default_run_dir
+    from .runtime import process_seconds
+
     out = out or default_run_dir(cfg)
     with ProgressReporter(quiet=quiet) as progress:
-        metrics = run_experiment(cfg, out, overwrite=overwrite, progress=progress, resume=resume)
+        metrics = run_experiment(cfg, out, overwrite=overwrite, progress=progress, resume=resume, before_run=process_seconds())
     shown = {k: round(metrics[k], 4) for k in TABLE_METRICS if isinstance(metrics.get(k), float)}
     out_console.print(f"test {json.dumps(shown)}  (run directory: {out})", markup=False, highlight=False)
 
@@ -135,11 +139,12 @@ def cv(config: Path, out: Path | None, overrides: tuple[str, ...], folds: str | 
     import datetime as dt
 
     from .config import load_config
+
+    cfg = load_config(config, overrides)  # config errors before the runs' imports (torch, scipy: seconds)
     from .crossval import cross_validate, cv_rich_table, parse_folds, parse_seeds
     from .progress import ProgressReporter
 
     fold_list, seed_list = parse_folds(folds), parse_seeds(seeds)
-    cfg = load_config(config, overrides)
     out = out or Path("runs") / f"{cfg.name or 'run'}-cv-{dt.datetime.now():%Y%m%d-%H%M%S}"
     with ProgressReporter(quiet=quiet) as progress:
         result = cross_validate(cfg, out, folds="all" if fold_list is None else fold_list, seeds=seed_list, overwrite=overwrite, progress=progress)

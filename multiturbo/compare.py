@@ -39,7 +39,7 @@ from .crossval import (
 )
 from .progress import ProgressReporter
 from .report import write_comparison_report
-from .stats import PairedStats, Summary, fmt, fmt_mean_std, fmt_p, paired_difference
+from .stats import MIN_T_TEST, PairedStats, Summary, fmt, fmt_mean_std, fmt_p, fmt_test_p, paired_difference
 
 METHODS = ("vanilla", "cross", "turbo")
 METHOD_LABELS = {"vanilla": "Vanilla", "cross": "+ CL_cross", "turbo": "+ Turbo"}
@@ -267,8 +267,8 @@ def _paired_cells(p: PairedRow) -> list[str]:
     ci = "n/a" if math.isnan(s.ci_low) else f"[{s.ci_low:+.4f}, {s.ci_high:+.4f}]"
     diff = "n/a" if math.isnan(s.mean_diff) else f"{s.mean_diff:+.4f}"
     nb_ci = "n/a" if math.isnan(s.nb_ci_low) else f"[{s.nb_ci_low:+.4f}, {s.nb_ci_high:+.4f}]"
-    return [f"{p.b} vs {p.a}", header(p.metric), str(s.n), fmt(s.mean_a), fmt(s.mean_b), diff, ci, fmt_p(s.t_p), fmt_p(s.wilcoxon_p),
-            nb_ci, fmt_p(s.nb_p), s.note]
+    return [f"{p.b} vs {p.a}", header(p.metric), str(s.n), fmt(s.mean_a), fmt(s.mean_b), diff, ci, fmt_test_p(s.t_p, s), fmt_p(s.wilcoxon_p),
+            nb_ci, fmt_test_p(s.nb_p, s), s.note]
 
 
 def paired_markdown(result: CompareResult) -> str:
@@ -276,7 +276,8 @@ def paired_markdown(result: CompareResult) -> str:
              "Differences B - A over the (fold, seed) pairs both methods ran; 95% paired t interval; "
              "p-values of the paired t-test and the Wilcoxon signed-rank test. On fold grids, the Nadeau-Bengio "
              "corrected resampled t interval and p-value too (the folds' training sets overlap, so the plain paired t "
-             "is optimistic there; n/a on a single split). For EER lower is better.", "",
+             "is optimistic there; n/a on a single split). For EER lower is better. "
+             f"Below {MIN_T_TEST} pairs no p-value is shown (`n < {MIN_T_TEST}`): only the interval, which is wide, as it should be.", "",
              "| " + " | ".join(PAIRED_COLUMNS) + " |", "|" + "|".join("---" for _ in PAIRED_COLUMNS) + "|"]
     lines += ["| " + " | ".join(_paired_cells(p)) + " |" for p in result.paired]
     return "\n".join(lines) + "\n"
@@ -295,7 +296,7 @@ def paired_rich_table(result: CompareResult, title: str = "Paired differences B 
     """The paired table for a terminal: paired.md's columns, compact (the note column only when needed)."""
     table = Table(title=title, caption="same (fold, seed) pairs; 95% paired t interval (on fold grids Nadeau-Bengio corrected, NB); for EER lower is better; alignment and uniformity in paired.md")
     notes = any(p.stats.note for p in result.paired)
-    corrected = any(not math.isnan(p.stats.nb_p) for p in result.paired)  # a fold grid: show the corrected t-test
+    corrected = any(not math.isnan(p.stats.nb_ci_low) for p in result.paired)  # a fold grid: show the corrected t-test
     for c in ("B - A", "metric", "n", "diff", "95% CI", "NB t p" if corrected else "t p", "W p", *(["note"] if notes else [])):
         table.add_column(c, justify="left" if c in ("B - A", "metric", "note") else "right", no_wrap=c != "note", overflow="fold")
     for p in result.paired:
@@ -305,5 +306,5 @@ def paired_rich_table(result: CompareResult, title: str = "Paired differences B 
         low, high, t_p = (s.nb_ci_low, s.nb_ci_high, s.nb_p) if corrected else (s.ci_low, s.ci_high, s.t_p)
         ci = "n/a" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
         diff = "n/a" if math.isnan(s.mean_diff) else f"{s.mean_diff:+.4f}"
-        table.add_row(f"{p.b} - {p.a}", header(p.metric), str(s.n), diff, ci, fmt_p(t_p), fmt_p(s.wilcoxon_p), *([s.note] if notes else []))
+        table.add_row(f"{p.b} - {p.a}", header(p.metric), str(s.n), diff, ci, fmt_test_p(t_p, s), fmt_p(s.wilcoxon_p), *([s.note] if notes else []))
     return table

@@ -83,7 +83,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 def dataset_num_folds(cfg: ExperimentConfig, registries: Registries | None = None) -> int:
     """How many folds the config's data set has (builds the data set object; loads no items)."""
-    return make_dataset(cfg.data.name, cfg.data.options, cfg.seed, registries).num_folds
+    return make_dataset(cfg.data.name, cfg.data.options, cfg.data.data_seed, registries).num_folds
 
 
 def resolve_folds(cfg: ExperimentConfig, folds: Sequence[int] | str | None, registries: Registries | None = None) -> list[Fold]:

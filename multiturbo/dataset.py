@@ -79,7 +79,17 @@ class Dataset:
     names, label i is ``classes[i]``) and ``self.modalities`` (tuple of modality names),
     then implement :meth:`splits`. ``num_folds`` > 1 means :meth:`splits` takes a fold
     index in ``range(num_folds)``.
+
+    ``seed`` is the data seed: the config's ``data.split_seed`` (0 when unset), never the
+    training seed, so every training seed of an experiment sees the same split (and, for a
+    generated data set, the same data). A random split and any generated data follow it.
+    ``group_key``: the ``meta`` key whose values are groups that a split keeps whole (a speaker),
+    or None; run.json counts the groups per split. Items of a :class:`LazySplit` that lack a
+    modality (input None) list it in ``meta["missing"]``, so that the split's composition is
+    known without loading it.
     """
+
+    group_key: str | None = None
 
     Options: ClassVar[type[DatasetOptions]] = DatasetOptions
     classes: list[str]

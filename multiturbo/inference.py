@@ -228,7 +228,7 @@ def read_dataset_inputs(run: LoadedRun, config: str | Path | Mapping[str, Any], 
     if not isinstance(data, Mapping) or "name" not in data:
         raise MultiturboError(f"{_cap(source)}: give a data set as {{name: ..., options: {{...}}, fold: ...}} (optionally under data:).")
     try:
-        dataset = make_dataset(data["name"], data.get("options") or {}, int(data.get("seed", run.config.seed)))
+        dataset = make_dataset(data["name"], data.get("options") or {}, int(data.get("split_seed", data.get("seed", run.config.data.data_seed))))
     except MultiturboError:
         raise
     except Exception as exc:  # pydantic ValidationError

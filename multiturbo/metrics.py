@@ -17,18 +17,68 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+# torch is imported where a metric is computed: the config schema reads this registry's names,
+# and a config error must show before torch's import (seconds; benchmarks/bench_startup.py)
 
 
-def _tm():
-    """torchmetrics' functional classification (imported on first use: it takes seconds to import,
-    and the config schema, which lists the metric names, must load fast)."""
-    from torchmetrics.functional import classification
+def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """[C, C] counts, rows = true class, columns = predicted class."""
+    import torch
 
-    return classification
+    return torch.bincount(target.long() * num_classes + preds.long(), minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _per_class(preds: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """True positives, false positives and false negatives per class, as floats."""
+    cm = confusion_matrix(preds, target, num_classes).double()
+    tp = cm.diagonal()
+    return tp, cm.sum(0) - tp, cm.sum(1) - tp
+
+
+def _macro(num: Tensor, den: Tensor, tp: Tensor, fp: Tensor, fn: Tensor) -> float:
+    """The mean of num / den (0 where den = 0) over the classes that occur in the labels or the
+    predictions (tp + fp + fn > 0): torchmetrics' macro average, which this replaces (its import
+    took 2 s of every run: benchmarks/bench_startup.py)."""
+    import torch
+
+    score = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
+    weights = (tp + fp + fn > 0).double()
+    return float((score * weights).sum() / weights.sum()) if weights.sum() > 0 else 0.0
+
+
+def accuracy(preds: Tensor, target: Tensor, num_classes: int) -> float:
+    """WA: the share of correct predictions."""
+    return float((preds.long() == target.long()).double().mean()) if target.numel() else 0.0
+
+
+def macro_recall(preds: Tensor, target: Tensor, num_classes: int) -> float:
+    """UA: the mean per-class recall (macro average, see :func:`_macro`)."""
+    tp, fp, fn = _per_class(preds, target, num_classes)
+    return _macro(tp, tp + fn, tp, fp, fn)
+
+
+def macro_f1(preds: Tensor, target: Tensor, num_classes: int) -> float:
+    """The macro-averaged F1 = 2 tp / (2 tp + fp + fn) per class."""
+    tp, fp, fn = _per_class(preds, target, num_classes)
+    return _macro(2 * tp, 2 * tp + fp + fn, tp, fp, fn)
+
+
+def binary_roc(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """(fpr, tpr) at every distinct score as a threshold, from (0, 0) (higher score = class 1)."""
+    import torch
+
+    order = torch.argsort(scores.double(), descending=True, stable=True)
+    s, t = scores.double()[order], target.long()[order]
+    last = torch.cat([torch.nonzero(s[1:] != s[:-1]).flatten(), torch.tensor([s.numel() - 1])])
+    tps = torch.cumsum(t, 0)[last].double()
+    fps = (last + 1).double() - tps
+    zero = torch.zeros(1, dtype=torch.float64)
+    tps, fps = torch.cat([zero, tps]), torch.cat([zero, fps])
+    return fps / fps[-1], tps / tps[-1]
 
 
 @dataclass(frozen=True)
@@ -60,7 +110,9 @@ def equal_error_rate(scores: Tensor, target: Tensor) -> float:
     """EER from scores [N] (higher = class 1) and binary targets [N]; NaN if one class is absent."""
     if target.min() == target.max():
         return math.nan
-    fpr, tpr, _ = _tm().binary_roc(scores.float(), target.long())
+    fpr, tpr = binary_roc(scores, target)
+    import torch
+
     fnr = 1.0 - tpr
     diff = fnr - fpr  # decreasing from >= 0 to <= 0 along the ROC
     i = int(torch.nonzero(diff <= 0)[0])
@@ -73,13 +125,15 @@ def equal_error_rate(scores: Tensor, target: Tensor) -> float:
 
 def mean_nll(probs: Tensor, target: Tensor) -> float:
     """The mean cross-entropy of class probabilities [N, C] against targets [N]."""
+    import torch.nn.functional as F
+
     return float(F.nll_loss(probs.clamp_min(1e-12).log(), target))
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("wa", "WA", True, lambda p, probs, t: float(_tm().multiclass_accuracy(p, t, num_classes=probs.shape[-1], average="micro"))),
-    Metric("ua", "UA", True, lambda p, probs, t: float(_tm().multiclass_recall(p, t, num_classes=probs.shape[-1], average="macro"))),
-    Metric("f1", "F1", True, lambda p, probs, t: float(_tm().multiclass_f1_score(p, t, num_classes=probs.shape[-1], average="macro"))),
+    Metric("wa", "WA", True, lambda p, probs, t: accuracy(p, t, probs.shape[-1])),
+    Metric("ua", "UA", True, lambda p, probs, t: macro_recall(p, t, probs.shape[-1])),
+    Metric("f1", "F1", True, lambda p, probs, t: macro_f1(p, t, probs.shape[-1])),
     Metric("eer", "EER", False, lambda p, probs, t: equal_error_rate(probs[:, 1], t), classes=2),
     Metric("loss", "CE loss", False, lambda p, probs, t: mean_nll(probs, t), in_tables=False),
 )}
@@ -104,7 +158,7 @@ def classification_metrics(probs: Tensor, target: Tensor, *, loss: bool = False)
     out: dict[str, float | list[list[int]]] = {
         name: m.compute(preds, probs, target) for name, m in METRICS.items() if m.defined_for(num_classes) and (loss or name != "loss")
     }
-    out["confusion"] = _tm().multiclass_confusion_matrix(preds, target, num_classes=num_classes).tolist()
+    out["confusion"] = confusion_matrix(preds, target, num_classes).tolist()
     if "loss" in out:
         out["loss"] = out.pop("loss")  # after the confusion matrix, where metrics.json has always had it
     return out

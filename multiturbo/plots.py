@@ -113,30 +113,49 @@ def angle_bandwidth(angles: np.ndarray, minimum: float = 0.02) -> float:
     return max(circ_std * len(angles) ** (-1 / 5), minimum)
 
 
-def angle_density(angles: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Periodic Gaussian KDE of angles (scipy's gaussian_kde fitted on the angles shifted by
-    -2pi, 0, +2pi with the kernel width of :func:`angle_bandwidth`), evaluated on ``grid`` in
-    [-pi, pi]; integrates to 1 over [-pi, pi]."""
-    from scipy.stats import gaussian_kde  # scipy.stats: a real start-up cost, paid by the embedding figure only
+def gaussian_kde(data: np.ndarray, query: np.ndarray, factor: float | None = None) -> np.ndarray:
+    """scipy.stats.gaussian_kde(data.T, bw_method=factor)(query.T) in numpy: data [n, d], query [m, d];
+    the kernel covariance is the data's (ddof = 1) times factor^2 (default Scott's n^(-1/(d+4))).
+    Raises LinAlgError when that covariance is singular. (scipy.stats took a second to import in
+    every run, for this alone: benchmarks/bench_startup.py.)"""
+    n, d = data.shape
+    factor = n ** (-1.0 / (d + 4)) if factor is None else factor
+    cov = np.atleast_2d(np.cov(data, rowvar=False)) * factor**2
+    chol = np.linalg.cholesky(cov)  # LinAlgError if not positive definite
+    whiten = np.linalg.inv(chol)  # z = whiten @ x has unit covariance
+    zd, zq = data @ whiten.T, query @ whiten.T
+    norm = 1.0 / (n * (2 * np.pi) ** (d / 2) * float(np.prod(np.diag(chol))))
+    out = np.empty(len(query))
+    for start in range(0, len(query), 2048):  # [chunk, n] distances at a time
+        q = zq[start:start + 2048]
+        d2 = (q**2).sum(1)[:, None] + (zd**2).sum(1)[None, :] - 2 * q @ zd.T
+        out[start:start + 2048] = np.exp(-0.5 * np.maximum(d2, 0.0)).sum(1) * norm
+    return out
 
+
+def angle_density(angles: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Periodic Gaussian KDE of angles (a Gaussian KDE of the angles shifted by -2pi, 0, +2pi with
+    the kernel width of :func:`angle_bandwidth`), evaluated on ``grid`` in [-pi, pi]; integrates
+    to 1 over [-pi, pi]."""
     angles = np.asarray(angles, dtype=float)
     wrapped = np.concatenate([angles - 2 * np.pi, angles, angles + 2 * np.pi])
     factor = angle_bandwidth(angles) / float(np.sqrt(np.cov(wrapped)))  # kernel sd = bandwidth
-    return 3.0 * gaussian_kde(wrapped, bw_method=factor)(grid)
+    return 3.0 * gaussian_kde(wrapped[:, None], np.asarray(grid, dtype=float)[:, None], factor)
 
 
 def plane_density(points: np.ndarray, size: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Gaussian KDE of 2-D points on a [-1.25, 1.25]^2 grid: (xx, yy, density), or None if the
-    points are degenerate (all on one line: the KDE's covariance is singular)."""
-    from scipy.stats import gaussian_kde  # scipy.stats: a real start-up cost, paid by the embedding figure only
-
+    points are degenerate (fewer than 3, or all on one line: the KDE's covariance is singular)."""
     lin = np.linspace(-1.25, 1.25, size)
     xx, yy = np.meshgrid(lin, lin)
-    try:
-        kde = gaussian_kde(points.T)
-    except (np.linalg.LinAlgError, ValueError):
+    points = np.asarray(points, dtype=float)
+    if len(points) < 3:
         return None
-    return xx, yy, kde(np.vstack([xx.ravel(), yy.ravel()])).reshape(xx.shape)
+    try:
+        density = gaussian_kde(points, np.column_stack([xx.ravel(), yy.ravel()]))
+    except np.linalg.LinAlgError:
+        return None
+    return xx, yy, density.reshape(xx.shape)
 
 
 def plot_circle_density(

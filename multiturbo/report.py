@@ -13,6 +13,7 @@ from pathlib import Path
 from . import rundir
 from .analysis import draw_run_figures
 from .checkpoint import _atomic
+from .composition import MIN_CLASS_ITEMS, MIN_EVAL_ITEMS, composition_markdown
 from .errors import MultiturboError
 from .metrics import METRICS
 from .stats import fmt
@@ -69,6 +70,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         ("multiturbo / torch", f"{info.get('multiturbo_version')} / {info.get('torch_version')}"),
     ]
     parts += [markdown_table(["", ""], [(k, v) for k, v in facts if v not in (None, "")]), ""]
+    parts += composition_section(info)
 
     parts += ["## Test metrics (best weights)", ""]
     if metrics:
@@ -103,6 +105,22 @@ def write_run_report(run_dir: str | Path) -> Path:
     else:
         parts += [f"Not analysed yet: run `multiturbo analyze {run_dir}`.", ""]
     return rundir.write_report(run_dir, "\n".join(parts))
+
+
+def composition_section(info: dict) -> list[str]:
+    """Markdown lines: items per class (missing modalities, groups) per split and the split warnings
+    of run.json, or nothing for a run written before they were recorded."""
+    composition = info.get("split_composition")
+    if not composition:
+        return []
+    seeds = f"split seed {info['split_seed']}, " if info.get("split_seed") is not None else ""
+    lines = ["## Splits", "", f"Items per split ({seeds}which a random split follows, not the training seed; docs/experiments.md).", "",
+             *composition_markdown(composition), ""]
+    warnings = info.get("split_warnings") or []
+    lines += [f"**Warning**: {w}" for w in warnings]
+    lines += ["" if warnings else f"No split warning (validation and test splits of {MIN_EVAL_ITEMS}+ items, "
+              f"{MIN_CLASS_ITEMS}+ items of every class in every split).", ""]
+    return lines
 
 
 def diagnostics_section(log: Sequence[dict]) -> list[str]:

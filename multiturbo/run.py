@@ -19,6 +19,7 @@ from .analysis import embed, write_analysis
 from .audio_cache import cache_splits
 from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
+from .composition import best_epoch_warning, composition_warnings, split_composition
 from .config import ExperimentConfig
 from .data import Collator, make_loader
 from .distributed import World, barrier, init_from_env
@@ -40,23 +41,30 @@ def run_experiment(
     progress: ProgressReporter | None = None,
     label: str = "",
     resume: bool = False,
+    before_run: float | None = None,
 ) -> dict:
     """Train and test ``cfg``; returns the test metrics (also written to ``out/metrics.json``).
 
     ``resume=True`` continues the unfinished run in ``out`` from its checkpoint (``cfg`` must
-    be the config it was started with; ``overwrite`` must be false).
+    be the config it was started with; ``overwrite`` must be false). ``before_run``: seconds the
+    process spent before this call (the CLI's start-up), recorded in run.json's ``timings``.
 
     Under torchrun (WORLD_SIZE > 1) every process runs this: the model is wrapped in
     DistributedDataParallel, each rank trains on its shard of every epoch with the contrastive
     negatives gathered from all ranks, validation and test metrics are computed over all shards,
     and only rank 0 writes the run directory (docs/scaling.md)."""
+    clock = _Clock(before_run)
     progress = progress or ProgressReporter(quiet=True)
     previous = _check_resume(cfg, out, overwrite) if resume else None
     device, world = _device_and_world(cfg, out)
     seed_everything(cfg.seed)
     exp = build_experiment(cfg)  # every config and data check happens here, before training
+    clock.lap("build")
     out = Path(out) if resume else _prepare_run_dir(cfg, out, overwrite, exp, world.is_main)
     info = rundir.RunInfo(out, _facts(cfg, exp, device, world.size), previous, write=world.is_main)
+    for warning in info.data["split_warnings"] if world.is_main else ():
+        progress.log(f"{label}warning: {warning}")
+    clock.lap("run_dir")
     model = exp.model.to(device)
     runner, rank_seed = None, None
     if world.distributed:
@@ -64,25 +72,54 @@ def run_experiment(
         torch.manual_seed(rank_seed)  # each rank its own dropout masks (the weights are rank 0's)
         runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loaders = _Loaders(cfg, exp, model, world, device, progress, label)
+    clock.lap("loaders")
     start = time.perf_counter()
     try:
         state = TrainState.create(model, cfg.train, device, runner, steps_per_epoch=len(loaders.train))
         result = fit(state, loaders.train, loaders.val, out, progress, label=label, resume=resume, rank_seed=rank_seed)
+        clock.lap("train")
         barrier()  # rank 0 has written best.safetensors
         rundir.load_best(model, out)
         metrics = evaluate(model, loaders.test, device)
+        clock.lap("test")
     except BaseException as exc:
         info.failed(exc, time.perf_counter() - start)
         raise
     metrics.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, stopped_early=result.stopped_early)
+    warning = best_epoch_warning(len(exp.splits.val), result.best_epoch, result.epochs_run)
+    if warning:
+        info.data["split_warnings"].append(warning)  # saved by info.finished below
+        if world.is_main:
+            progress.log(f"{label}warning: {warning}")
     if world.is_main:
         rundir.write_test_metrics(out, metrics)
     info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, cfg.train.num_workers))
     if world.is_main:
         rundir.remove_checkpoint(out)
-        write_outputs(out, model, loaders.analysis(), device, exp.dataset.classes, cfg.method, progress)
+        write_outputs(out, model, loaders.analysis(), device, exp.dataset.classes, cfg.method, progress, clock)
+        info.update(timings=clock.record())
     barrier()
     return metrics
+
+
+class _Clock:
+    """Seconds per phase of a run, for run.json's ``timings``: ``before_run`` (given by
+    ``multiturbo run``: the process until run_experiment, i.e. interpreter, imports, config), build, run_dir, loaders, train (fit, with validation), test, then the outputs
+    (analysis, tensorboard, report); ``outside_training``: all but train."""
+
+    def __init__(self, before_run: float | None = None):
+        self.laps: dict[str, float] = {} if before_run is None else {"before_run": before_run}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def record(self) -> dict[str, float]:
+        laps = {k: round(v, 3) for k, v in self.laps.items()}
+        return {**laps, "outside_training": round(sum(v for k, v in self.laps.items() if k != "train"), 3)}
+
 
 
 def _check_resume(cfg: ExperimentConfig, out: Path | str | None, overwrite: bool) -> dict:
@@ -119,7 +156,9 @@ def _prepare_run_dir(cfg: ExperimentConfig, out: Path | str | None, overwrite: b
 
 
 def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, processes: int) -> dict:
-    """What run.json records about the run besides its status and times."""
+    """What run.json records about the run besides its status and times (with the splits'
+    composition and its warnings: :mod:`multiturbo.composition`)."""
+    composition = split_composition(exp.splits, exp.dataset.classes, list(cfg.modalities), exp.dataset.group_key)
     return {
         "multiturbo_version": __version__,
         "torch_version": torch.__version__,
@@ -133,7 +172,10 @@ def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, process
         "dataset": cfg.data.name,
         "fold": cfg.data.fold,
         "seed": cfg.seed,
+        "split_seed": cfg.data.data_seed,
         "split_sizes": {s: len(getattr(exp.splits, s)) for s in ("train", "val", "test")},
+        "split_composition": composition,
+        "split_warnings": composition_warnings(composition),
     }
 
 
@@ -173,7 +215,8 @@ def _cut_items(model, num_workers: int) -> dict[str, int] | None:
     return {m: int(enc.cut_items) for m, enc in model.encoders.items() if hasattr(enc, "cut_items")}
 
 
-def write_outputs(out: Path, model, test_loader, device: torch.device, classes: list[str], method: str, progress: ProgressReporter) -> None:
+def write_outputs(out: Path, model, test_loader, device: torch.device, classes: list[str], method: str, progress: ProgressReporter,
+                  clock: _Clock | None = None) -> None:
     """After a finished run: the representation analysis of the test split (analysis/), the
     figures, TensorBoard event files (when tensorboard is installed) and report.md.
 
@@ -188,3 +231,5 @@ def write_outputs(out: Path, model, test_loader, device: torch.device, classes: 
             job()
         except Exception as exc:  # noqa: BLE001 - the run itself is finished and saved
             progress.log(f"warning: {out}: the {name} failed ({type(exc).__name__}: {exc}); run `multiturbo analyze {out}` to retry.")
+        if clock is not None:
+            clock.lap(name.split()[0])

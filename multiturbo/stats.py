@@ -6,8 +6,10 @@
   mean of the differences d_i = b_i - a_i, the 95 % paired t interval
   d_mean +- t_{0.975, n-1} * sd(d) / sqrt(n), the paired t-test p-value (scipy's
   ``ttest_rel``) and, from ``min_wilcoxon`` pairs on, the Wilcoxon signed-rank p-value
-  (scipy's ``wilcoxon``). Cases where a quantity is undefined (n = 1, all differences
-  equal) give NaN with a ``note`` saying why, never an exception or a warning.
+  (scipy's ``wilcoxon``). Below ``min_t_test`` pairs (:data:`MIN_T_TEST` = 5) the interval is
+  given but no t-test p-value, with a note that n is too small for one. Cases where a quantity
+  is undefined (n = 1, all differences equal) give NaN with a ``note`` saying why, never an
+  exception or a warning.
 - The Nadeau-Bengio corrected resampled t-test (Nadeau & Bengio 2003, Machine Learning 52;
   Bouckaert & Frank 2004 for repeated cross-validation), when the share of test to training
   items is given: the training sets of cross-validation folds overlap, so the differences are
@@ -25,9 +27,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as sps
 
 MIN_WILCOXON = 6  # below 6 pairs the exact two-sided signed-rank p-value cannot go below 0.0625
+MIN_T_TEST = 5  # below 5 pairs no t-test p-value is given (only the interval): with 1-3 degrees of freedom
+# the p-value rests on the normality of a handful of differences and swings with any one of them
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,18 @@ class PairedStats:
         return asdict(self)
 
 
+def _sps():
+    """scipy.stats, imported on first use: about a second of start-up that a single run (which only
+    formats numbers with this module) need not pay."""
+    from scipy import stats
+
+    return stats
+
+
 def corrected_resampled_t(d: Sequence[float], test_train_ratio: float, confidence: float = 0.95) -> tuple[float, float, float]:
     """Nadeau-Bengio corrected resampled t-test of the differences ``d`` (n >= 2, not all equal):
     (ci_low, ci_high, two-sided p) with variance (1/n + n_test/n_train) * sd(d)^2 and n - 1 df."""
+    sps = _sps()
     x = np.asarray(d, dtype=np.float64)
     n = int(x.size)
     if not test_train_ratio > 0:
@@ -92,18 +104,25 @@ def corrected_resampled_t(d: Sequence[float], test_train_ratio: float, confidenc
     return mean - half, mean + half, p
 
 
+def too_few_for_p(n: int, min_t_test: int = MIN_T_TEST) -> str:
+    """The note of a paired comparison with too few pairs for a p-value."""
+    return f"n = {n} < {min_t_test}: n too small for a p-value, only the interval is shown (run {min_t_test}+ folds or seeds)"
+
+
 def paired_difference(
     a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, min_wilcoxon: int = MIN_WILCOXON,
-    test_train_ratio: float | None = None,
+    test_train_ratio: float | None = None, min_t_test: int = MIN_T_TEST,
 ) -> PairedStats:
     """Compare paired samples ``a`` and ``b`` (same length, same order of pairs).
 
     Pairs where either value is NaN are dropped. Returns NaN (with a note) for what is
     undefined: the interval and t-test need n >= 2 and differences that are not all
-    equal; the Wilcoxon test needs n >= ``min_wilcoxon`` and a non-zero difference.
+    equal; the t-test p-values need n >= ``min_t_test``; the Wilcoxon test needs n >=
+    ``min_wilcoxon`` and a non-zero difference.
     ``test_train_ratio`` (test items / training items of one run, for fold grids) adds the
     Nadeau-Bengio corrected interval and p-value (:func:`corrected_resampled_t`).
     """
+    sps = _sps()
     if len(a) != len(b):
         raise ValueError(f"paired samples must have the same length, got {len(a)} and {len(b)}")
     xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -128,9 +147,13 @@ def paired_difference(
     else:
         half = float(sps.t.ppf(0.5 + confidence / 2, n - 1)) * std_d / math.sqrt(n)
         ci_low, ci_high = mean_d - half, mean_d + half
-        t_p = float(sps.ttest_rel(xb, xa).pvalue)
         if test_train_ratio is not None:
             nb_low, nb_high, nb_p = corrected_resampled_t(d, test_train_ratio, confidence)
+        if n >= min_t_test:
+            t_p = float(sps.ttest_rel(xb, xa).pvalue)
+        else:
+            nb_p = nan
+            notes.append(too_few_for_p(n, min_t_test))
     if n >= 2:
         if n < min_wilcoxon:
             notes.append(f"n = {n} < {min_wilcoxon}: no Wilcoxon test")
@@ -140,8 +163,6 @@ def paired_difference(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # scipy warns about zeros / ties and switches to the normal approximation
                 w_p = float(sps.wilcoxon(xb, xa).pvalue)
-    if n == 2 and not math.isnan(t_p):
-        notes.append("n = 2: a t-test on two pairs says little (one degree of freedom)")
     return PairedStats(n, float(xa.mean()), float(xb.mean()), mean_d, std_d, ci_low, ci_high, t_p, w_p, "; ".join(notes),
                        nb_low, nb_high, nb_p)
 
@@ -160,6 +181,13 @@ def fmt_p(p: float) -> str:
     if p is None or math.isnan(p):
         return "n/a"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_test_p(p: float, stats: PairedStats) -> str:
+    """A t-test p-value of ``stats`` for a table: ``n < 5`` where too few pairs withheld it, else :func:`fmt_p`."""
+    if math.isnan(p) and "n too small for a p-value" in stats.note:
+        return f"n < {MIN_T_TEST}"
+    return fmt_p(p)
 
 
 def fmt_mean_std(s: Summary, digits: int = 4) -> str:

@@ -150,3 +150,18 @@ def test_python_dash_m_and_console_script_work(tiny_config_path):
     res = subprocess.run([sys.executable, "-m", "multiturbo", "config", str(tiny_config_path), "--set", "turbo.pases=2"], capture_output=True, text=True)
     assert res.returncode == 2
     assert "turbo.pases: unknown key" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "cv"])
+def test_a_config_error_shows_before_torch_is_imported(tmp_path, tiny_raw, command):
+    """Fast failure: a schema error of `multiturbo run` / `cv` needs neither the plugins nor torch (issue 19)."""
+    tiny_raw["train"]["lrr"] = 0.1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw))
+    code = ("import sys; from click.testing import CliRunner; from multiturbo.cli import cli; "
+            f"r = CliRunner().invoke(cli, [{command!r}, {str(path)!r}, '--out', {str(tmp_path / 'o')!r}]); "
+            "print(r.exit_code, 'torch' in sys.modules); print(r.output)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    first, output = proc.stdout.split("\n", 1)
+    assert first == "2 False", proc.stdout + proc.stderr
+    assert "train.lrr: unknown key. Did you mean 'lr'?" in output and not (tmp_path / "o").exists()

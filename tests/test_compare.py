@@ -96,3 +96,7 @@ def test_compare_seeds_only_on_a_single_fold_data_set(tiny_config_path, tmp_path
     assert "[1/4]" not in res.output  # quiet
     rows = list(csv.DictReader((out / "paired.csv").open()))
     assert {r["n"] for r in rows} == {"2"} and all("no Wilcoxon" in r["note"] for r in rows)
+    # two pairs: the interval, but no t-test p-value, and the table says why
+    assert all(r["t_p"] == "" and ("n too small for a p-value" in r["note"] or "zero variance" in r["note"]) for r in rows)
+    paired = (out / "paired.md").read_text()
+    assert "| n < 5 |" in paired and "Below 5 pairs no p-value is shown" in paired

@@ -157,3 +157,21 @@ def test_learning_curves_of_a_vanilla_run_with_nan(tmp_path):
     series = plots.plot_learning_curves(records, tmp_path / "lc.png")
     assert math.isnan(series["val/wa"][1][0])
     assert_png(tmp_path / "lc.png")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_numpy_kde_equals_scipys_gaussian_kde(seed):
+    """plots.gaussian_kde replaces scipy.stats.gaussian_kde (whose import cost a second per run)."""
+    from scipy.stats import gaussian_kde as scipy_kde
+
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(50 + 40 * seed, 2)) @ np.array([[0.5, 0.2], [0.0, 0.3]])
+    xx, yy, density = plots.plane_density(points, size=40)
+    np.testing.assert_allclose(density, scipy_kde(points.T)(np.vstack([xx.ravel(), yy.ravel()])).reshape(xx.shape), rtol=1e-8, atol=1e-12)
+    angles = rng.vonmises(1.0, 2.0, 30 + seed)
+    grid = np.linspace(-np.pi, np.pi, 181)
+    wrapped = np.concatenate([angles - 2 * np.pi, angles, angles + 2 * np.pi])
+    factor = plots.angle_bandwidth(angles) / float(np.sqrt(np.cov(wrapped)))
+    np.testing.assert_allclose(plots.angle_density(angles, grid), 3.0 * scipy_kde(wrapped, bw_method=factor)(grid), rtol=1e-8, atol=1e-12)
+    assert plots.plane_density(np.c_[np.arange(5.0), 2 * np.arange(5.0)]) is None  # on a line: singular
+    assert plots.plane_density(points[:2]) is None

@@ -28,3 +28,48 @@ def test_run_json_counts_the_items_cut_to_an_encoders_limit(tiny_raw, tmp_path):
         run_experiment(check_config(validate_config(raw)), out)
     cut = json.loads((out / "run.json").read_text())["cut_items"]
     assert set(cut) == {"text"} and cut["text"] > 0  # logmel_cnn has no length limit; every synthetic text is longer than 4 tokens
+
+
+def manifest_run(tmp_path: Path, seed: int, split_seed: int | None, name: str) -> dict:
+    """A text + optional note manifest (90 rows, 3 classes, every 9th note empty, 6 speakers), random split."""
+    import csv
+
+    path = tmp_path / "m.csv"
+    if not path.exists():
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "note", "speaker", "label"])
+            for i in range(90):
+                w.writerow([f"item {i} word{i % 3}", "" if i % 9 == 0 else f"note {i}", f"spk{i % 6}", "abc"[i % 3]])
+    text = {"encoder": "hashed_transformer", "options": {"vocab_size": 256, "dim": 16, "layers": 1, "heads": 2}}
+    raw = {
+        "name": "m", "seed": seed,
+        "data": {"name": "manifest", "options": {"path": str(path), "modalities": {
+            "text": {"column": "text", "kind": "text"}, "note": {"column": "note", "kind": "text", "optional": True}}},
+            **({"split_seed": split_seed} if split_seed is not None else {})},
+        "modalities": {"text": text, "note": text},
+        "model": {"dim": 16}, "train": {"batch_size": 16, "epochs": 1, "lr": 0.003},
+    }
+    run_experiment(check_config(validate_config(raw)), tmp_path / name)
+    return json.loads((tmp_path / name / "run.json").read_text())
+
+
+def test_run_json_and_report_carry_the_split_composition_and_seeds_share_the_split(tmp_path):
+    a, b = manifest_run(tmp_path, 0, None, "seed0"), manifest_run(tmp_path, 1, None, "seed1")
+    assert (a["seed"], a["split_seed"], b["seed"], b["split_seed"]) == (0, 0, 1, 0)
+    fingerprints = lambda info: {s: info["split_composition"][s]["fingerprint"] for s in ("train", "val", "test")}  # noqa: E731
+    assert fingerprints(a) == fingerprints(b)  # two training seeds, one split
+    other = manifest_run(tmp_path, 0, 4, "split4")
+    assert other["split_seed"] == 4 and fingerprints(other)["test"] != fingerprints(a)["test"]
+    comp = a["split_composition"]
+    assert {s: comp[s]["items"] for s in comp} == a["split_sizes"] == {"train": 63, "val": 9, "test": 18}
+    assert comp["test"]["classes"] == {"a": 6, "b": 6, "c": 6}
+    assert sum(comp[s]["missing"]["note"] for s in comp) == 10 and all(comp[s]["missing"]["text"] == 0 for s in comp)
+    assert any("validation split has 9 items" in w for w in a["split_warnings"])
+    assert any(w.startswith("The test split has fewer than 10 items of some classes (a 6, b 6, c 6)") for w in a["split_warnings"])
+    timings = a["timings"]  # seconds per phase; the process's start-up only in a run of its own process
+    assert {"build", "run_dir", "loaders", "train", "test", "analysis", "tensorboard", "report", "outside_training"} <= set(timings)
+    assert timings["outside_training"] == pytest.approx(sum(v for k, v in timings.items() if k not in ("train", "outside_training")), abs=0.01)
+    report = (tmp_path / "seed0" / "report.md").read_text()
+    assert "## Splits" in report and "| class a | 21 | 3 | 6 |" in report and "lacking note" in report
+    assert "**Warning**: The validation split has 9 items" in report

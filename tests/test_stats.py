@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from multiturbo.stats import fmt, fmt_mean_std, fmt_p, mean_std, paired_difference
+from multiturbo.stats import MIN_T_TEST, fmt, fmt_mean_std, fmt_p, fmt_test_p, mean_std, paired_difference
 
 
 def test_mean_and_sample_std_by_hand():
@@ -36,8 +36,25 @@ def test_paired_difference_by_hand():
     assert p.mean_diff == pytest.approx(0.1) and p.std_diff == pytest.approx(0.05)
     half = 4.302652729749462 * 0.05 / math.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n)
     assert (p.ci_low, p.ci_high) == (pytest.approx(0.1 - half), pytest.approx(0.1 + half))
-    assert p.t_p == pytest.approx(0.0741799002274485)  # two-sided, t = 0.1 / (0.05 / sqrt 3) = 3.464, df 2
+    assert math.isnan(p.t_p) and "n too small for a p-value" in p.note  # n = 3 < MIN_T_TEST: the interval only
     assert math.isnan(p.wilcoxon_p) and "no Wilcoxon" in p.note  # n < 6
+    forced = paired_difference(a, b, min_t_test=2)
+    assert forced.t_p == pytest.approx(0.0741799002274485)  # two-sided, t = 0.1 / (0.05 / sqrt 3) = 3.464, df 2
+
+
+def test_below_min_t_test_the_interval_is_shown_without_a_p_value():
+    assert MIN_T_TEST == 5
+    a, b = [0.5, 0.6], [0.61, 0.62]  # the users' case: n = 2 printed p = 0.004-like values with no caveat
+    two = paired_difference(a, b, test_train_ratio=0.25)
+    assert math.isnan(two.t_p) and math.isnan(two.nb_p) and not math.isnan(two.ci_low) and not math.isnan(two.nb_ci_low)
+    assert "n = 2 < 5: n too small for a p-value" in two.note and fmt_test_p(two.t_p, two) == "n < 5"
+    four = paired_difference([0.5, 0.6, 0.7, 0.55], [0.56, 0.62, 0.78, 0.6])
+    assert math.isnan(four.t_p) and fmt_test_p(four.nb_p, four) == "n < 5"
+    five = paired_difference([0.5, 0.6, 0.7, 0.55, 0.52], [0.56, 0.62, 0.78, 0.6, 0.6], test_train_ratio=0.25)
+    assert five.t_p == pytest.approx(sps.ttest_rel([0.56, 0.62, 0.78, 0.6, 0.6], [0.5, 0.6, 0.7, 0.55, 0.52]).pvalue)
+    assert not math.isnan(five.nb_p) and "too small" not in five.note and fmt_test_p(five.t_p, five) == fmt_p(five.t_p)
+    same = paired_difference([0.1, 0.2], [0.15, 0.25])  # zero variance: the note says so, not "n < 5"
+    assert fmt_test_p(same.t_p, same) == "n/a" and "zero variance" in same.note
 
 
 def test_paired_difference_equals_scipy():

@@ -18,7 +18,6 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, PluginError
-from ..plugins import get_registries
 from .schema import GROUP_PARTS, ExperimentConfig, TrainConfig
 
 Loc = tuple[str | int, ...]
@@ -119,6 +118,8 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
     the saved config says exactly what ran.
     """
     if registries is None:
+        from ..plugins import get_registries  # the plugins import torch (seconds): schema errors show before it
+
         registries = get_registries()
     lines: list[str] = []
     data = cfg.data.model_copy()

@@ -25,12 +25,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+DEFAULT_SPLIT_SEED = 0  # the split of every run that sets no data.split_seed
+
+
 class DataConfig(StrictModel):
     """Which data set plugin to use, its options, and which fold."""
 
     name: str = Field(description="Registered data set name (see `multiturbo plugins`).")
     options: dict[str, Any] = Field(default_factory=dict, description="The data set plugin's own options.")
     fold: int | None = Field(None, ge=0, description="Fold index for data sets with folds; None = the data set's default.")
+    split_seed: int | None = Field(
+        None, ge=0,
+        description="Seed of the data set's random split (and of generated data): None = 0, the same for every training `seed`, so seeds change only initialisation, dropout and data order (docs/experiments.md).",
+    )
+
+    @property
+    def data_seed(self) -> int:
+        """The seed handed to the data set plugin: ``split_seed``, or DEFAULT_SPLIT_SEED when unset (never the training seed)."""
+        return DEFAULT_SPLIT_SEED if self.split_seed is None else self.split_seed
 
 
 class ModalityConfig(StrictModel):

@@ -57,7 +57,11 @@ class LoadedRun:
         """The data set and the fold's splits, built as training built them (cached)."""
         if self._data is None:
             seed_everything(self.config.seed)
-            dataset, splits = build_dataset(self.config, get_registries())
+            config = self.config
+            if "split_seed" not in self.info and config.data.split_seed is None:
+                # written before data.split_seed existed: its data set was built with the training seed
+                config = config.model_copy(update={"data": config.data.model_copy(update={"split_seed": config.seed})})
+            dataset, splits = build_dataset(config, get_registries())
             if list(dataset.classes) != list(self.classes):
                 raise RunDirError(
                     f"The data set of {self.run_dir} now has the classes {list(dataset.classes)}, but the run was "

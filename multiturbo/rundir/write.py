@@ -73,6 +73,11 @@ class RunInfo:
         self.data.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=seconds)
         self.save()
 
+    def update(self, **facts: Any) -> None:
+        """Add facts to run.json (e.g. the timings, once the outputs are written)."""
+        self.data.update(facts)
+        self.save()
+
     def finished(self, seconds: float, **facts: Any) -> None:
         self.data.update(status="finished", finished=_now(), seconds=seconds, **facts)
         self.save()

@@ -149,6 +149,8 @@ class IemocapDataset(Dataset):
 
     Options = IemocapOptions
 
+    group_key = "speaker"  # folds keep a speaker in one split
+
     def __init__(self, options: IemocapOptions, *, seed: int = 0):
         super().__init__(options, seed=seed)
         self.classes = list(options.classes)

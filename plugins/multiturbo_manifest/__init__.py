@@ -15,8 +15,7 @@ and the options say which column feeds which modality::
 Kinds: ``audio`` (a path, read with :func:`multiturbo.audio.load_audio`: a mono
 :class:`~multiturbo.audio.Waveform`), ``image`` (a path, read with Pillow and converted to
 RGB: grayscale is replicated to 3 channels, palette images are expanded, an alpha channel
-is dropped, not composited; a uint8 array [H, W, 3]) and ``text`` (the cell as a str; an
-empty cell is the empty string, which is allowed). Paths are relative to the manifest's
+is dropped, not composited; a uint8 array [H, W, 3]) and ``text`` (the cell as a str). Paths are relative to the manifest's
 directory (absolute paths are kept). Files are read lazily in ``__getitem__``, i.e. in the
 DataLoader's workers; that every audio and image file exists is checked when the data set
 is built.
@@ -25,7 +24,8 @@ Missing values: a modality with ``optional: true`` may be absent from an item: a
 (or a JSON null / absent key) then gives the input ``None`` (for text too: an empty text cell of an
 optional modality is missing, not the empty string), and the engine leaves that item out of the
 modality's encoder, contrastive terms and head slot (docs/loss.md). Without ``optional`` an empty
-cell of an audio or image column is an error. A row with every modality missing is an error.
+(or blank) cell is an error for every kind, text included: it names the rows and the fix. A row
+with every modality missing is an error.
 
 Format: ``.jsonl`` / ``.ndjson`` files hold one JSON object per line (blank lines are
 skipped); any other suffix is read as CSV with a header row (``format`` overrides the
@@ -38,14 +38,16 @@ Splits (exactly one way):
 - ``fold_column``: folds by value (values sorted; numbers numerically): fold f tests the
   rows whose value is the f-th, validates on the (f + 1)-th (cyclically), trains on the
   rest. ``num_folds`` is the number of values (at least 3).
-- otherwise random, reproducible from the constructor's ``seed``: ``test_fraction`` and
+- otherwise random, reproducible from the constructor's ``seed`` (the config's
+  ``data.split_seed``, default 0, the same for every training seed): ``test_fraction`` and
   ``val_fraction`` of the rows, stratified by label; with ``group_column`` (e.g. a
   speaker) whole groups are assigned instead, so no group is in two splits: groups are
   shuffled by the seed, and each joins test (then val) while that brings the split's row
   count closer to its target (a split with a fraction > 0 gets at least one group).
 
 ``meta`` holds ``line`` (the row's line in the manifest) and the value of every column
-that is not an input or the label (speaker, split...).
+that is not an input or the label (speaker, split...); with an optional modality also
+``missing``, the modalities the row lacks.
 """
 
 from __future__ import annotations
@@ -211,16 +213,19 @@ class ManifestDataset(Dataset):
         base = self.path.parent
         input_columns = {spec.column for spec in o.modalities.values()}
         rows, absent, empty = [], [], []
+        blank: dict[str, list[str]] = {}  # modality -> rows whose cell of a required modality is empty
         for (n, row), (_, label) in zip(raw, label_of):
             inputs: dict[str, Any] = {}
             for m, spec in o.modalities.items():
                 value = _cell(row.get(spec.column))
-                if spec.optional and not value.strip():
-                    inputs[m] = None  # a missing modality
+                if not value.strip():
+                    if not spec.optional:
+                        blank.setdefault(m, []).append(f"line {n}")
+                    inputs[m] = None  # a missing modality (an error below unless optional)
                 elif spec.kind != "text":
                     p = Path(value.strip()).expanduser()
                     file = p if p.is_absolute() else base / p
-                    if not value.strip() or not file.is_file():
+                    if not file.is_file():
                         absent.append(f"line {n}: {spec.column}={value!r}")
                     inputs[m] = file
                 else:
@@ -228,7 +233,18 @@ class ManifestDataset(Dataset):
             if all(v is None for v in inputs.values()):
                 empty.append(f"line {n}")
             meta = {"line": n, **{k: v for k, v in row.items() if k not in input_columns and k != o.label_column}}
+            if any(spec.optional for spec in o.modalities.values()):
+                meta["missing"] = [m for m, v in inputs.items() if v is None]
             rows.append({"inputs": inputs, "label": index[label], "meta": meta})
+        if blank:
+            m, where = next(iter(blank.items()))
+            others = f" (and empty cells of {', '.join(repr(o.modalities[k].column) for k in list(blank)[1:])} too)" if len(blank) > 1 else ""
+            raise DataError(
+                f"The manifest {self.path} has empty cells in the column {o.modalities[m].column!r} of the required "
+                f"{o.modalities[m].kind} modality {m!r}: {_rows_listing(where, len(where))}{others}. Fill them in, remove the "
+                f"rows, or, if items may lack {m!r}, set `optional: true` on it (data.options.modalities.{m}.optional) so an "
+                f"empty cell means the item lacks it."
+            )
         if absent:
             raise DataError(
                 f"The manifest {self.path} names files that do not exist (paths are relative to {base}): "
@@ -241,6 +257,7 @@ class ManifestDataset(Dataset):
                 f"Remove them."
             )
         self.rows = rows
+        self.group_key = o.group_column
         self._folds: list[str] = []
         if o.fold_column:
             self._folds = sorted({_cell(r["meta"][o.fold_column]) for r in rows}, key=_sort_key)

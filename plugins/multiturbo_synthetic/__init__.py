@@ -3,7 +3,10 @@
 It needs no files and no network, so it drives the demo config, the tests and quick
 experiments. Everything is drawn from numpy generators seeded by the ``seed`` given
 to the constructor: the same seed gives the same data, another seed another draw of
-the same task (the class-specific structure below does not depend on the seed).
+the same task (the class-specific structure below does not depend on the seed). The engine
+passes the config's ``data.split_seed`` (default 0), not the training ``seed``: the data and
+the split stay the same for every training seed of an experiment, so seeds change only the
+training; set ``data.split_seed`` to draw another data set.
 
 How an item is made
 -------------------

@@ -138,7 +138,7 @@ def test_images_are_loaded_as_rgb_arrays(tmp_path):
     rows = []
     for i, (mode, colour) in enumerate(modes.items()):
         Image.new(mode, (6, 4), colour).save(tmp_path / f"{i}.png")
-        rows.append({"img": f"{i}.png", "caption": "", "label": "ab"[i % 2]})
+        rows.append({"img": f"{i}.png", "caption": f"picture {i}", "label": "ab"[i % 2]})
     mods = {"image": {"column": "img", "kind": "image"}, "text": {"column": "caption", "kind": "text"}}
     ds = make(write_csv(tmp_path / "m.csv", rows), modalities=mods, test_fraction=0.0, val_fraction=0.0)
     items = ds.splits().train
@@ -146,7 +146,7 @@ def test_images_are_loaded_as_rgb_arrays(tmp_path):
     by_line = {m["line"]: items[i] for i, m in enumerate(items.meta)}
     for line, x in by_line.items():
         assert x.inputs["image"].dtype == np.uint8 and x.inputs["image"].shape == (4, 6, 3)
-        assert x.inputs["text"] == ""  # empty text is allowed
+        assert x.inputs["text"] == f"picture {line - 2}"
     assert (by_line[2].inputs["image"] == 128).all()  # L: gray replicated
     assert (by_line[3].inputs["image"] == [10, 20, 30]).all()  # RGBA: alpha dropped
     (tmp_path / "0.png").write_bytes(b"not a png")
@@ -206,10 +206,13 @@ def test_missing_audio_files_are_reported_at_construction(data):
     root, rows = data
     for i in range(7):
         (root / f"clips/{i:02d}.wav").unlink()
-    rows[20]["wav"] = ""
+    rows[20]["wav"] = "clips/none.wav"
     with pytest.raises(DataError, match=r"files that do not exist.*line 2: wav='clips/00.wav'.*\(8 in all\)") as err:
         make(write_csv(root / "m.csv", rows))
     assert str(err.value).count("line ") == 5  # the first few rows, then the count
+    rows[20]["wav"] = ""  # an empty cell is named as such (before the missing files)
+    with pytest.raises(DataError, match=r"empty cells in the column 'wav' of the required audio modality 'audio': line 22 \(1 in all\)"):
+        make(write_csv(root / "m.csv", rows))
     assert len(make(root / "m.csv", modalities={"text": AUDIO_TEXT["text"]}).rows) == 30  # text only: no files needed
 
 
@@ -277,4 +280,38 @@ def test_the_example_in_the_docs_loads(tmp_path):
     assert ds.classes == ["ang", "hap", "neu"] and len(ds.rows) == 3
     s = ds.splits()
     assert {m["speaker"] for m in s.test.meta}.isdisjoint(m["speaker"] for m in s.train.meta)
-    assert ds.rows[2]["inputs"]["text"] == ""
+    assert ds.rows[2]["inputs"]["text"] is None  # optional: the empty transcript is a missing text
+
+
+def test_group_key_and_missing_meta_for_the_split_composition(data):
+    root, rows = data
+    assert "missing" not in make(write_csv(root / "full.csv", rows)).splits().train.meta[0]  # no optional modality: meta as before
+    for i in (0, 3):
+        rows[i]["transcript"] = ""
+    path = write_csv(root / "m.csv", rows)
+    optional = {"audio": AUDIO_TEXT["audio"], "text": {**AUDIO_TEXT["text"], "optional": True}}
+    ds = make(path, modalities=optional, group_column="speaker")
+    assert ds.group_key == "speaker" and make(root / "full.csv").group_key is None
+    meta = [m for name in ("train", "val", "test") for m in getattr(ds.splits(), name).meta]
+    assert sorted(m["line"] for m in meta if m["missing"] == ["text"]) == [2, 5] and all(m["missing"] in ([], ["text"]) for m in meta)
+
+
+@pytest.mark.parametrize("kind", ["text", "audio", "image"])
+def test_an_empty_cell_of_a_required_modality_is_an_error_for_every_kind(tmp_path, kind):
+    rows = []
+    for i in range(9):
+        if kind == "audio":
+            sf.write(str(tmp_path / f"{i}.wav"), np.zeros(400, np.float32), 8000)
+        elif kind == "image":
+            Image.new("L", (4, 4), 9).save(tmp_path / f"{i}.png")
+        value = {"text": f"words {i}", "audio": f"{i}.wav", "image": f"{i}.png"}[kind]
+        rows.append({"x": "" if i in (2, 5) else "  " if i == 7 else value, "t": f"t{i}", "label": "ab"[i % 2]})
+    path = write_csv(tmp_path / "m.csv", rows)
+    mods = {"x": {"column": "x", "kind": kind}, "t": {"column": "t", "kind": "text"}}
+    with pytest.raises(DataError) as err:
+        make(path, modalities=mods)
+    msg = str(err.value)
+    assert f"empty cells in the column 'x' of the required {kind} modality 'x': line 4; line 7; line 9 (3 in all)" in msg
+    assert "`optional: true`" in msg and "data.options.modalities.x.optional" in msg
+    ds = make(path, modalities={**mods, "x": {**mods["x"], "optional": True}})  # the fix: the items lack x
+    assert sorted(m["line"] for s in ("train", "val", "test") for m in getattr(ds.splits(), s).meta if m["missing"] == ["x"]) == [4, 7, 9]
