@@ -14,6 +14,9 @@ Per epoch, from the validation split (one pass, dropout off, L2-normalised proje
 - every training term divided by log(B) (``term_ratio``), B the training batch size: 1.0 is the
   value of a collapsed space (or of embeddings that carry nothing the other view can predict).
 
+Terms start near or above log(B) and fall as training finds what the views share, so a term is
+called collapsed only on a plateau at log(B) (:func:`collapse_warnings`).
+
 :func:`collapse_warnings` turns these into one-paragraph warnings naming the likely fixes.
 """
 
@@ -42,6 +45,8 @@ FIXES = (
     "modalities that share little item by item (check that the items are paired); too little weight on the "
     "classifier to hold the space open (turbo.ce_weight)."
 )
+# A term that fell by less than this share of log(B) since the last epoch has stopped falling.
+PLATEAU_FALL = 0.01
 # Recall@1 below this multiple of chance counts as "retrieval at chance" for the cross-modal terms.
 RECALL_AT_CHANCE = 2.0
 
@@ -81,22 +86,27 @@ def _is_cross(term: str) -> bool:
     return a.rstrip("0123456789") != b.rstrip("0123456789")
 
 
-def collapse_warnings(diagnostics: Mapping, epoch: int) -> list[str]:
-    """Warnings for a collapsed contrastive space, from epoch 2 on for the terms (the first epoch's
-    start-up does not count): in-modal terms at log(B); cross-modal terms at log(B) while validation
-    recall@1 is within RECALL_AT_CHANCE x chance (a slowly learning term that already retrieves is
-    not collapsed); and, every epoch, modalities whose uniformity approaches 0."""
+def collapse_warnings(diagnostics: Mapping, epoch: int, previous: Mapping[str, float] | None = None) -> list[str]:
+    """Warnings for a collapsed contrastive space.
+
+    Terms: a term at log(B) (>= TERM_AT_LOG_B of it) that has stopped falling (it fell by less than
+    PLATEAU_FALL of log(B) since ``previous``, the last epoch's term ratios; without them, as in a
+    run's first epoch or just after a resume, no term is judged). Cross-modal terms are left out
+    while validation recall@1 is above RECALL_AT_CHANCE x chance (they retrieve: slow, not
+    collapsed). Uniformity: every epoch, modalities whose uniformity approaches 0."""
     out = []
     recall = list(diagnostics.get("recall@1", {}).values())
     chance = diagnostics.get("chance_recall@1", math.nan)
     retrieves = bool(recall) and not math.isnan(chance) and sum(recall) / len(recall) > RECALL_AT_CHANCE * chance
+    previous = previous or {}
     at_log_b = sorted(name for name, r in diagnostics.get("term_ratio", {}).items()
-                      if r >= TERM_AT_LOG_B and not (_is_cross(name) and retrieves))
-    if at_log_b and epoch >= 2:
+                      if r >= TERM_AT_LOG_B and name in previous and previous[name] - r < PLATEAU_FALL
+                      and not (_is_cross(name) and retrieves))
+    if at_log_b:
         shown = ", ".join(at_log_b[:4]) + (f" and {len(at_log_b) - 4} more" if len(at_log_b) > 4 else "")
         out.append(
-            f"Contrastive term(s) {shown} sit at log(B) = {diagnostics['log_b']:.3f} (>= {TERM_AT_LOG_B:.0%} of it) at epoch "
-            f"{epoch}: the views they compare carry nothing the other side can match, which is what a collapsed space gives. "
+            f"Contrastive term(s) {shown} sit at log(B) = {diagnostics['log_b']:.3f} (>= {TERM_AT_LOG_B:.0%} of it, no longer "
+            f"falling) at epoch {epoch}: the views they compare carry nothing the other side can match, which is what a collapsed space gives. "
             + FIXES
         )
     flat = sorted(m for m, u in diagnostics.get("uniformity", {}).items() if not math.isnan(u) and u > UNIFORMITY_COLLAPSED)
