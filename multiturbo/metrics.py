@@ -25,60 +25,39 @@ if TYPE_CHECKING:
 # and a config error must show before torch's import (seconds; benchmarks/bench_startup.py)
 
 
+def _tm():
+    """torchmetrics' functional classification API, imported on first use: the config schema reads
+    this registry's names, and a config error must show before torch's and torchmetrics' imports
+    (seconds; benchmarks/bench_startup.py)."""
+    import torchmetrics.functional.classification as tm  # noqa: PLC0415  (start-up cost)
+
+    return tm
+
+
 def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
     """[C, C] counts, rows = true class, columns = predicted class."""
-    import torch
-
-    return torch.bincount(target.long() * num_classes + preds.long(), minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def _per_class(preds: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """True positives, false positives and false negatives per class, as floats."""
-    cm = confusion_matrix(preds, target, num_classes).double()
-    tp = cm.diagonal()
-    return tp, cm.sum(0) - tp, cm.sum(1) - tp
-
-
-def _macro(num: Tensor, den: Tensor, tp: Tensor, fp: Tensor, fn: Tensor) -> float:
-    """The mean of num / den (0 where den = 0) over the classes that occur in the labels or the
-    predictions (tp + fp + fn > 0): torchmetrics' macro average, which this replaces (its import
-    took 2 s of every run: benchmarks/bench_startup.py)."""
-    import torch
-
-    score = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
-    weights = (tp + fp + fn > 0).double()
-    return float((score * weights).sum() / weights.sum()) if weights.sum() > 0 else 0.0
+    return _tm().multiclass_confusion_matrix(preds, target, num_classes=num_classes)
 
 
 def accuracy(preds: Tensor, target: Tensor, num_classes: int) -> float:
-    """WA: the share of correct predictions."""
-    return float((preds.long() == target.long()).double().mean()) if target.numel() else 0.0
+    """WA: the share of correct predictions (micro average)."""
+    return float(_tm().multiclass_accuracy(preds, target, num_classes=num_classes, average="micro"))
 
 
 def macro_recall(preds: Tensor, target: Tensor, num_classes: int) -> float:
-    """UA: the mean per-class recall (macro average, see :func:`_macro`)."""
-    tp, fp, fn = _per_class(preds, target, num_classes)
-    return _macro(tp, tp + fn, tp, fp, fn)
+    """UA: the mean per-class recall (macro average over the classes present)."""
+    return float(_tm().multiclass_recall(preds, target, num_classes=num_classes, average="macro"))
 
 
 def macro_f1(preds: Tensor, target: Tensor, num_classes: int) -> float:
-    """The macro-averaged F1 = 2 tp / (2 tp + fp + fn) per class."""
-    tp, fp, fn = _per_class(preds, target, num_classes)
-    return _macro(2 * tp, 2 * tp + fp + fn, tp, fp, fn)
+    """The macro-averaged F1."""
+    return float(_tm().multiclass_f1_score(preds, target, num_classes=num_classes, average="macro"))
 
 
 def binary_roc(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """(fpr, tpr) at every distinct score as a threshold, from (0, 0) (higher score = class 1)."""
-    import torch
-
-    order = torch.argsort(scores.double(), descending=True, stable=True)
-    s, t = scores.double()[order], target.long()[order]
-    last = torch.cat([torch.nonzero(s[1:] != s[:-1]).flatten(), torch.tensor([s.numel() - 1])])
-    tps = torch.cumsum(t, 0)[last].double()
-    fps = (last + 1).double() - tps
-    zero = torch.zeros(1, dtype=torch.float64)
-    tps, fps = torch.cat([zero, tps]), torch.cat([zero, fps])
-    return fps / fps[-1], tps / tps[-1]
+    fpr, tpr, _ = _tm().binary_roc(scores.float(), target.long())
+    return fpr, tpr
 
 
 @dataclass(frozen=True)

@@ -71,36 +71,3 @@ def test_a_new_metric_is_one_registry_entry(monkeypatch):
     assert "top2" in record.values and crossval.header("top2") == "top-2"
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_metrics_equal_torchmetrics_which_they_replace(seed):
-    """The pure-torch WA / UA / F1 / confusion / ROC give torchmetrics' values (macro averages over the
-    classes that occur in the labels or predictions), absent classes and tied scores included."""
-    tm = pytest.importorskip("torchmetrics.functional.classification")
-    from multiturbo.metrics import accuracy, binary_roc, confusion_matrix, macro_f1, macro_recall
-
-    g = torch.Generator().manual_seed(seed)
-    c, n = 5, [7, 40, 200][seed % 3]
-    target = torch.randint(0, c - (seed % 2), (n,), generator=g)  # odd seeds: the last class never occurs
-    preds = torch.where(torch.rand(n, generator=g) < 0.5, target, torch.randint(0, c, (n,), generator=g))
-    if seed == 4:
-        preds = torch.zeros(n, dtype=torch.long)  # one class predicted for everything
-    assert accuracy(preds, target, c) == pytest.approx(float(tm.multiclass_accuracy(preds, target, num_classes=c, average="micro")))
-    assert macro_recall(preds, target, c) == pytest.approx(float(tm.multiclass_recall(preds, target, num_classes=c, average="macro")))
-    assert macro_f1(preds, target, c) == pytest.approx(float(tm.multiclass_f1_score(preds, target, num_classes=c, average="macro")))
-    assert confusion_matrix(preds, target, c).tolist() == tm.multiclass_confusion_matrix(preds, target, num_classes=c).tolist()
-    binary = torch.randint(0, 2, (n,), generator=g)
-    scores = torch.randint(0, 6, (n,), generator=g).float() / 5  # ties
-    fpr, tpr = binary_roc(scores, binary)
-    ref_fpr, ref_tpr, _ = tm.binary_roc(scores, binary)
-    torch.testing.assert_close(fpr.float(), ref_fpr.float())
-    torch.testing.assert_close(tpr.float(), ref_tpr.float())
-    assert equal_error_rate(scores, binary) == pytest.approx(_reference_eer(ref_fpr, ref_tpr))
-
-
-def _reference_eer(fpr: torch.Tensor, tpr: torch.Tensor) -> float:
-    diff = (1.0 - tpr) - fpr
-    i = int(torch.nonzero(diff <= 0)[0])
-    if i == 0 or diff[i] == 0:
-        return float(fpr[i])
-    w = diff[i - 1] / (diff[i - 1] - diff[i])
-    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
