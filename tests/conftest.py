@@ -20,6 +20,19 @@ TINY = {
 }
 
 
+def import_tiny_hf():
+    """tests/plugins/tiny_hf.py (tiny Hugging Face models saved to a directory), imported by path."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "plugins"))
+    try:
+        return importlib.import_module("tiny_hf")
+    finally:
+        sys.path.pop(0)
+
+
 @pytest.fixture
 def tiny_raw() -> dict:
     """The tiny experiment as a raw mapping (a fresh copy per test)."""

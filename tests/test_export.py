@@ -21,6 +21,7 @@ from multiturbo.errors import DataError, MultiturboError
 from multiturbo.export import OnnxRunner, export_onnx
 from multiturbo.inference import Inputs, run_inputs
 from multiturbo.rundir import load_run
+from conftest import import_tiny_hf
 
 onnx = pytest.importorskip("onnx", reason="the export needs onnx (the onnx extra)")
 pytest.importorskip("onnxruntime", reason="the ONNX runner needs onnxruntime (the onnx extra)")
@@ -97,12 +98,6 @@ def test_an_encoder_that_cannot_be_exported_is_named(tiny_run, tmp_path):
         export_onnx(run, tmp_path / "m.pt")
 
 
-def _tiny_hf():
-    sys.path.insert(0, str(Path(__file__).parent / "plugins"))
-    try:
-        return importlib.import_module("tiny_hf")
-    finally:
-        sys.path.pop(0)
 
 
 @pytest.mark.parametrize("modality, encoder, family", [("text", "hf_text", "bert"), ("audio", "hf_audio", "wav2vec2"), ("audio", "hf_whisper", "whisper")])
@@ -111,7 +106,7 @@ def test_hugging_face_encoders_export(modality, encoder, family, tmp_path):
     from multiturbo.config import check_config, validate_config
     from multiturbo.run import run_experiment
 
-    tiny_hf = _tiny_hf()
+    tiny_hf = import_tiny_hf()
     save = {"bert": tiny_hf._save_bert, "whisper": tiny_hf._save_whisper,
             "wav2vec2": lambda p: tiny_hf._save_audio(p, tiny_hf.transformers.Wav2Vec2Config, tiny_hf.transformers.Wav2Vec2Model)}[family]
     raw = copy.deepcopy(TINY)

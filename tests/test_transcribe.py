@@ -21,15 +21,9 @@ from multiturbo.inference import read_inputs
 from multiturbo.rundir import load_run
 from multiturbo.transcribe import TranscriptCache, transcript_modalities, with_transcripts, word_error_rate
 from multiturbo.transcriber import Transcriber
+from conftest import import_tiny_hf
 
 
-def tiny_hf():
-    """tests/plugins/tiny_hf.py (tiny Hugging Face models saved to a directory), imported by path."""
-    sys.path.insert(0, str(Path(__file__).parent / "plugins"))
-    try:
-        return importlib.import_module("tiny_hf")
-    finally:
-        sys.path.pop(0)
 
 
 class CountingTranscriber(Transcriber):
@@ -147,7 +141,7 @@ def test_a_run_without_text_or_audio_is_a_clear_error(run):
 @pytest.fixture(scope="module")
 def whisper_dir(tmp_path_factory):
     pytest.importorskip("transformers")
-    return tiny_hf().save_whisper_asr(tmp_path_factory.mktemp("asr") / "whisper")
+    return import_tiny_hf().save_whisper_asr(tmp_path_factory.mktemp("asr") / "whisper")
 
 
 def test_whisper_transcribes_to_strings(whisper_dir):
@@ -163,14 +157,14 @@ def test_a_non_whisper_model_is_a_clear_error(tmp_path):
     pytest.importorskip("transformers")
     from multiturbo.transcribe import load_transcriber
 
-    _save_bert = tiny_hf()._save_bert
+    _save_bert = import_tiny_hf()._save_bert
 
     with pytest.raises(MultiturboError, match=r"it is a 'bert' model, not a Whisper one.*needs a Whisper speech-recognition model"):
         load_transcriber(_save_bert(tmp_path / "bert"))
     with pytest.raises(MultiturboError, match=r"no model config could be read"):
         load_transcriber(tmp_path / "nothing-here")
     with pytest.raises(MultiturboError, match=r"it has no usable tokenizer \(1 tokens for a vocabulary of 100\)"):
-        load_transcriber(tiny_hf()._save_whisper(tmp_path / "whisper-without-tokenizer"))  # a Whisper saved for the hf_whisper encoder
+        load_transcriber(import_tiny_hf()._save_whisper(tmp_path / "whisper-without-tokenizer"))  # a Whisper saved for the hf_whisper encoder
 
 
 def test_cli_predict_and_evaluate_with_a_tiny_whisper(whisper_dir, tiny_run, run, tmp_path):
@@ -192,7 +186,7 @@ def test_cli_predict_and_evaluate_with_a_tiny_whisper(whisper_dir, tiny_run, run
 
 def test_cli_transcribe_errors_are_one_paragraph(tiny_run, tmp_path):
     pytest.importorskip("transformers")
-    _save_bert = tiny_hf()._save_bert
+    _save_bert = import_tiny_hf()._save_bert
     res = CliRunner().invoke(cli, ["predict", str(tiny_run), "--input", f"audio={tmp_path}/x.wav", "--transcribe", _save_bert(tmp_path / "bert")])
     assert res.exit_code == 2 and "not a Whisper one" in res.output and "Traceback" not in res.output
 
