@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
