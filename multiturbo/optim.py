@@ -37,7 +37,7 @@ from torch import nn
 from torch.optim import lr_scheduler as lrs
 from torch.optim.lr_scheduler import LRScheduler
 
-from .config import GROUP_PARTS, TrainConfig
+from .config import TrainConfig
 from .errors import ConfigError
 
 
