@@ -64,6 +64,7 @@ class LoopState:
     skipped_total: int = 0
     skipped_in_a_row: int = 0
     pending: dict | None = None
+    term_ratios: dict | None = None  # the last epoch's diagnostics terms / log(B): a collapse is a plateau there
 
     def to_json(self) -> dict:
         return dict(vars(self))
@@ -380,7 +381,8 @@ class _EpochLoop:
         model = self.state.model
         views, present = normalised_views(model, val_loader, self.state.runner.device)
         diagnostics = representation_diagnostics(views, present, terms, self.batch_size * current_world().size)
-        previous, self.previous_ratios = self.previous_ratios, diagnostics["term_ratio"]  # a resumed run starts without one
+        st = self.state.loop
+        previous, st.term_ratios = st.term_ratios, diagnostics["term_ratio"]  # in the checkpoint: a resume judges alike
         return diagnostics, collapse_warnings(diagnostics, epoch, previous) if model.contrastive is not None else []
 
     def report_epoch(self, record: dict) -> None:
@@ -401,7 +403,6 @@ class _EpochLoop:
     def run(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
         st, cfg = self.state.loop, self.state.cfg
         self.batch_size = train_loader.batch_size or 1  # the contrastive batch of the diagnostics' log(B)
-        self.previous_ratios: dict | None = None  # the last epoch's terms / log(B): a plateau is a collapse, a fall is not
         self.progress.start_epochs(f"{self.label}epochs", total=cfg.epochs, completed=st.epoch - 1)
         while not st.done and st.epoch <= cfg.epochs:
             start = time.perf_counter() - st.epoch_seconds

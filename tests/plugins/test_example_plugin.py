@@ -123,6 +123,10 @@ class _Probe:
     def register_input_readers(self, register):
         register("probe_input_reader", get_registries_cls("input_readers", "text"))
 
+    @hookimpl
+    def register_transcribers(self, register):
+        register("probe_transcriber", get_registries_cls("transcribers", "whisper"))
+
 
 _FIRST_PARTY = {}
 
@@ -134,7 +138,7 @@ def get_registries_cls(kind, name):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_every_hook_is_exercised_by_a_registered_plugin(hook):
     regs = get_registries()
-    _FIRST_PARTY.update({k: {n: getattr(regs, k).get(n) for n in getattr(regs, k).names()} for k in ("encoders", "datasets", "heads", "input_readers")})
+    _FIRST_PARTY.update({k: {n: getattr(regs, k).get(n) for n in getattr(regs, k).names()} for k in ("encoders", "datasets", "heads", "input_readers", "transcribers")})
     kind = hook.removeprefix("register_")
     assert hasattr(_Probe, hook), f"the probe plugin does not implement the hook {hook}: add it"
     with plugin_registered(_Probe(), "probe"):
