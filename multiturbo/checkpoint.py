@@ -32,9 +32,10 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Write the model's state (parameters and buffers) to ``path`` atomically."""
-    _atomic(Path(path), lambda tmp: save_model(model, tmp))
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the model's state (parameters and buffers) to ``path`` atomically, with ``metadata``
+    (str -> str) in the safetensors header."""
+    _atomic(Path(path), lambda tmp: save_model(model, tmp, metadata=metadata or None))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -144,10 +145,12 @@ def save_checkpoint(
     *,
     scheduler: Any = None,
     scaler: Any = None,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Write a training checkpoint atomically (see the section comment above for its contents).
 
-    ``loop_state`` is the training loop's JSON-able state (epoch, batch, step, early stopping...).
+    ``loop_state`` is the training loop's JSON-able state (epoch, batch, step, early stopping...);
+    ``metadata``: more str -> str entries for the header (the run directory's binding digest).
     """
     tensors: dict[str, torch.Tensor] = {}
     structure = {
@@ -158,6 +161,7 @@ def save_checkpoint(
         "rng": _flatten(rng_state(), "rng", tensors),
     }
     metadata = {
+        **(metadata or {}),
         "format": CHECKPOINT_FORMAT,
         "structure": json.dumps(structure),
         "loop": json.dumps(loop_state),
@@ -177,10 +181,22 @@ class Checkpoint:
     loop: dict[str, Any]
 
 
+def read_header_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file's header (cheap: reads the header only); a
+    MultiturboError naming the file when it is not a safetensors file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise MultiturboError(
+            f"{path} is not a safetensors file ({type(exc).__name__}: {str(exc)[:200]}). It is damaged or was replaced "
+            f"by another file: restore it from a copy of the run directory, or train the run again."
+        ) from None
+
+
 def read_checkpoint_loop_state(path: str | Path) -> dict[str, Any]:
     """Only the loop state of a checkpoint (cheap: reads the header)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_header_metadata(path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise MultiturboError(f"{path} is not a multiturbo training checkpoint (format {meta.get('format')!r}).")
     return json.loads(meta["loop"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -141,11 +142,11 @@ def test_resume_after_a_crash_between_checkpoint_and_epoch_outputs(resume_config
 
     real, calls = multiturbo.rundir.write.save_weights, []
 
-    def crash_once_in_epoch_2(model, path):
+    def crash_once_in_epoch_2(model, path, *args):
         calls.append(path)
         if len(calls) == 3:  # epoch 1 wrote best + last; this is epoch 2's first write
             raise KeyboardInterrupt
-        real(model, path)
+        real(model, path, *args)
 
     monkeypatch.setattr(multiturbo.rundir.write, "save_weights", crash_once_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -154,6 +155,12 @@ def test_resume_after_a_crash_between_checkpoint_and_epoch_outputs(resume_config
     state = read_checkpoint_loop_state(run / CHECKPOINT_NAME)
     assert (state["epoch"], state["batch"], state["pending"]["epoch"]) == (3, 0, 2)
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited)
+    info = json.loads((edited / "run.json").read_text())  # the checkpoint is bound to the classes and config.yaml
+    (edited / "run.json").write_text(json.dumps({**info, "classes": info["classes"][::-1]}))
+    with pytest.raises(MultiturboError, match="checkpoint.safetensors does not belong to the config.yaml"):
+        _run(resume_config, edited, resume=True)
     _run(resume_config, run, resume=True)
     _same_results(ref, run)
 

@@ -12,12 +12,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..checkpoint import _atomic, load_weights, save_weights, write_json
 from ..config import ExperimentConfig, config_to_yaml
 from ..errors import MultiturboError, RunDirError
 from . import layout
+from .read import BINDING_KEY, binding_digest, check_binding
 
 
 def default_run_dir(cfg: ExperimentConfig) -> Path:
@@ -93,12 +95,30 @@ def remove_checkpoint(run_dir: Path) -> None:
     checkpoint_path(run_dir).unlink(missing_ok=True)
 
 
+def weights_metadata(run_dir: Path) -> dict[str, str]:
+    """The safetensors metadata of the run's weights and checkpoint: the digest binding them to
+    config.yaml and the classes of run.json (none when the directory holds neither)."""
+    digest = binding_digest(run_dir)
+    return {BINDING_KEY: digest} if digest else {}
+
+
 def save_best(run_dir: Path, model: nn.Module) -> None:
-    save_weights(model, layout.path(run_dir, layout.BEST))
+    save_weights(model, layout.path(run_dir, layout.BEST), weights_metadata(run_dir))
 
 
 def load_best(model: nn.Module, run_dir: Path) -> None:
-    load_weights(model, layout.path(run_dir, layout.BEST))
+    """Load ``best.safetensors`` into ``model``, verified: a safetensors file, written with the
+    config.yaml and classes now in ``run_dir``, every weight finite (a :class:`RunDirError`
+    naming the file otherwise)."""
+    path = layout.path(run_dir, layout.BEST)
+    check_binding(run_dir, path)
+    load_weights(model, path)
+    bad = [name for name, t in model.state_dict().items() if torch.is_floating_point(t) and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise RunDirError(
+            f"{path} holds non-finite weights (NaN or inf) in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: it is "
+            f"damaged and would predict garbage. Restore it from a copy of the run directory, or train the run again."
+        )
 
 
 def write_epoch(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
@@ -106,7 +126,7 @@ def write_epoch(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None
     the record as one line of metrics.jsonl."""
     if record["best"]:
         save_best(run_dir, model)
-    save_weights(model, layout.path(run_dir, layout.LAST))
+    save_weights(model, layout.path(run_dir, layout.LAST), weights_metadata(run_dir))
     with open(layout.path(run_dir, layout.LOG), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
