@@ -72,8 +72,16 @@ class RunInfo:
             write_json(self.path, self.data)
 
     def failed(self, exc: BaseException, seconds: float) -> None:
-        self.data.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=seconds)
-        self.save()
+        """The run stopped on ``exc``: status ``interrupted`` (Ctrl-C) or ``failed``; either resumes with --resume.
+        Never raises (a full disk must not hide ``exc``)."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.data.update(status="interrupted", error="KeyboardInterrupt: stopped by the user (Ctrl-C)", seconds=seconds)
+        else:
+            self.data.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=seconds)
+        try:
+            self.save()
+        except Exception:  # noqa: BLE001 - e.g. the disk is full: the error being raised says more than this one
+            pass
 
     def update(self, **facts: Any) -> None:
         """Add facts to run.json (e.g. the timings, once the outputs are written)."""
