@@ -66,3 +66,28 @@ def test_a_huge_invalid_value_is_echoed_short(tmp_path):
     assert len("\n".join(lines)) < 2 * MAX_ECHO + 200 and lines[0].startswith("seed:")
     lines = lines_of(tmp_path, GOOD, [f"train.lr=[{', '.join(['1'] * 50_000)}]"])
     assert len("\n".join(lines)) < 2 * MAX_ECHO + 200 and lines[0].startswith("train.lr:")
+
+
+@pytest.mark.parametrize("override, where", [
+    ("train.lr=true", "train.lr"), ("train.epochs=false", "train.epochs"), ("turbo.temperature=true", "turbo.temperature"),
+    ("modalities.audio.options.n_mels=true", "modalities.audio.options.n_mels"), ("data.options.size=true", "data.options.size"),
+])
+def test_booleans_are_never_numbers(tmp_path, override, where):
+    lines = lines_of(tmp_path, GOOD, [override])
+    assert lines == [f"{where}: expected a number, not a boolean (true / false); write the number (got True)."] or "got False" in lines[0]
+
+
+@pytest.mark.parametrize("override", ["turbo.temperature=.inf", "train.lr=.nan", "train.weight_decay=-.inf", "data.options.seconds=.inf"])
+def test_non_finite_floats_are_refused(tmp_path, override):
+    lines = lines_of(tmp_path, GOOD, [override])
+    assert len(lines) == 1 and lines[0].startswith(override.split("=")[0] + ": Input should be a finite number")
+
+
+def test_booleans_still_work_where_booleans_are_wanted(tmp_path):
+    assert load_config(_write(tmp_path, GOOD), ["turbo.in_modal=false"]).turbo.in_modal is False
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
