@@ -21,15 +21,52 @@ from .errors import MultiturboError
 
 
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """``write(tmp)`` a temporary file beside ``path``, flush it to the disk, rename it over ``path``
+    and flush the directory: a kill or a power cut leaves the old file or the new one. A write error
+    (a full disk...) is a :class:`MultiturboError` naming the file; the old file stays intact."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(path.parent)
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":  # safetensors' own error for a failed write
+            raise write_error(path, exc) from None
         raise
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename) to the disk, where the system allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # e.g. a file system that cannot sync directories
+    finally:
+        os.close(fd)
+
+
+def write_error(path: Path, exc: BaseException) -> MultiturboError:
+    """The error for a file that could not be written (disk full, no permission, I/O error)."""
+    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return MultiturboError(
+        f"Cannot write {path} ({reason}). Free space on its disk (or fix its permissions) and try again; the previous "
+        f"version of the file, if any, is intact (a training run continues from its last checkpoint with --resume)."
+    )
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..checkpoint import _atomic, load_weights, save_weights, write_json
+from ..checkpoint import _atomic, load_weights, save_weights, write_error, write_json
 from ..config import ExperimentConfig, config_to_yaml
 from ..errors import MultiturboError, RunDirError
 from . import layout
@@ -30,7 +32,7 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
 
 def check_run_dir(out: Path, overwrite: bool) -> None:
     """Refuse to mix a new run into a directory that already holds files (unless ``overwrite``)."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(p.name != layout.LOCK for p in out.iterdir()) and not overwrite:
         raise MultiturboError(f"The run directory {out} already exists and is not empty. Pass another --out, or --overwrite to replace its contents.")
 
 
@@ -44,6 +46,74 @@ def prepare_run_dir(out: Path, overwrite: bool) -> Path:
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+class RunLock:
+    """``run.lock`` in a run directory while a process trains in it: a second process that would
+    write there (a resume, an --overwrite) is refused. A lock left by a process that died (a
+    SIGKILL) is taken over: it names its process id and host, and that process is gone.
+    Used as ``with RunLock() as lock: ... lock.take(run_dir)``; released on exit."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def take(self, run_dir: Path) -> None:
+        path = layout.path(run_dir, layout.LOCK)
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(path)
+                if holder is not None:
+                    raise MultiturboError(
+                        f"The run directory {run_dir} is in use by another process ({holder}; lock file {path}). Wait for "
+                        f"it to finish, or use another --out. If that process no longer runs, delete {path}."
+                    ) from None
+                path.unlink(missing_ok=True)  # a stale lock of a process that died
+                continue
+            except OSError as exc:
+                raise write_error(path, exc) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self.path = path
+            return
+        raise MultiturboError(f"Cannot take the lock {path}: other processes keep replacing it. Use another --out.")
+
+    def release(self) -> None:
+        if self.path is not None:
+            try:
+                if self.path.read_text().split()[:1] == [str(os.getpid())]:
+                    self.path.unlink()
+            except OSError:
+                pass
+            self.path = None
+
+
+def _lock_holder(path: Path) -> str | None:
+    """'process PID on HOST' of a live lock, None for a stale one (its process is gone, or the file is unreadable)."""
+    try:
+        pid_text, host = (path.read_text().split() + ["", ""])[:2]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host and host != socket.gethostname():
+        return f"process {pid} on {host}"  # cannot be checked from here: assume it runs
+    if pid == os.getpid():
+        return f"process {pid}, this one"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return f"process {pid} on {host or 'this machine'}"
 
 
 def write_config(out: Path, cfg: ExperimentConfig) -> None:
@@ -135,8 +205,14 @@ def write_epoch(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None
     if record["best"]:
         save_best(run_dir, model)
     save_weights(model, layout.path(run_dir, layout.LAST), weights_metadata(run_dir))
-    with open(layout.path(run_dir, layout.LOG), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    path = layout.path(run_dir, layout.LOG)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def truncate_log(run_dir: Path, keep_below: int) -> None:
