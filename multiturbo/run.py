@@ -19,7 +19,7 @@ from .analysis import embed, write_analysis
 from .audio_cache import cache_splits
 from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
-from .composition import best_epoch_warning, composition_warnings, split_composition
+from .composition import best_epoch_warning, composition_warnings, split_composition, split_membership
 from .config import ExperimentConfig
 from .data import Collator, make_loader
 from .distributed import World, barrier, init_from_env
@@ -71,6 +71,8 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
     clock.lap("build")
     out = Path(out) if resume else _prepare_run_dir(cfg, out, overwrite, exp, world.is_main, lock)
     info = rundir.RunInfo(out, _facts(cfg, exp, device, world.size), previous, write=world.is_main)
+    if world.is_main and not resume:
+        rundir.write_splits(out, split_membership(exp.splits))
     for warning in info.data["split_warnings"] if world.is_main else ():
         progress.log(f"{label}warning: {warning}")
     clock.lap("run_dir")

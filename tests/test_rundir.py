@@ -405,3 +405,14 @@ def test_an_alias_may_not_take_a_registered_name():
     reg.add("c", Encoder, "q", aliases=("old_c",))
     with pytest.raises(MultiturboError, match="Duplicate encoder name 'old_c': registered by plugin 'q'"):
         reg.add("old_c", Encoder, "r")
+
+
+def test_the_run_directory_records_the_ids_of_each_split(tiny_run):
+    membership = json.loads((tiny_run / "splits.json").read_text())
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert membership["id"] == "index"  # the synthetic data set's item id
+    assert {s: len(membership[s]) for s in ("train", "val", "test")} == info["split_sizes"]
+    ids = [i for s in ("train", "val", "test") for i in membership[s]]
+    assert len(ids) == len(set(ids))  # no item in two splits
+    run = load_run(tiny_run)
+    assert [m["index"] for m in (s.meta for s in test_split(run))] == membership["test"]

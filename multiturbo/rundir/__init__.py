@@ -20,7 +20,7 @@ from .read import (
 from .write import (
     RunInfo, RunLock, check_run_dir, checkpoint_path, copy_preprocessing, default_run_dir, export_assets, figure_path, fresh_tensorboard_dir, load_best,
     prepare_run_dir, remove_checkpoint, save_best, truncate_log, write_analysis_file, write_config, write_epoch, write_report,
-    write_test_metrics, weights_metadata,
+    write_splits, write_test_metrics, weights_metadata,
 )
 
 __all__ = [
@@ -29,5 +29,5 @@ __all__ = [
     "default_run_dir", "export_assets", "figure_path", "finished_metrics", "fresh_tensorboard_dir", "has_figure", "load_best",
     "load_run", "make_eval_loader", "prepare_run_dir", "read_analysis", "read_info", "read_log", "read_saved_config",
     "read_test_metrics", "remove_checkpoint", "report_target", "run_seconds", "same_config", "save_best", "test_split",
-    "truncate_log", "weights_metadata", "write_analysis_file", "write_config", "write_epoch", "write_report", "write_test_metrics",
+    "truncate_log", "weights_metadata", "write_analysis_file", "write_config", "write_epoch", "write_report", "write_splits", "write_test_metrics",
 ]

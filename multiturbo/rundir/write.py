@@ -233,6 +233,11 @@ def truncate_log(run_dir: Path, keep_below: int) -> None:
     _write_text(path, "".join(f"{line}\n" for line in kept))
 
 
+def write_splits(run_dir: Path, membership: dict[str, Any]) -> None:
+    """``splits.json``: the ids of each split's items (:func:`multiturbo.composition.split_membership`)."""
+    write_json(layout.path(run_dir, layout.SPLITS), membership)
+
+
 def write_test_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     write_json(layout.path(run_dir, layout.TEST_METRICS), metrics)
 
