@@ -102,18 +102,20 @@ def _someone_elses_code() -> Iterator[dict[str, bool]]:
         yield state
         return
     previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_IGN / SIG_DFL: a SIGINT is ignored or ends the process anyway
+        yield state
+        return
 
     def on_sigint(signum, frame):
         state["sigint"] = True
-        if callable(previous):
-            previous(signum, frame)
+        previous(signum, frame)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
         yield state
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
 
 
 def _raised(exc: BaseException, state: dict[str, bool]) -> str:
