@@ -14,6 +14,9 @@ kills land in a write; drawn from a seeded generator), then resumes it with ``mu
 The killed process leaves its ``run.lock``: the resume takes the stale lock over.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_sigkill_resume.py --trials 20
+
+Measured on 2 shared CPU cores (issue 15, seed 0): 20 trials, kills at steps 2 to 17 of 18,
+20 exact, 0 refused, 0 BAD (about 25 s per trial).
 """
 
 from __future__ import annotations
