@@ -42,6 +42,52 @@ def load_audio(path: str | Path) -> Waveform:
     return Waveform(samples.mean(axis=1), int(rate))
 
 
+def audio_problem(path: str | Path) -> str | None:
+    """What is wrong with an existing audio file, or None; cheap (the header, and for WAV the chunk
+    sizes), decoding the samples only of float files (the only ones that can hold NaN / inf)."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError / RuntimeError / TypeError
+        return f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    if info.frames <= 0:
+        return "has no samples"
+    truncated = _wav_truncated(Path(path))
+    if truncated:
+        return truncated
+    if info.subtype in ("FLOAT", "DOUBLE"):
+        try:
+            samples, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        except Exception as exc:  # noqa: BLE001
+            return f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        bad = ~np.isfinite(samples).all(axis=1)
+        if bad.any():
+            return f"holds non-finite samples (NaN or inf), {int(bad.sum())} of {len(bad)}, the first at sample {int(np.argmax(bad))}"
+    return None
+
+
+def _wav_truncated(path: Path) -> str | None:
+    """For a RIFF/WAVE file: a message when its data chunk is shorter than its header announces."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = path.stat().st_size
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, length = chunk[:4], int.from_bytes(chunk[4:8], "little")
+                if cid == b"data":
+                    available = size - f.tell()
+                    if 0 < length < 0xFFFFFFFF and available < length:  # 0 / 0xFFFFFFFF: a stream's unknown length
+                        return f"is truncated: its header announces {length} bytes of samples, the file holds {available}"
+                    return None
+                f.seek(length + (length & 1), 1)
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+
+
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Resample mono samples [T] with soxr (high quality); a no-op when the rates agree."""
     if from_rate == to_rate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from .balance import class_weights, split_labels
@@ -48,6 +49,14 @@ def build_dataset(cfg: ExperimentConfig, registries: Registries) -> tuple[Datase
     for name in ("train", "val", "test"):
         if len(getattr(splits, name)) == 0:
             raise DataError(f"The {name} split of data set {cfg.data.name!r} is empty. Give the data set more items or change its split options.")
+    counts = Counter(split_labels(splits.train))
+    untrained = [c for i, c in enumerate(dataset.classes) if counts[i] == 0]
+    if untrained:
+        raise DataError(
+            f"The train split of data set {cfg.data.name!r} has no item of the class(es) {', '.join(map(repr, untrained))}, "
+            f"so the model could never learn them. Add training items of them, drop them from the data set's classes, "
+            f"or change the split options."
+        )
     monitor, n = METRICS[cfg.train.monitor], len(dataset.classes)
     if not monitor.defined_for(n):
         others = ", ".join(name for name, m in METRICS.items() if m.defined_for(n))

@@ -21,20 +21,58 @@ from .errors import MultiturboError
 
 
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """``write(tmp)`` a temporary file beside ``path``, flush it to the disk, rename it over ``path``
+    and flush the directory: a kill or a power cut leaves the old file or the new one. A write error
+    (a full disk...) is a :class:`MultiturboError` naming the file; the old file stays intact."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(path.parent)
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":  # safetensors' own error for a failed write
+            raise write_error(path, exc) from None
         raise
 
 
-def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Write the model's state (parameters and buffers) to ``path`` atomically."""
-    _atomic(Path(path), lambda tmp: save_model(model, tmp))
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename) to the disk, where the system allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # e.g. a file system that cannot sync directories
+    finally:
+        os.close(fd)
+
+
+def write_error(path: Path, exc: BaseException) -> MultiturboError:
+    """The error for a file that could not be written (disk full, no permission, I/O error)."""
+    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return MultiturboError(
+        f"Cannot write {path} ({reason}). Free space on its disk (or fix its permissions) and try again; the previous "
+        f"version of the file, if any, is intact (a training run continues from its last checkpoint with --resume)."
+    )
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the model's state (parameters and buffers) to ``path`` atomically, with ``metadata``
+    (str -> str) in the safetensors header."""
+    _atomic(Path(path), lambda tmp: save_model(model, tmp, metadata=metadata or None))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -144,10 +182,12 @@ def save_checkpoint(
     *,
     scheduler: Any = None,
     scaler: Any = None,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Write a training checkpoint atomically (see the section comment above for its contents).
 
-    ``loop_state`` is the training loop's JSON-able state (epoch, batch, step, early stopping...).
+    ``loop_state`` is the training loop's JSON-able state (epoch, batch, step, early stopping...);
+    ``metadata``: more str -> str entries for the header (the run directory's binding digest).
     """
     tensors: dict[str, torch.Tensor] = {}
     structure = {
@@ -158,6 +198,7 @@ def save_checkpoint(
         "rng": _flatten(rng_state(), "rng", tensors),
     }
     metadata = {
+        **(metadata or {}),
         "format": CHECKPOINT_FORMAT,
         "structure": json.dumps(structure),
         "loop": json.dumps(loop_state),
@@ -177,10 +218,22 @@ class Checkpoint:
     loop: dict[str, Any]
 
 
+def read_header_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file's header (cheap: reads the header only); a
+    MultiturboError naming the file when it is not a safetensors file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise MultiturboError(
+            f"{path} is not a safetensors file ({type(exc).__name__}: {str(exc)[:200]}). It is damaged or was replaced "
+            f"by another file: restore it from a copy of the run directory, or train the run again."
+        ) from None
+
+
 def read_checkpoint_loop_state(path: str | Path) -> dict[str, Any]:
     """Only the loop state of a checkpoint (cheap: reads the header)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_header_metadata(path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise MultiturboError(f"{path} is not a multiturbo training checkpoint (format {meta.get('format')!r}).")
     return json.loads(meta["loop"])

@@ -187,8 +187,9 @@ def schema() -> None:
 @click.option("--no-groups", is_flag=True, help="Do not build the model to show its parameter groups.")
 def show_config(config: Path, overrides: tuple[str, ...], no_groups: bool) -> None:
     """Validate CONFIG and print it resolved (presets applied, plugin defaults filled), then the
-    optimiser's parameter groups as YAML comments (name, lr, weight decay, parameters; this
-    builds the data set and the model, so it also runs every check made before training)."""
+    optimiser's parameter groups as YAML comments (name, lr, weight decay, parameters). This builds
+    the device, the data set and the model, so it runs every check `multiturbo run` makes before
+    training (the data's files included) and fails as run would; --no-groups checks the config only."""
     from .config import config_to_yaml, load_config
 
     cfg = load_config(config, overrides)
@@ -196,13 +197,16 @@ def show_config(config: Path, overrides: tuple[str, ...], no_groups: bool) -> No
     if no_groups:
         return
     from .build import build_experiment
+    from .composition import composition_warnings, split_composition
     from .optim import describe_groups, param_groups
+    from .runtime import resolve_device
 
-    try:
-        groups = param_groups(build_experiment(cfg).model, cfg.train)
-    except MultiturboError as exc:  # e.g. the data set's files are not on this machine
-        click.echo("# parameter groups: not shown, the experiment cannot be built here: " + " ".join(str(exc).split()))
-        return
+    resolve_device(cfg.train.device)  # what run checks first
+    exp = build_experiment(cfg)  # the data set (every file), the model, the schedule: run's checks before training
+    groups = param_groups(exp.model, cfg.train)
+    composition = split_composition(exp.splits, exp.dataset.classes, list(cfg.modalities), exp.dataset.group_key)
+    for warning in composition_warnings(composition):
+        click.echo(f"# warning: {warning}")
     click.echo(f"# parameter groups (initial lr; train.schedule: {cfg.train.schedule.decay + ' after warm-up' if cfg.train.schedule else 'none, constant'}):")
     for line in describe_groups(groups):
         click.echo(f"#   {line}")

@@ -60,6 +60,23 @@ def split_composition(splits: Splits, classes: Sequence[str], modalities: Sequen
     return out
 
 
+ID_KEYS = ("id", "utterance", "name", "line", "index")  # the item's id in its metadata, the first one present
+
+
+def split_membership(splits: Splits) -> dict[str, Any]:
+    """Which items each split holds, by id, in order: ``{"id": the meta key used, "train": [ids],
+    "val": [...], "test": [...]}`` (written to the run directory as splits.json). The id is the
+    first of :data:`ID_KEYS` that every item's metadata has (IEMOCAP: ``utterance``; manifest:
+    ``line``; synthetic: ``index``), else the item's position in its split (``"id": null``)."""
+    metas = {name: _labels_meta(getattr(splits, name))[1] for name in SPLITS}
+    every = [m for name in SPLITS for m in metas[name]]
+    key = next((k for k in ID_KEYS if every and all(isinstance(m, Mapping) and k in m for m in every)), None)
+    out: dict[str, Any] = {"id": key}
+    for name in SPLITS:
+        out[name] = [m[key] for m in metas[name]] if key else list(range(len(metas[name])))
+    return out
+
+
 def composition_warnings(composition: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """One sentence per problem: a small validation / test split, a class absent or rare in a split."""
     warnings = []

@@ -26,7 +26,9 @@ import importlib
 import importlib.metadata
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,6 +92,39 @@ def _mark_broken(name: str, problem: str) -> None:
         )
 
 
+@contextmanager
+def _someone_elses_code() -> Iterator[dict[str, bool]]:
+    """Around a third-party plugin's import or hook: a SystemExit or KeyboardInterrupt that the
+    plugin raises is its bug (caught and reported like any error), but the user's own Ctrl-C (a
+    real SIGINT, noted here in ``state["sigint"]``) must still stop the program."""
+    state = {"sigint": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_IGN / SIG_DFL: a SIGINT is ignored or ends the process anyway
+        yield state
+        return
+
+    def on_sigint(signum, frame):
+        state["sigint"] = True
+        previous(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _raised(exc: BaseException, state: dict[str, bool]) -> str:
+    """How a plugin's error reads in its warning; re-raises the user's own Ctrl-C."""
+    if state["sigint"]:
+        raise exc
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
     """Register the ``multiturbo`` entry points, each on its own: one that fails is skipped."""
     blocked = blocked_names()
@@ -105,15 +140,16 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                 _blocked.append(ep.name)
                 continue
             _third_party[ep.name] = f"{dist_name} {dist.version}"
-            try:
-                plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import error of someone else's package
-                _mark_broken(ep.name, f"importing {ep.value} failed: {type(exc).__name__}: {exc}")
-                continue
-            try:
-                pm.register(plugin, name=ep.name)
-            except Exception as exc:  # noqa: BLE001 - e.g. pluggy's validation of its hook implementations
-                _mark_broken(ep.name, f"registering it failed: {type(exc).__name__}: {exc}")
+            with _someone_elses_code() as state:
+                try:
+                    plugin = ep.load()
+                except BaseException as exc:  # noqa: BLE001 - any error of someone else's package, SystemExit included
+                    _mark_broken(ep.name, f"importing {ep.value} failed: {_raised(exc, state)}")
+                    continue
+                try:
+                    pm.register(plugin, name=ep.name)
+                except BaseException as exc:  # noqa: BLE001 - e.g. pluggy's validation of its hook implementations
+                    _mark_broken(ep.name, f"registering it failed: {_raised(exc, state)}")
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -195,7 +231,14 @@ def _collect(hook: pluggy.HookCaller, registry: Registry) -> Registry:
                 registry.add(name, cls, _plugin, aliases=aliases)
 
         try:
-            impl.function(register=register)
+            with _someone_elses_code() as state:
+                try:
+                    impl.function(register=register)
+                except BaseException as exc:
+                    if not third_party or isinstance(exc, (PluginError, Exception)):
+                        raise
+                    _mark_broken(plugin, f"its {hook.name} hook raised {_raised(exc, state)}")  # SystemExit, KeyboardInterrupt...
+                    continue
         except PluginError:
             if not third_party:
                 raise

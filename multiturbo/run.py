@@ -19,7 +19,7 @@ from .analysis import embed, write_analysis
 from .audio_cache import cache_splits
 from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
-from .composition import best_epoch_warning, composition_warnings, split_composition
+from .composition import best_epoch_warning, composition_warnings, split_composition, split_membership
 from .config import ExperimentConfig
 from .data import Collator, make_loader
 from .distributed import World, barrier, init_from_env
@@ -52,16 +52,27 @@ def run_experiment(
     Under torchrun (WORLD_SIZE > 1) every process runs this: the model is wrapped in
     DistributedDataParallel, each rank trains on its shard of every epoch with the contrastive
     negatives gathered from all ranks, validation and test metrics are computed over all shards,
-    and only rank 0 writes the run directory (docs/scaling.md)."""
+    and only rank 0 writes the run directory (docs/scaling.md), holding its lock (``run.lock``:
+    a second process that would write there is refused)."""
+    with rundir.RunLock() as lock:
+        return _run_experiment(cfg, out, lock, overwrite=overwrite, progress=progress, label=label, resume=resume, before_run=before_run)
+
+
+def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.RunLock, *, overwrite: bool,
+                    progress: ProgressReporter | None, label: str, resume: bool, before_run: float | None) -> dict:
     clock = _Clock(before_run)
     progress = progress or ProgressReporter(quiet=True)
     previous = _check_resume(cfg, out, overwrite) if resume else None
     device, world = _device_and_world(cfg, out)
+    if resume and world.is_main:
+        lock.take(Path(out))
     seed_everything(cfg.seed)
     exp = build_experiment(cfg)  # every config and data check happens here, before training
     clock.lap("build")
-    out = Path(out) if resume else _prepare_run_dir(cfg, out, overwrite, exp, world.is_main)
+    out = Path(out) if resume else _prepare_run_dir(cfg, out, overwrite, exp, world.is_main, lock)
     info = rundir.RunInfo(out, _facts(cfg, exp, device, world.size), previous, write=world.is_main)
+    if world.is_main and not resume:
+        rundir.write_splits(out, split_membership(exp.splits))
     for warning in info.data["split_warnings"] if world.is_main else ():
         progress.log(f"{label}warning: {warning}")
     clock.lap("run_dir")
@@ -143,12 +154,15 @@ def _device_and_world(cfg: ExperimentConfig, out: Path | str | None) -> tuple[to
     return device, world
 
 
-def _prepare_run_dir(cfg: ExperimentConfig, out: Path | str | None, overwrite: bool, exp: Experiment, main: bool) -> Path:
-    """A new run's directory: checked by every rank, then prepared by rank 0 (config.yaml, assets/)."""
+def _prepare_run_dir(cfg: ExperimentConfig, out: Path | str | None, overwrite: bool, exp: Experiment, main: bool,
+                     lock: rundir.RunLock) -> Path:
+    """A new run's directory: checked by every rank, then locked and prepared by rank 0 (config.yaml, assets/)."""
     out = Path(out) if out else rundir.default_run_dir(cfg)
     rundir.check_run_dir(out, overwrite)  # every rank checks before rank 0 writes anything
     barrier()
     if main:
+        out.mkdir(parents=True, exist_ok=True)
+        lock.take(out)  # before --overwrite removes anything
         rundir.prepare_run_dir(out, overwrite)
         rundir.write_config(out, cfg)
         rundir.export_assets(exp.model.encoders, out)  # what the encoders need to be rebuilt offline (assets/)

@@ -15,6 +15,30 @@ from typing import Any
 from .errors import DataError
 
 
+def _read_csv(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    rows: list[tuple[int, dict[str, Any]]] = []
+    reader = csv.reader(text.splitlines(keepends=True))
+    header = next(reader, None)
+    if not header or not any(h.strip() for h in header):
+        raise DataError(f"The manifest {path} is empty: it needs a header row and at least one row.")
+    header = [h.strip() for h in header]
+    dup = sorted(h for h, n in Counter(header).items() if n > 1)
+    if dup:
+        raise DataError(f"The manifest {path} repeats the column(s) {dup} in its header {header}. Rename them.")
+    for values in reader:
+        if not values or all(not v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            raise DataError(
+                f"The manifest {path}, line {reader.line_num}, has {len(values)} fields but the header has "
+                f"{len(header)} ({header}). Quote fields that contain commas."
+            )
+        rows.append((reader.line_num, dict(zip(header, values))))
+    if not rows:
+        raise DataError(f"The manifest {path} has no rows. Add one row per item.")
+    return header, rows
+
+
 def read_manifest(path: Path, fmt: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     """(column names, [(line number, row)]) of a CSV or JSONL manifest, with clear errors."""
     if not path.is_file():
@@ -27,24 +51,11 @@ def read_manifest(path: Path, fmt: str) -> tuple[list[str], list[tuple[int, dict
         raise DataError(f"Cannot read the manifest {path} ({exc}). Save it as UTF-8 text.") from None
     rows: list[tuple[int, dict[str, Any]]] = []
     if fmt == "csv":
-        reader = csv.reader(text.splitlines(keepends=True))
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise DataError(f"The manifest {path} is empty: it needs a header row and at least one row.")
-        header = [h.strip() for h in header]
-        dup = sorted(h for h, n in Counter(header).items() if n > 1)
-        if dup:
-            raise DataError(f"The manifest {path} repeats the column(s) {dup} in its header {header}. Rename them.")
-        for values in reader:
-            if not values or all(not v.strip() for v in values):
-                continue
-            if len(values) != len(header):
-                raise DataError(
-                    f"The manifest {path}, line {reader.line_num}, has {len(values)} fields but the header has "
-                    f"{len(header)} ({header}). Quote fields that contain commas."
-                )
-            rows.append((reader.line_num, dict(zip(header, values))))
-        columns = header
+        csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # a cell of any size (a long transcript) reads
+        try:
+            return _read_csv(path, text)
+        except csv.Error as exc:
+            raise DataError(f"The manifest {path} is not valid CSV ({exc}). Save it as plain CSV text with a header row.") from None
     else:
         columns, seen = [], set()
         for n, line in enumerate(text.splitlines(), start=1):

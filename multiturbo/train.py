@@ -256,7 +256,8 @@ class _EpochLoop:
     def checkpoint(self) -> None:
         s = self.state
         if self.is_main:
-            save_checkpoint(self.ckpt_path, s.model, s.optimizer, s.loop.to_json(), scheduler=s.scheduler, scaler=s.runner.scaler)
+            save_checkpoint(self.ckpt_path, s.model, s.optimizer, s.loop.to_json(), scheduler=s.scheduler, scaler=s.runner.scaler,
+                            metadata=rundir.weights_metadata(self.run_dir))
 
     def write_epoch_outputs(self, record: dict) -> None:
         if self.is_main:

@@ -146,6 +146,24 @@ def test_config_shows_the_parameter_groups(tiny_config_path):
     assert not any(line.startswith("#") for line in invoke("config", tiny_config_path, "--no-groups").output.splitlines())
 
 
+def test_config_runs_every_check_that_run_makes_before_training(tmp_path, tiny_raw):
+    """A modality the data set lacks, a device this machine lacks, data that cannot be used: config fails as run would (issue 15)."""
+    path = tmp_path / "c.yaml"
+    tiny_raw["modalities"]["image"] = {"encoder": "small_cnn"}
+    tiny_raw["data"]["options"]["modalities"] = ["audio", "text"]
+    path.write_text(yaml.safe_dump(tiny_raw))
+    res = CliRunner().invoke(cli, ["config", str(path)])
+    assert res.exit_code == 2 and "does not provide 'image'" in res.output, res.output
+    del tiny_raw["modalities"]["image"], tiny_raw["data"]["options"]["modalities"]
+    path.write_text(yaml.safe_dump(tiny_raw))
+    if not __import__("torch").cuda.is_available():
+        res = CliRunner().invoke(cli, ["config", str(path), "--set", "train.device=cuda"])
+        assert res.exit_code == 2 and "no CUDA device is available" in res.output
+    res = CliRunner().invoke(cli, ["config", str(path), "--set", "data.options.size=4"])  # too few items for 3 splits of 3 classes
+    assert res.exit_code == 2, res.output
+    assert CliRunner().invoke(cli, ["config", str(path), "--no-groups", "--set", "data.options.size=4"]).exit_code == 0  # the config alone
+
+
 def test_python_dash_m_and_console_script_work(tiny_config_path):
     res = subprocess.run([sys.executable, "-m", "multiturbo", "config", str(tiny_config_path), "--set", "turbo.pases=2"], capture_output=True, text=True)
     assert res.returncode == 2

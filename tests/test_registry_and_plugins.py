@@ -252,3 +252,36 @@ def test_a_config_without_a_head_gets_the_registered_default(tiny_raw):
     reg.add("b", type("B", (Head,), {"default": True}), "q")
     with pytest.raises(PluginError, match=r"several heads \(a, b\)"):
         reg.default()
+
+
+FATAL = {
+    # a plugin's own SystemExit / KeyboardInterrupt (issue 15): reported and skipped like any error
+    "exitimport": ("exitdist", "raise SystemExit(3)\n"),
+    "kbimport": ("kbdist", "raise KeyboardInterrupt\n"),
+    "exithook": ("exithookdist", "from multiturbo import hookimpl\n@hookimpl\ndef register_heads(register):\n    raise SystemExit('bye')\n"),
+    "kbhook": ("kbhookdist", "from multiturbo import hookimpl\n@hookimpl\ndef register_encoders(register):\n    raise KeyboardInterrupt\n"),
+}
+
+
+def test_plugins_raising_system_exit_or_keyboard_interrupt_are_skipped(tmp_path):
+    _fake_distribution(tmp_path)
+    for entry, (dist, code) in FATAL.items():
+        _fake_distribution(tmp_path, dist, entry, code, module=f"mod_{entry}")
+    env = {k: v for k, v in os.environ.items() if k not in ("MULTITURBO_NO_EXTERNAL_PLUGINS", "MULTITURBO_BLOCK_PLUGINS")}
+    env["PYTHONPATH"] = str(tmp_path)
+    report, err = _report(env)
+    assert "fake_head" in report["heads"] and report["broken"] == sorted(FATAL)
+    assert "plugin 'exitimport' (exitdist 0.3) is broken and was skipped: importing mod_exitimport failed: SystemExit: 3" in err
+    assert "plugin 'kbimport' (kbdist 0.3) is broken and was skipped: importing mod_kbimport failed: KeyboardInterrupt" in err
+    assert "plugin 'exithook' (exithookdist 0.3) is broken and was skipped: its register_heads hook raised SystemExit: bye" in err
+    assert "plugin 'kbhook' (kbhookdist 0.3) is broken and was skipped: its register_encoders hook raised KeyboardInterrupt" in err
+
+
+def test_the_users_own_ctrl_c_during_plugin_loading_still_stops(tmp_path):
+    """A real SIGINT while a plugin imports (here sent by the plugin itself) is the user's: it stops the program."""
+    _fake_distribution(tmp_path, "sigintdist", "sigint", "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n",
+                       module="mod_sigint")
+    env = {k: v for k, v in os.environ.items() if k not in ("MULTITURBO_NO_EXTERNAL_PLUGINS", "MULTITURBO_BLOCK_PLUGINS")}
+    env["PYTHONPATH"] = str(tmp_path)
+    res = subprocess.run([sys.executable, "-c", REPORT], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "KeyboardInterrupt" in res.stderr and "is broken" not in res.stderr

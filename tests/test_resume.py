@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -141,11 +142,11 @@ def test_resume_after_a_crash_between_checkpoint_and_epoch_outputs(resume_config
 
     real, calls = multiturbo.rundir.write.save_weights, []
 
-    def crash_once_in_epoch_2(model, path):
+    def crash_once_in_epoch_2(model, path, *args):
         calls.append(path)
         if len(calls) == 3:  # epoch 1 wrote best + last; this is epoch 2's first write
             raise KeyboardInterrupt
-        real(model, path)
+        real(model, path, *args)
 
     monkeypatch.setattr(multiturbo.rundir.write, "save_weights", crash_once_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -153,7 +154,13 @@ def test_resume_after_a_crash_between_checkpoint_and_epoch_outputs(resume_config
     monkeypatch.setattr(multiturbo.rundir.write, "save_weights", real)
     state = read_checkpoint_loop_state(run / CHECKPOINT_NAME)
     assert (state["epoch"], state["batch"], state["pending"]["epoch"]) == (3, 0, 2)
-    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"  # Ctrl-C
+    edited = tmp_path / "edited"
+    shutil.copytree(run, edited)
+    info = json.loads((edited / "run.json").read_text())  # the checkpoint is bound to the classes and config.yaml
+    (edited / "run.json").write_text(json.dumps({**info, "classes": info["classes"][::-1]}))
+    with pytest.raises(MultiturboError, match="checkpoint.safetensors does not belong to the config.yaml"):
+        _run(resume_config, edited, resume=True)
     _run(resume_config, run, resume=True)
     _same_results(ref, run)
 
@@ -176,3 +183,19 @@ def test_resume_refuses_finished_runs_other_configs_and_missing_checkpoints(resu
     assert res.exit_code == 2 and "--resume needs the run directory" in res.output
     res = CliRunner().invoke(cli, ["run", str(resume_config), "--out", str(run), "--resume", "--overwrite"])
     assert res.exit_code == 2 and "contradict" in res.output
+
+
+def test_ctrl_c_stops_a_run_promptly_marks_it_interrupted_and_keeps_the_checkpoint(resume_config, tmp_path):
+    run = tmp_path / "run"
+    victim = _cli("run", resume_config, "--out", run, "-q", slow=0.1)
+    ckpt, deadline = run / CHECKPOINT_NAME, time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None and not ckpt.exists():
+        time.sleep(0.01)
+    assert victim.poll() is None, "the run ended before it could be interrupted"
+    victim.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    victim.communicate(timeout=60)
+    assert time.monotonic() - sent < 5 and victim.returncode != 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and "Ctrl-C" in info["error"]
+    assert read_checkpoint_loop_state(ckpt)["step"] > 0  # the last checkpoint is intact

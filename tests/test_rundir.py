@@ -73,12 +73,89 @@ def test_unfinished_run_is_refused(run_copy, status):
     assert load_run(run_copy, require_finished=False).classes == info["classes"]
 
 
+def rebind(run_dir, name="best.safetensors"):
+    """Rewrite ``name`` with the digest of the config.yaml and run.json now in ``run_dir`` (as if
+    the run had been trained with them)."""
+    from safetensors.torch import save_file
+
+    from multiturbo.rundir import weights_metadata
+
+    save_file(load_file(run_dir / name), run_dir / name, metadata=weights_metadata(run_dir))
+
+
 def test_weights_that_do_not_fit_the_config(run_copy):
     raw = yaml.safe_load((run_copy / "config.yaml").read_text())
     raw["model"]["dim"] = 8
     (run_copy / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(MultiturboError, match="best.safetensors does not belong to the config.yaml"):
+        load_run(run_copy)
+    rebind(run_copy)
     with pytest.raises(MultiturboError, match="does not fit the model"):
         load_run(run_copy)
+
+
+# -- the binding of weights, config and classes (issue 15) -----------------------------------------
+def test_an_edited_config_with_the_same_weight_shapes_is_refused(run_copy):
+    raw = yaml.safe_load((run_copy / "config.yaml").read_text())
+    raw["modalities"]["audio"]["options"]["n_mels"] = 8  # same weights, other preprocessing
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(MultiturboError, match=r"best.safetensors does not belong to the config.yaml and the class list"):
+        load_run(run_copy)
+
+
+def test_a_reordered_class_list_is_refused(run_copy):
+    info = json.loads((run_copy / "run.json").read_text())
+    info["classes"] = info["classes"][::-1]
+    (run_copy / "run.json").write_text(json.dumps(info))
+    with pytest.raises(MultiturboError, match="does not belong"):
+        load_run(run_copy)
+
+
+def test_comments_and_layout_of_config_yaml_do_not_count(run_copy):
+    text = (run_copy / "config.yaml").read_text()
+    (run_copy / "config.yaml").write_text("# my notes\n" + yaml.safe_dump(yaml.safe_load(text), sort_keys=True))
+    load_run(run_copy)
+
+
+def test_non_finite_weights_are_refused(run_copy):
+    from safetensors.torch import save_file
+
+    from multiturbo.rundir import weights_metadata
+
+    tensors = load_file(run_copy / "best.safetensors")
+    name = next(k for k, t in tensors.items() if t.is_floating_point())
+    tensors[name][...] = float("nan")
+    save_file(tensors, run_copy / "best.safetensors", metadata=weights_metadata(run_copy))
+    with pytest.raises(MultiturboError, match=f"non-finite weights .*{name}"):
+        load_run(run_copy)
+
+
+def test_a_file_that_is_not_safetensors_says_so(run_copy):
+    (run_copy / "best.safetensors").write_bytes(b"PK\x03\x04 a zip, not weights" * 10)
+    with pytest.raises(MultiturboError, match="best.safetensors is not a safetensors file"):
+        load_run(run_copy)
+
+
+def test_weights_without_a_digest_load_with_a_warning(run_copy):
+    from safetensors.torch import save_file
+
+    save_file(load_file(run_copy / "best.safetensors"), run_copy / "best.safetensors")
+    with pytest.warns(UserWarning, match="records no digest"):
+        load_run(run_copy)
+
+
+def test_every_weights_file_and_the_checkpoint_carry_the_digest(tmp_path):
+    from multiturbo.checkpoint import read_header_metadata
+    from multiturbo.rundir import binding_digest
+
+    cfg = copy.deepcopy(TINY)
+    cfg["train"]["epochs"] = 1
+    out = tmp_path / "run"
+    run_experiment(check_config(validate_config(cfg)), out)
+    digest = binding_digest(out)
+    assert digest and digest.startswith("sha256:")
+    for name in ("best.safetensors", "last.safetensors"):
+        assert read_header_metadata(out / name)["multiturbo_binding"] == digest
 
 
 def test_a_damaged_config_is_a_config_error(run_copy):
@@ -298,6 +375,7 @@ def test_a_renamed_encoder_still_loads_an_old_run_directory(tiny_run, run_copy):
     cls = get_registries().encoders.get(saved["modalities"]["audio"]["encoder"])
     saved["modalities"]["audio"]["encoder"] = "old_mel"
     (run_copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    rebind(run_copy)  # as trained when the encoder was called old_mel
     with pytest.raises(MultiturboError, match="Unknown encoder 'old_mel'"):
         load_run(run_copy)
 
@@ -327,3 +405,14 @@ def test_an_alias_may_not_take_a_registered_name():
     reg.add("c", Encoder, "q", aliases=("old_c",))
     with pytest.raises(MultiturboError, match="Duplicate encoder name 'old_c': registered by plugin 'q'"):
         reg.add("old_c", Encoder, "r")
+
+
+def test_the_run_directory_records_the_ids_of_each_split(tiny_run):
+    membership = json.loads((tiny_run / "splits.json").read_text())
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert membership["id"] == "index"  # the synthetic data set's item id
+    assert {s: len(membership[s]) for s in ("train", "val", "test")} == info["split_sizes"]
+    ids = [i for s in ("train", "val", "test") for i in membership[s]]
+    assert len(ids) == len(set(ids))  # no item in two splits
+    run = load_run(tiny_run)
+    assert [m["index"] for m in (s.meta for s in test_split(run))] == membership["test"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import reprlib
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -23,17 +24,93 @@ from .schema import GROUP_PARTS, ExperimentConfig, TrainConfig
 Loc = tuple[str | int, ...]
 
 
+MAX_NODES = 100_000  # a config, its aliases expanded, holds at most this many values (a YAML "billion laughs" is refused)
+MAX_ECHO = 200  # characters of an invalid value shown in an error
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no object construction) that refuses a key given twice in one mapping
+    (plain YAML keeps the last one silently). A merge key (``<<: *base``) may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(f"line {line}: the key {_short(key)} is given twice in one mapping (first on line "
+                                        f"{seen[key]}); YAML would keep only the last one. Remove one of them.")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _short(value: Any, limit: int = MAX_ECHO) -> str:
+    """``repr(value)``, cut to ``limit`` characters (without building the whole repr of a huge value)."""
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = r.maxlong = limit
+    r.maxlist = r.maxdict = r.maxtuple = r.maxset = 20
+    r.maxlevel = 4
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_size(raw: Any, where: str) -> None:
+    """Refuse a document whose aliases expand to more than MAX_NODES values (or that refers to itself)."""
+    count, stack = 0, [raw]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise ConfigError([f"{where}: the config expands to more than {MAX_NODES} values: a huge value, or YAML aliases "
+                               f"(*name) that repeat anchored parts (&name) over and over or refer to themselves. A config "
+                               f"needs far fewer; write the values out, or use fewer nested aliases."])
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """Parse config YAML: safe (no objects), duplicate keys refused, alias expansion bounded; a
+    ConfigError naming ``where`` otherwise."""
+    try:
+        loader = _ConfigLoader(text)  # what yaml.load does, with a SafeLoader
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except _DuplicateKey as exc:
+        raise ConfigError([f"{where}: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{where}: not valid YAML: {_cut(str(exc), 600)}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{where}: the YAML is nested too deeply to read."]) from None
+    _check_size(raw, where)
+    return raw
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load`` (no object construction)."""
+    """Read a YAML mapping with :func:`safe_yaml` (no object construction, no duplicate keys, bounded aliases)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"{path}: no such file. Give the path of a YAML config, e.g. configs/demo.yaml."])
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text. Save the config as UTF-8."]) from None
+    raw = safe_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping (key: value lines), got {type(raw).__name__}."])
     return raw
@@ -48,8 +125,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         if not sep or not all(parts):
             raise ConfigError([f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set turbo.passes=3"])
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
+            value = safe_yaml(text, f"--set {_cut(item, MAX_ECHO)}")
+        except ConfigError as exc:
+            if "expands to more than" in str(exc) or "given twice" in str(exc):
+                raise
             value = text
         node = out
         for i, part in enumerate(parts[:-1]):
@@ -99,7 +178,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
             lines.append(f"{where}: required key is missing.")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {msg} (got {err.get('input')!r}).")
+            lines.append(f"{where}: {_cut(msg, MAX_ECHO)} (got {_short(err.get('input'))}).")
     return lines
 
 

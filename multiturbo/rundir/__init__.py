@@ -14,20 +14,20 @@ from ..errors import RunDirError
 from .layout import CHECKPOINT
 from .load import LoadedRun, build_encoders, load_run, make_eval_loader, resolved_config, test_split
 from .read import (
-    check_resumable, check_version, finished_metrics, has_figure, read_analysis, read_info, read_log, read_saved_config,
+    binding_digest, check_binding, check_resumable, check_version, finished_metrics, has_figure, read_analysis, read_info, read_log, read_saved_config,
     read_test_metrics, report_target, run_seconds, same_config,
 )
 from .write import (
-    RunInfo, check_run_dir, checkpoint_path, copy_preprocessing, default_run_dir, export_assets, figure_path, fresh_tensorboard_dir, load_best,
+    RunInfo, RunLock, check_run_dir, checkpoint_path, copy_preprocessing, default_run_dir, export_assets, figure_path, fresh_tensorboard_dir, load_best,
     prepare_run_dir, remove_checkpoint, save_best, truncate_log, write_analysis_file, write_config, write_epoch, write_report,
-    write_test_metrics,
+    write_splits, write_test_metrics, weights_metadata,
 )
 
 __all__ = [
-    "CHECKPOINT", "LoadedRun", "RunDirError", "RunInfo", "build_encoders", "check_resumable", "check_run_dir", "check_version", "checkpoint_path",
+    "CHECKPOINT", "LoadedRun", "RunDirError", "RunInfo", "RunLock", "binding_digest", "build_encoders", "check_binding", "check_resumable", "check_run_dir", "check_version", "checkpoint_path",
     "copy_preprocessing", "resolved_config",
     "default_run_dir", "export_assets", "figure_path", "finished_metrics", "fresh_tensorboard_dir", "has_figure", "load_best",
     "load_run", "make_eval_loader", "prepare_run_dir", "read_analysis", "read_info", "read_log", "read_saved_config",
     "read_test_metrics", "remove_checkpoint", "report_target", "run_seconds", "same_config", "save_best", "test_split",
-    "truncate_log", "write_analysis_file", "write_config", "write_epoch", "write_report", "write_test_metrics",
+    "truncate_log", "weights_metadata", "write_analysis_file", "write_config", "write_epoch", "write_report", "write_splits", "write_test_metrics",
 ]

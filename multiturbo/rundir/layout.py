@@ -13,6 +13,8 @@
     tensorboard/            event files of metrics.jsonl (when tensorboard is installed)
     report.md               the run's report: metrics, figures, analysis
     transcripts.json        ASR transcripts of prediction inputs (--transcribe), a cache kept by --overwrite
+    splits.json             the ids of the items of each split (train / val / test), to reproduce or extend the evaluation
+    run.lock                while a process trains in the directory: its process id and host
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ ANALYSIS_DIR = "analysis"
 ANALYSIS_FILE = "analysis.json"  # inside ANALYSIS_DIR
 TENSORBOARD_DIR = "tensorboard"
 TRANSCRIPTS = "transcripts.json"  # multiturbo.transcribe: a cache, not a training output
+SPLITS = "splits.json"  # the ids of the items of each split (multiturbo.composition.split_membership)
+LOCK = "run.lock"  # the process id and host of the process training in the directory (rundir.write.RunLock)
 
 # What --overwrite removes (and nothing else: a user's own files in the directory stay).
-RUN_FILES = (CONFIG, INFO, LOG, TEST_METRICS, BEST, LAST, CHECKPOINT, REPORT, ASSETS_FILE)
+RUN_FILES = (CONFIG, INFO, LOG, TEST_METRICS, BEST, LAST, CHECKPOINT, REPORT, ASSETS_FILE, SPLITS)
 RUN_DIRS = (ANALYSIS_DIR, TENSORBOARD_DIR, ASSETS_DIR)
 # What a finished run needs to be loaded.
 REQUIRED_FILES = (CONFIG, INFO, BEST)

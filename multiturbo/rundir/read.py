@@ -9,14 +9,16 @@ from another minor or major version, or one without a version, is refused with a
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..version import __version__
-from ..checkpoint import read_checkpoint_loop_state
+from ..checkpoint import read_checkpoint_loop_state, read_header_metadata
 from ..config import ExperimentConfig, config_differences, config_to_yaml, describe_differences
 from ..errors import MultiturboError, RunDirError
 from . import layout
@@ -100,6 +102,44 @@ def report_target(run_dir: str | Path) -> Path:
     """What a comparison links for a run: its report.md, or the directory when it has none."""
     report = layout.path(run_dir, layout.REPORT)
     return report if report.is_file() else Path(run_dir)
+
+
+# -- the binding of weights, config and classes ----------------------------------------------------------
+BINDING_KEY = "multiturbo_binding"  # safetensors metadata of best / last / checkpoint: binding_digest() at write time
+
+
+def binding_digest(run_dir: str | Path) -> str | None:
+    """A digest of the saved config (config.yaml, as data: comments and layout do not count) and
+    the class list of run.json, in order: what the weights of the run mean. None when either file
+    is missing or unreadable (e.g. :func:`multiturbo.train.fit` called on a bare directory)."""
+    try:
+        saved = yaml.safe_load(layout.path(run_dir, layout.CONFIG).read_text(encoding="utf-8"))
+        classes = json.loads(layout.path(run_dir, layout.INFO).read_text(encoding="utf-8"))["classes"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    text = json.dumps({"config": saved, "classes": classes}, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_binding(run_dir: str | Path, path: str | Path) -> None:
+    """Refuse weights (best / last / checkpoint) that were not written with the config.yaml and the
+    class list now in ``run_dir``; a file that is not safetensors is a :class:`RunDirError` too. A
+    file from before the digest existed loads with a warning."""
+    try:
+        meta = read_header_metadata(path)
+    except MultiturboError as exc:
+        raise RunDirError(str(exc)) from None
+    stored = meta.get(BINDING_KEY)
+    if stored is None:
+        warnings.warn(f"{path} records no digest of its config and classes (written before multiturbo checked them); "
+                      f"it is used unverified. Train the run again to have it verified.", stacklevel=3)
+        return
+    if stored != binding_digest(run_dir):
+        raise RunDirError(
+            f"{path} does not belong to the {layout.CONFIG} and the class list of {layout.INFO} now in {run_dir}: one of "
+            f"them was edited after training (a changed option, a reordered or renamed class) or the weights were copied "
+            f"from another run. Restore the original files, or train the run again."
+        )
 
 
 # -- checks -----------------------------------------------------------------------------------------
@@ -206,5 +246,9 @@ def check_resumable(cfg: ExperimentConfig, out: Path) -> dict:
             f"The run in {out} has no checkpoint ({layout.CHECKPOINT}): it stopped before the first one was written. "
             f"Start it again with --overwrite."
         )
-    read_checkpoint_loop_state(ckpt)  # a readable checkpoint of ours
+    try:
+        check_binding(out, ckpt)  # a safetensors file, written with this config and these classes
+        read_checkpoint_loop_state(ckpt)  # a checkpoint of ours
+    except MultiturboError as exc:
+        raise MultiturboError(f"{exc} The run in {out} cannot be resumed; start it again with --overwrite.") from None
     return info

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..checkpoint import _atomic, load_weights, save_weights, write_json
+from ..checkpoint import _atomic, load_weights, save_weights, write_error, write_json
 from ..config import ExperimentConfig, config_to_yaml
 from ..errors import MultiturboError, RunDirError
 from . import layout
+from .read import BINDING_KEY, binding_digest, check_binding
 
 
 def default_run_dir(cfg: ExperimentConfig) -> Path:
@@ -28,7 +32,7 @@ def default_run_dir(cfg: ExperimentConfig) -> Path:
 
 def check_run_dir(out: Path, overwrite: bool) -> None:
     """Refuse to mix a new run into a directory that already holds files (unless ``overwrite``)."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(p.name != layout.LOCK for p in out.iterdir()) and not overwrite:
         raise MultiturboError(f"The run directory {out} already exists and is not empty. Pass another --out, or --overwrite to replace its contents.")
 
 
@@ -42,6 +46,74 @@ def prepare_run_dir(out: Path, overwrite: bool) -> Path:
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+class RunLock:
+    """``run.lock`` in a run directory while a process trains in it: a second process that would
+    write there (a resume, an --overwrite) is refused. A lock left by a process that died (a
+    SIGKILL) is taken over: it names its process id and host, and that process is gone.
+    Used as ``with RunLock() as lock: ... lock.take(run_dir)``; released on exit."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def take(self, run_dir: Path) -> None:
+        path = layout.path(run_dir, layout.LOCK)
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(path)
+                if holder is not None:
+                    raise MultiturboError(
+                        f"The run directory {run_dir} is in use by another process ({holder}; lock file {path}). Wait for "
+                        f"it to finish, or use another --out. If that process no longer runs, delete {path}."
+                    ) from None
+                path.unlink(missing_ok=True)  # a stale lock of a process that died
+                continue
+            except OSError as exc:
+                raise write_error(path, exc) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self.path = path
+            return
+        raise MultiturboError(f"Cannot take the lock {path}: other processes keep replacing it. Use another --out.")
+
+    def release(self) -> None:
+        if self.path is not None:
+            try:
+                if self.path.read_text().split()[:1] == [str(os.getpid())]:
+                    self.path.unlink()
+            except OSError:
+                pass
+            self.path = None
+
+
+def _lock_holder(path: Path) -> str | None:
+    """'process PID on HOST' of a live lock, None for a stale one (its process is gone, or the file is unreadable)."""
+    try:
+        pid_text, host = (path.read_text().split() + ["", ""])[:2]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host and host != socket.gethostname():
+        return f"process {pid} on {host}"  # cannot be checked from here: assume it runs
+    if pid == os.getpid():
+        return f"process {pid}, this one"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return f"process {pid} on {host or 'this machine'}"
 
 
 def write_config(out: Path, cfg: ExperimentConfig) -> None:
@@ -70,8 +142,16 @@ class RunInfo:
             write_json(self.path, self.data)
 
     def failed(self, exc: BaseException, seconds: float) -> None:
-        self.data.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=seconds)
-        self.save()
+        """The run stopped on ``exc``: status ``interrupted`` (Ctrl-C) or ``failed``; either resumes with --resume.
+        Never raises (a full disk must not hide ``exc``)."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.data.update(status="interrupted", error="KeyboardInterrupt: stopped by the user (Ctrl-C)", seconds=seconds)
+        else:
+            self.data.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=seconds)
+        try:
+            self.save()
+        except Exception:  # noqa: BLE001 - e.g. the disk is full: the error being raised says more than this one
+            pass
 
     def update(self, **facts: Any) -> None:
         """Add facts to run.json (e.g. the timings, once the outputs are written)."""
@@ -93,12 +173,30 @@ def remove_checkpoint(run_dir: Path) -> None:
     checkpoint_path(run_dir).unlink(missing_ok=True)
 
 
+def weights_metadata(run_dir: Path) -> dict[str, str]:
+    """The safetensors metadata of the run's weights and checkpoint: the digest binding them to
+    config.yaml and the classes of run.json (none when the directory holds neither)."""
+    digest = binding_digest(run_dir)
+    return {BINDING_KEY: digest} if digest else {}
+
+
 def save_best(run_dir: Path, model: nn.Module) -> None:
-    save_weights(model, layout.path(run_dir, layout.BEST))
+    save_weights(model, layout.path(run_dir, layout.BEST), weights_metadata(run_dir))
 
 
 def load_best(model: nn.Module, run_dir: Path) -> None:
-    load_weights(model, layout.path(run_dir, layout.BEST))
+    """Load ``best.safetensors`` into ``model``, verified: a safetensors file, written with the
+    config.yaml and classes now in ``run_dir``, every weight finite (a :class:`RunDirError`
+    naming the file otherwise)."""
+    path = layout.path(run_dir, layout.BEST)
+    check_binding(run_dir, path)
+    load_weights(model, path)
+    bad = [name for name, t in model.state_dict().items() if torch.is_floating_point(t) and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise RunDirError(
+            f"{path} holds non-finite weights (NaN or inf) in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: it is "
+            f"damaged and would predict garbage. Restore it from a copy of the run directory, or train the run again."
+        )
 
 
 def write_epoch(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None:
@@ -106,9 +204,15 @@ def write_epoch(run_dir: Path, model: nn.Module, record: dict[str, Any]) -> None
     the record as one line of metrics.jsonl."""
     if record["best"]:
         save_best(run_dir, model)
-    save_weights(model, layout.path(run_dir, layout.LAST))
-    with open(layout.path(run_dir, layout.LOG), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    save_weights(model, layout.path(run_dir, layout.LAST), weights_metadata(run_dir))
+    path = layout.path(run_dir, layout.LOG)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def truncate_log(run_dir: Path, keep_below: int) -> None:
@@ -127,6 +231,11 @@ def truncate_log(run_dir: Path, keep_below: int) -> None:
         if isinstance(epoch, int) and epoch < keep_below:
             kept.append(line)
     _write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def write_splits(run_dir: Path, membership: dict[str, Any]) -> None:
+    """``splits.json``: the ids of each split's items (:func:`multiturbo.composition.split_membership`)."""
+    write_json(layout.path(run_dir, layout.SPLITS), membership)
 
 
 def write_test_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:

@@ -54,6 +54,8 @@ from __future__ import annotations
 
 import json
 import operator
+import sys
+import time
 from collections.abc import Sequence
 from functools import partial
 from operator import itemgetter
@@ -63,7 +65,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from multiturbo.audio import Waveform, load_audio
+from multiturbo.audio import Waveform, audio_problem, load_audio
 from multiturbo.dataset import Dataset, DatasetOptions, LazySplit, Sample, Splits
 from multiturbo.errors import DataError
 from multiturbo.hookspecs import Register, hookimpl
@@ -158,6 +160,23 @@ def _cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def _check_audio_files(rows: list[dict[str, Any]], o: ManifestOptions) -> list[str]:
+    """``line n: column='value' <problem>`` for every existing audio file that cannot be read, has
+    no samples, is truncated or holds NaN / inf (:func:`multiturbo.audio.audio_problem`); says how
+    far it got on stderr when the check is long."""
+    audio = [m for m, spec in o.modalities.items() if spec.kind == "audio"]
+    todo = [(r["meta"]["line"], m, r["inputs"][m]) for r in rows for m in audio if isinstance(r["inputs"][m], Path) and r["inputs"][m].is_file()]
+    bad, start, shown = [], time.monotonic(), time.monotonic()
+    for i, (line, m, file) in enumerate(todo, 1):
+        problem = audio_problem(file)
+        if problem:
+            bad.append(f"line {line}: {o.modalities[m].column}={str(file)!r} {problem}")
+        if time.monotonic() - shown > 5:
+            shown = time.monotonic()
+            print(f"multiturbo: checking the audio files of {o.path}: {i} of {len(todo)} ({shown - start:.0f} s)", file=sys.stderr, flush=True)
+    return bad
+
+
 def _sort_key(value: str) -> tuple:
     try:
         return (0, float(value), value)
@@ -236,26 +255,30 @@ class ManifestDataset(Dataset):
             if any(spec.optional for spec in o.modalities.values()):
                 meta["missing"] = [m for m, v in inputs.items() if v is None]
             rows.append({"inputs": inputs, "label": index[label], "meta": meta})
-        if blank:
-            m, where = next(iter(blank.items()))
-            others = f" (and empty cells of {', '.join(repr(o.modalities[k].column) for k in list(blank)[1:])} too)" if len(blank) > 1 else ""
-            raise DataError(
-                f"The manifest {self.path} has empty cells in the column {o.modalities[m].column!r} of the required "
-                f"{o.modalities[m].kind} modality {m!r}: {_rows_listing(where, len(where))}{others}. Fill them in, remove the "
-                f"rows, or, if items may lack {m!r}, set `optional: true` on it (data.options.modalities.{m}.optional) so an "
-                f"empty cell means the item lacks it."
+        problems = []  # every problem of the manifest, in one error
+        for m, where in blank.items():
+            problems.append(
+                f"empty cells in the column {o.modalities[m].column!r} of the required {o.modalities[m].kind} modality "
+                f"{m!r}: {_rows_listing(where, len(where))}. Fill them in, remove the rows, or, if items may lack {m!r}, set "
+                f"`optional: true` on it (data.options.modalities.{m}.optional) so an empty cell means the item lacks it."
             )
         if absent:
-            raise DataError(
-                f"The manifest {self.path} names files that do not exist (paths are relative to {base}): "
-                f"{_rows_listing(absent, len(absent))}. Fix the paths or remove the rows (or, for a modality some "
-                f"items lack, set `optional: true` on it and leave its cell empty)."
+            problems.append(
+                f"files that do not exist (paths are relative to {base}): {_rows_listing(absent, len(absent))}. Fix the "
+                f"paths or remove the rows (or, for a modality some items lack, set `optional: true` on it and leave its cell empty)."
+            )
+        bad_audio = _check_audio_files(rows, o)
+        if bad_audio:
+            problems.append(
+                f"audio files that cannot be used: {_rows_listing(bad_audio, len(bad_audio))}. Replace the files or remove the rows."
             )
         if empty:
-            raise DataError(
-                f"The manifest {self.path} has rows with every modality missing: {_rows_listing(empty, len(empty))}. "
-                f"Remove them."
-            )
+            problems.append(f"rows with every modality missing: {_rows_listing(empty, len(empty))}. Remove them.")
+        if len(problems) == 1:
+            raise DataError(f"The manifest {self.path} has {problems[0]}")
+        if problems:
+            listed = " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+            raise DataError(f"The manifest {self.path} has {len(problems)} problems, found before training: {listed}")
         self.rows = rows
         self.group_key = o.group_column
         self._folds: list[str] = []
@@ -325,6 +348,21 @@ class ManifestDataset(Dataset):
                     out[i] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
         return out
 
+    def _check_leaks(self, assign: list[str], fold: int) -> None:
+        """Refuse the same item (rows with the same inputs) in two splits: the test would score training items."""
+        where: dict[tuple, list[tuple[int, str]]] = {}
+        for r, split in zip(self.rows, assign):
+            key = tuple((m, str(v)) for m, v in sorted(r["inputs"].items()))
+            where.setdefault(key, []).append((r["meta"]["line"], split))
+        leaks = [places for places in where.values() if len({s for _, s in places}) > 1]
+        if leaks:
+            listed = [" and ".join(f"line {n} ({s})" for n, s in places) for places in leaks]
+            raise DataError(
+                f"The manifest {self.path} lists the same item (the same inputs) in two splits (fold {fold}): "
+                f"{_rows_listing(listed, len(listed))}. Remove the duplicate rows, or give duplicates the same group "
+                f"(group_column) so they land in one split."
+            )
+
     def _targets(self, n: int) -> tuple[int, int]:
         o = self.options
         n_test = max(1, round(n * o.test_fraction)) if o.test_fraction > 0 else 0
@@ -346,6 +384,7 @@ class ManifestDataset(Dataset):
             )
         if f not in self._cache:
             assign = self._assign(f)
+            self._check_leaks(assign, f)
             parts = {s: manifest_split([r for r, a in zip(self.rows, assign) if a == s], self._kinds) for s in ("train", "val", "test")}
             if len(parts["train"]) == 0:
                 raise DataError(

@@ -315,3 +315,60 @@ def test_an_empty_cell_of_a_required_modality_is_an_error_for_every_kind(tmp_pat
     assert "`optional: true`" in msg and "data.options.modalities.x.optional" in msg
     ds = make(path, modalities={**mods, "x": {**mods["x"], "optional": True}})  # the fix: the items lack x
     assert sorted(m["line"] for s in ("train", "val", "test") for m in getattr(ds.splits(), s).meta if m["missing"] == ["x"]) == [4, 7, 9]
+
+
+# -- data checked before training (issue 15) ----------------------------------------------------------
+def test_every_bad_audio_file_and_every_problem_is_listed_in_one_error(data):
+    root, rows = data
+    ok = (root / rows[0]["wav"]).read_bytes()
+    (root / rows[1]["wav"]).write_bytes(ok[: len(ok) // 2])  # truncated
+    sf.write(str(root / rows[2]["wav"]), np.zeros(0, np.float32), 8000)  # no samples
+    nan = np.zeros(800, np.float32)
+    nan[5] = np.nan
+    sf.write(str(root / rows[3]["wav"]), nan, 8000, subtype="FLOAT")  # NaN samples
+    (root / rows[4]["wav"]).write_bytes(b"not audio at all")
+    rows[5]["wav"] = "clips/missing.wav"
+    rows[6]["transcript"] = ""
+    with pytest.raises(DataError) as info:
+        make(write_csv(root / "m.csv", rows))
+    msg = str(info.value)
+    assert "has 3 problems, found before training" in msg
+    assert "(1) empty cells in the column 'transcript'" in msg and "line 8" in msg
+    assert "(2) files that do not exist" in msg and "missing.wav" in msg
+    assert "line 3: wav=" in msg and "01.wav' is truncated: its header announces 1600 bytes" in msg
+    assert "line 4: wav=" in msg and "02.wav' has no samples" in msg
+    assert "line 5: wav=" in msg and "03.wav' holds non-finite samples (NaN or inf), 1 of 800, the first at sample 5" in msg
+    assert "line 6: wav=" in msg and "04.wav' cannot be read" in msg
+
+
+def test_a_cell_over_128_kb_is_read(data):
+    root, rows = data
+    rows[0]["transcript"] = "word " * 60_000  # 300 KB
+    ds = make(write_csv(root / "m.csv", rows), split_column="split")
+    assert any(len(r["inputs"]["text"]) > 131072 for r in ds.rows)
+
+
+def test_the_same_item_in_two_splits_is_refused(data):
+    root, rows = data
+    rows.append({**rows[0], "split": "test"})  # line 2's item again, in the test split
+    with pytest.raises(DataError, match=r"the same item \(the same inputs\) in two splits \(fold 0\): line 2 \(train\) and line 32 \(test\)"):
+        make(write_csv(root / "m.csv", rows), split_column="split").splits()
+    rows[-1]["split"] = "train"  # a duplicate within one split is not a leak
+    make(write_csv(root / "m.csv", rows), split_column="split").splits()
+
+
+def test_a_class_without_training_items_is_refused_before_training(data, tmp_path):
+    from multiturbo.build import build_dataset
+    from multiturbo.config import check_config, validate_config
+
+    root, rows = data
+    for r in rows:
+        if r["label"] == "ang" and r["split"] == "train":
+            r["split"] = "val"
+    cfg = check_config(validate_config({
+        "data": {"name": "manifest", "options": {"path": str(write_csv(root / "m.csv", rows)), "modalities": AUDIO_TEXT, "split_column": "split"}},
+        "modalities": {"audio": {"encoder": "logmel_cnn", "options": {"sample_rate": 8000}}, "text": {"encoder": "hashed_transformer"}},
+        "train": {"batch_size": 4, "epochs": 1},
+    }))
+    with pytest.raises(DataError, match=r"train split of data set 'manifest' has no item of the class\(es\) 'ang'"):
+        build_dataset(cfg, get_registries())
