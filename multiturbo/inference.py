@@ -53,6 +53,7 @@ from .errors import DataError, MultiturboError
 from .metrics import classification_metrics
 from .model import TurboModel, eval_pass
 from .plugins import get_registries
+from .progress import ProgressReporter
 from .reader import InputReader
 from .retrieval import DEFAULT_KS, cross_modal_retrieval
 from .rundir import LoadedRun
@@ -292,8 +293,10 @@ def check_inputs(run: LoadedRun, inputs: Inputs) -> None:
             )
 
 
-def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None, kinds: Mapping[str, str] | None = None) -> Outputs:
-    """One eval-mode pass over ``inputs`` in batches: probabilities, views and presence masks."""
+def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None, kinds: Mapping[str, str] | None = None,
+               progress: ProgressReporter | None = None, description: str = "inference") -> Outputs:
+    """One eval-mode pass over ``inputs`` in batches: probabilities, views and presence masks;
+    ``progress`` shows a bar (or plain lines) with items/s and an ETA."""
     check_inputs(run, inputs)
     readers = modality_readers(run, kinds)
     collator = Collator(run.model.encoders, num_classes=len(run.classes))
@@ -307,7 +310,12 @@ def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None,
                 for item, iid in zip(inputs.items[start:start + bs], inputs.ids[start:start + bs])
             ])
 
-    out = eval_pass(run.model, batches(), run.device)
+    advance = None
+    if progress is not None:
+        progress.start(description, total=(len(inputs) + bs - 1) // bs)
+        sizes = iter([min(bs, len(inputs) - start) for start in range(0, len(inputs), bs)])  # the batches' items, in order
+        advance = lambda: progress.advance(items=next(sizes, 0))  # noqa: E731
+    out = eval_pass(run.model, batches(), run.device, advance)
     return Outputs(out.probs, out.views, out.present, list(inputs.ids), list(inputs.labels))
 
 

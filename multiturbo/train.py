@@ -24,6 +24,7 @@ from .gradcache import cached_backward
 from .model import StepOutput, TurboModel
 from .optim import group_lrs, make_optimizer, make_scheduler
 from .progress import ProgressReporter
+from .runtime import peak_memory
 
 
 class TrainingError(MultiturboError):
@@ -60,6 +61,7 @@ class LoopState:
     sums: dict = field(default_factory=dict)
     n_items: int = 0
     epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
     epoch_skipped: int = 0
     skipped_total: int = 0
     skipped_in_a_row: int = 0
@@ -75,23 +77,31 @@ class LoopState:
 
 
 @torch.no_grad()
-def predict_probs(model: TurboModel, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities [N, C] (one pass, dropout off) and labels [N] over a loader."""
+def predict_probs(model: TurboModel, loader: DataLoader, device: torch.device,
+                  progress: ProgressReporter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities [N, C] (one pass, dropout off) and labels [N] over a loader; ``progress``
+    is advanced once per batch (a bar started by the caller)."""
     model.eval()
     probs, labels = [], []
     for batch in loader:
         batch: LabelledBatch = batch.to(device)
         probs.append(model(batch.inputs).float().softmax(-1))
         labels.append(batch.labels)
+        if progress is not None:
+            progress.advance(items=len(batch))
     if not probs:  # an empty shard of a multi-process run
         probs, labels = [torch.zeros(0, model.head.num_classes, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
     # multi-process: every rank scored its shard of the split; the metrics are computed on all of them
     return gather_rows(torch.cat(probs)).cpu(), gather_rows(torch.cat(labels)).cpu()
 
 
-def evaluate(model: TurboModel, loader: DataLoader, device: torch.device) -> dict:
-    """Every registered metric (:mod:`multiturbo.metrics`), the mean CE ``loss`` included."""
-    probs, labels = predict_probs(model, loader, device)
+def evaluate(model: TurboModel, loader: DataLoader, device: torch.device, progress: ProgressReporter | None = None,
+             description: str = "evaluation") -> dict:
+    """Every registered metric (:mod:`multiturbo.metrics`), the mean CE ``loss`` included; with
+    ``progress``, a bar (or plain lines) named ``description`` over the loader's batches."""
+    if progress is not None:
+        progress.start(description, total=len(loader))
+    probs, labels = predict_probs(model, loader, device, progress)
     return classification_metrics(probs, labels, loss=True)
 
 
@@ -312,9 +322,7 @@ class _EpochLoop:
         if isinstance(sampler, EpochSampler):
             sampler.set_epoch(st.epoch, st.batch * (train_loader.batch_size or 1))
         n_batches = st.batch + len(train_loader)
-        self.progress.start(f"{self.label}epoch {st.epoch}/{cfg.epochs}", total=n_batches)
-        for _ in range(st.batch):
-            self.progress.advance()
+        self.progress.start(f"{self.label}epoch {st.epoch}/{cfg.epochs}", total=n_batches, completed=st.batch)
         for batch in train_loader:
             batch: LabelledBatch = batch.to(s.runner.device)  # non_blocking copies from pinned memory
             result = train_step(s, batch)
@@ -331,10 +339,11 @@ class _EpochLoop:
             st.batch += 1
             if s.scheduler is not None:  # once per batch: the schedule's position is st.step
                 s.scheduler.step()
-            self.progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}")
+            self.progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}", items=len(batch))
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < n_batches:  # epoch ends write one anyway
                 st.epoch_seconds = time.perf_counter() - start
                 self.checkpoint()
+        st.train_seconds = time.perf_counter() - start  # the batches only (a resumed epoch: since its start)
 
     def end_epoch(self, val_loader: DataLoader, start: float) -> dict:
         """Validation, early stopping, then the checkpoint and the epoch's outputs; returns its record."""
@@ -343,7 +352,7 @@ class _EpochLoop:
         train_stats = {k: v / max(st.n_items, 1) for k, v in st.sums.items()}
         if s.model.contrastive is not None:
             train_stats["temperature"] = float(s.model.contrastive.temperature)
-        val = evaluate(s.model, val_loader, s.runner.device)
+        val = evaluate(s.model, val_loader, s.runner.device, self.progress, f"{self.label}epoch {epoch} validation")
         value = float(val[cfg.monitor])
         improved = _improved(value, st.best_value, cfg.monitor)
         if improved:
@@ -361,6 +370,8 @@ class _EpochLoop:
             "lr": group_lrs(s.optimizer),
             "best": improved,
             "seconds": time.perf_counter() - start,
+            "items_per_s": st.n_items / st.train_seconds if st.train_seconds > 0 else None,  # training steps only
+            "peak_memory": peak_memory(s.runner.device),
             "nonfinite_skipped": st.epoch_skipped,
             **({"diagnostics": diagnostics} if diagnostics is not None else {}),
             **({"warnings": warnings} if warnings else {}),
