@@ -21,7 +21,7 @@ from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
 from .composition import best_epoch_warning, composition_warnings, split_composition
 from .config import ExperimentConfig
-from .data import Collator, make_loader
+from .data import Collator, item_lengths, make_loader
 from .distributed import World, barrier, init_from_env
 from .errors import MultiturboError
 from .feature_cache import cache_frozen_features
@@ -194,8 +194,15 @@ class _Loaders:
         splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
         self.splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, self.eval_bs, progress, label)
         weights = sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None
+        lengths = None
+        if t.batching == "bucket":
+            lengths = item_lengths(self.splits.train)
+            if lengths is None or not any(lengths):
+                lengths = None
+                progress.log(f"{label}warning: train.batching: bucket needs item lengths, but the data set {cfg.data.name!r} gives none "
+                             "(its splits are not held in memory and define no `length`); batches are random.")
         self.train = make_loader(self.splits.train, self.collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
-                                 drop_singleton=model.contrastive is not None, weights=weights, **options)
+                                 drop_singleton=model.contrastive is not None, weights=weights, lengths=lengths, **options)
         self.val = make_loader(self.splits.val, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
         self.test = make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
 

@@ -62,6 +62,7 @@ class LoopState:
     n_items: int = 0
     epoch_seconds: float = 0.0
     train_seconds: float = 0.0
+    term_ratios: dict | None = None  # the last epoch's contrastive terms / log(B) (collapse warnings compare with it)
     epoch_skipped: int = 0
     skipped_total: int = 0
     skipped_in_a_row: int = 0
@@ -372,6 +373,7 @@ class _EpochLoop:
             "seconds": time.perf_counter() - start,
             "items_per_s": st.n_items / st.train_seconds if st.train_seconds > 0 else None,  # training steps only
             "peak_memory": peak_memory(s.runner.device),
+            **({"padding": padding} if (padding := self.padding(epoch)) is not None else {}),
             "nonfinite_skipped": st.epoch_skipped,
             **({"diagnostics": diagnostics} if diagnostics is not None else {}),
             **({"warnings": warnings} if warnings else {}),
@@ -385,13 +387,19 @@ class _EpochLoop:
         self.write_epoch_outputs(record)
         return record
 
+    def padding(self, epoch: int) -> dict[str, float] | None:
+        """The padding share per modality of the epoch's training batches, when the loader knows item lengths."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        return sampler.padding(epoch) if isinstance(sampler, EpochSampler) else None
+
     def diagnose(self, val_loader: DataLoader, terms: dict, epoch: int) -> tuple[dict, list[str]]:
         """The epoch's collapse diagnostics on the validation split (:mod:`multiturbo.diagnostics`), for
         vanilla runs too so that methods can be compared; warnings only for contrastive ones."""
         model = self.state.model
         views, present = normalised_views(model, val_loader, self.state.runner.device)
         diagnostics = representation_diagnostics(views, present, terms, self.batch_size * current_world().size)
-        previous, self.previous_ratios = self.previous_ratios, diagnostics["term_ratio"]  # a resumed run starts without one
+        st = self.state.loop  # the last epoch's terms / log(B), kept in the checkpoint: a plateau is a collapse, a fall is not
+        previous, st.term_ratios = st.term_ratios, diagnostics["term_ratio"]
         return diagnostics, collapse_warnings(diagnostics, epoch, previous) if model.contrastive is not None else []
 
     def report_epoch(self, record: dict) -> None:
@@ -411,8 +419,8 @@ class _EpochLoop:
 
     def run(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
         st, cfg = self.state.loop, self.state.cfg
+        self.train_loader = train_loader
         self.batch_size = train_loader.batch_size or 1  # the contrastive batch of the diagnostics' log(B)
-        self.previous_ratios: dict | None = None  # the last epoch's terms / log(B): a plateau is a collapse, a fall is not
         self.progress.start_epochs(f"{self.label}epochs", total=cfg.epochs, completed=st.epoch - 1)
         while not st.done and st.epoch <= cfg.epochs:
             start = time.perf_counter() - st.epoch_seconds

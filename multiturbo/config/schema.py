@@ -143,6 +143,10 @@ class TrainConfig(StrictModel):
         "random",
         description="Training order: random (a permutation per epoch) or balanced (items drawn with replacement, each class equally likely; deterministic from seed and epoch).",
     )
+    batching: Literal["random", "bucket"] = Field(
+        "random",
+        description="How training items are grouped into batches: random, or bucket (items of similar length together: audio seconds, text words; the batches in random order, deterministic from seed and epoch, resumable), which cuts the padding; needs item lengths from the data set (else random, with a warning).",
+    )
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     epochs: int = Field(10, ge=1)
