@@ -192,7 +192,8 @@ class _Loaders:
         options = dict(num_workers=t.num_workers, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor, shard=(world.rank, world.size))
         self.eval_bs = t.eval_batch_size or t.batch_size
         splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
-        self.splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, self.eval_bs, progress, label)
+        self.splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, self.eval_bs, progress, label,
+                                            store=t.frozen_features_store, directory=t.frozen_features_dir)
         weights = sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None
         lengths = None
         if t.batching == "bucket":

@@ -182,6 +182,14 @@ class TrainConfig(StrictModel):
         "recompute",
         description="Modalities whose encoder is fully frozen (freeze: all): recompute runs the encoder on every pass (its own dropout acts, so the K views differ inside the encoder too); cache computes each item's encoder output once before training, with the encoder in eval mode, and the K views then differ by the dropout before the projection only (the frozen-encoder protocol of SUPERB; many times faster).",
     )
+    frozen_features_store: Literal["memory", "disk"] = Field(
+        "memory",
+        description="With frozen_features=cache: memory (this process only; compare and cv share it across their runs) or disk (also one file per item under frozen_features_dir, keyed by the encoder's weights and options and the item's input, shared by processes: resumed cv / compare, sweeps, later runs). Results are identical either way.",
+    )
+    frozen_features_dir: str | None = Field(
+        None, min_length=1,
+        description="Directory of the disk feature cache; None = $XDG_CACHE_HOME/multiturbo/features (~/.cache/multiturbo/features).",
+    )
     diagnostics: bool = Field(
         True,
         description="Every epoch, on the validation split: alignment, uniformity, cross-modal recall@1 and each contrastive term against log(B), logged in metrics.jsonl, with a warning when the contrastive space collapses (docs/training-dynamics.md). Costs one more pass over the validation split per epoch.",
