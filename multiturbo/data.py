@@ -136,7 +136,7 @@ def padding_fraction(order: Sequence[int], lengths: Sequence[Mapping[str, float]
     return out
 
 
-POOL_BATCHES = 50  # bucketing sorts pools of this many batches: randomness across pools, similar lengths within a batch
+POOL_BATCHES = 100  # bucketing sorts pools of this many batches: randomness across pools, similar lengths within a batch
 
 
 def bucket_order(order: Sequence[int], keys: Sequence[float], batch: int, g: torch.Generator) -> list[int]:
