@@ -78,6 +78,7 @@ def test_item_lengths_from_memory_from_a_lazy_split_or_unknown():
     assert item_lengths(Cached(lazy)) == [{"text": 3.0}, {"text": 5.0}]
 
 
-def test_sort_keys_weigh_modalities_by_their_mean():
-    keys = sort_keys([{"audio": 2.0, "text": 10.0}, {"audio": 4.0, "text": 30.0}, {"audio": 3.0}])
-    assert keys == [2 / 3 + 0.5, 4 / 3 + 1.5, 1.0]
+def test_sort_keys_order_by_the_first_modality_then_the_next():
+    keys = sort_keys([{"audio": 2.0, "text": 10.0}, {"audio": 2.0, "text": 3.0}, {"text": 5.0}, {"audio": 1.0}])
+    assert keys == [(2.0, 10.0), (2.0, 3.0), (0.0, 5.0), (1.0, 0.0)]
+    assert sorted(range(4), key=keys.__getitem__) == [2, 3, 1, 0]
