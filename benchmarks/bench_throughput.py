@@ -14,9 +14,12 @@ set's lengths: give ``--lengths FILE`` (one duration in seconds per line) to use
 3. ``freeze: all`` on a tiny wav2vec2 with wav2vec2-base's conv front end (group norm; hf_audio, random weights built from a config, 16 kHz) plus a
    trainable hashed_transformer: the time of each training epoch with ``frozen_features:
    recompute`` and ``cache`` (the cache's one-off feature pass reported on its own).
+4. ``predict`` over a manifest of wav files with these lengths (a tiny trained run): batches in
+   input order read in the main process (the code before length sorting, kept here) against
+   length-sorted batches, without and with DataLoader workers; the probabilities are compared.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py
-    OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py --items 512 --steps 24 --rounds 3 --cache-items 128
+    OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py --items 1024 --steps 16 --rounds 3 --cache-items 96 --cache-epochs 3
 """
 
 from __future__ import annotations
@@ -173,6 +176,67 @@ def part_feature_cache(args) -> None:
         print(f"| {mode} | {t[0]:.2f} | " + " | ".join(f"{x:.2f}" for x in t[1:]) + f" | {speedup:.1f}x |")
 
 
+def part_inference(args) -> None:
+    """predict's pass over a manifest of wav files: batches in input order read in this process (the
+    code before length sorting) vs length-sorted batches, without and with DataLoader workers."""
+    import csv
+
+    import soundfile as sf
+    import torch
+
+    from multiturbo.config import check_config, validate_config
+    from multiturbo.data import Collator
+    from multiturbo.dataset import Sample
+    from multiturbo.inference import modality_readers, read_inputs, run_inputs, to_raw
+    from multiturbo.model import eval_pass
+    from multiturbo.progress import ProgressReporter
+    from multiturbo.rundir import load_run
+    from multiturbo.run import run_experiment
+
+    seconds = durations(args.predict_items, args.seed + 2, args.lengths)
+    items = speech_items(seconds, 4000, args.seed + 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        raw = tiny_config(epochs=1)
+        run_experiment(check_config(validate_config(raw)), tmp / "run", progress=ProgressReporter(quiet=True))
+        run = load_run(tmp / "run")
+        with (tmp / "m.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "audio", "text"])
+            for i, s in enumerate(items):
+                sf.write(tmp / f"{i}.wav", s.inputs["audio"], 4000)
+                w.writerow([i, f"{i}.wav", s.inputs["text"]])
+        inputs = read_inputs(run, tmp / "m.csv")
+        bs = args.batch_size
+
+        def before():  # run_inputs as it was: input order, files read and collated here
+            readers, collator = modality_readers(run), Collator(run.model.encoders, num_classes=len(run.classes))
+
+            def batches():
+                for start in range(0, len(inputs), bs):
+                    yield collator([Sample({m: to_raw(item[m], readers[m], inputs.base) for m in run.modalities}, 0, {"id": iid})
+                                    for item, iid in zip(inputs.items[start:start + bs], inputs.ids[start:start + bs])])
+            return eval_pass(run.model, batches(), run.device).probs
+
+        cases = {"input order, this process (before)": before,
+                 "length-sorted, this process": lambda: run_inputs(run, inputs, batch_size=bs).probs,
+                 f"length-sorted, {args.workers} workers": lambda: run_inputs(run, inputs, batch_size=bs, workers=args.workers).probs}
+        seconds_taken = {name: 0.0 for name in cases}
+        results = {}
+        for _ in range(args.rounds_predict):
+            for name, fn in cases.items():
+                start = time.perf_counter()
+                results[name] = fn()
+                seconds_taken[name] += time.perf_counter() - start
+    base = next(iter(seconds_taken.values()))
+    print(f"\n4. predict on {len(items)} wav files (tiny run, batch {bs}, {torch.get_num_threads()} thread(s), {args.rounds_predict} interleaved rounds)")
+    print("| reading | items/s | ratio | max |prob diff| vs before |\n|---|---|---|---|")
+    first = next(iter(results.values()))
+    for name, t in seconds_taken.items():
+        diff = float((results[name] - first).abs().max())
+        print(f"| {name} | {len(items) * args.rounds_predict / t:.1f} | {base / t:.2f} | {diff:.1e} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=512, help="items for parts 1 and 2")
@@ -183,7 +247,10 @@ def main() -> None:
     p.add_argument("--cache-epochs", type=int, default=2)
     p.add_argument("--lengths", default=None, help="a file of real durations in seconds (one per line) instead of the fit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: 2,3")
+    p.add_argument("--predict-items", type=int, default=1000, help="items for part 4")
+    p.add_argument("--rounds-predict", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers in part 4")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: 2,3,4")
     args = p.parse_args()
 
     import torch
@@ -195,6 +262,8 @@ def main() -> None:
     part_padding_and_speed(args)
     if "3" not in skip:
         part_feature_cache(args)
+    if "4" not in skip:
+        part_inference(args)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def test_durations_follow_the_stated_fit_or_a_given_file(bench, tmp_path):
 
 
 def test_the_padding_table_shows_less_padding_with_buckets(bench, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["bench", "--items", "1600", "--skip", "2,3"])
+    monkeypatch.setattr(sys, "argv", ["bench", "--items", "1600", "--skip", "2,3,4"])
     bench.main()
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith(("| random", "| bucket"))}
     share = lambda name: float(rows[name].split("|")[2].strip().rstrip("%"))  # noqa: E731
