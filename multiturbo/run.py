@@ -80,7 +80,7 @@ def run_experiment(
         clock.lap("train")
         barrier()  # rank 0 has written best.safetensors
         rundir.load_best(model, out)
-        metrics = evaluate(model, loaders.test, device)
+        metrics = evaluate(model, loaders.test, device, progress, f"{label}test")
         clock.lap("test")
     except BaseException as exc:
         info.failed(exc, time.perf_counter() - start)
@@ -93,7 +93,8 @@ def run_experiment(
             progress.log(f"{label}warning: {warning}")
     if world.is_main:
         rundir.write_test_metrics(out, metrics)
-    info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, cfg.train.num_workers))
+    info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, cfg.train.num_workers),
+                  **(_throughput(out) if world.is_main else {}))
     if world.is_main:
         rundir.remove_checkpoint(out)
         write_outputs(out, model, loaders.analysis(), device, exp.dataset.classes, cfg.method, progress, clock)
@@ -212,6 +213,18 @@ class _Loaders:
         if not self.world.distributed:
             return self.test
         return make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, num_workers=self.num_workers)
+
+
+def _throughput(out: Path) -> dict:
+    """For run.json, from the epochs in metrics.jsonl: ``items_per_s`` (the mean of the epochs' training
+    items/s) and ``peak_memory`` (each figure's largest over the epochs)."""
+    log = rundir.read_log(out)
+    rates = [r["items_per_s"] for r in log if r.get("items_per_s")]
+    peak: dict[str, float] = {}
+    for r in log:
+        for key, value in (r.get("peak_memory") or {}).items():
+            peak[key] = max(peak.get(key, 0.0), value)
+    return {"items_per_s": sum(rates) / len(rates) if rates else None, "peak_memory": peak}
 
 
 def _cut_items(model, num_workers: int) -> dict[str, int] | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import io
 
+import pytest
+
 from rich.console import Console
 
 from multiturbo.config import check_config, validate_config
@@ -58,6 +60,9 @@ def test_metrics_jsonl_records_items_per_second_and_peak_memory(tiny_raw, tmp_pa
     assert len(records) == 2
     for r in records:
         assert r["items_per_s"] > 0 and r["peak_memory"]["cpu_rss_mb"] > 10  # a Python process with torch holds far more than 10 MiB
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["items_per_s"] == pytest.approx(sum(r["items_per_s"] for r in records) / 2)
+    assert info["peak_memory"]["cpu_rss_mb"] == max(r["peak_memory"]["cpu_rss_mb"] for r in records)
 
 
 def test_the_bars_show_description_status_and_eta():
