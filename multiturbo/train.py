@@ -27,6 +27,10 @@ from .progress import ProgressReporter
 from .runtime import peak_memory
 
 
+# the fields of an epoch's record that are measured, not computed: they differ between identical runs
+MEASURED_FIELDS = ("seconds", "items_per_s", "peak_memory")
+
+
 class TrainingError(MultiturboError):
     """Training cannot go on (e.g. a non-finite loss)."""
 

@@ -22,6 +22,7 @@ from multiturbo.cli import cli
 from multiturbo.config import load_config
 from multiturbo.errors import MultiturboError
 from multiturbo.run import run_experiment
+from multiturbo.train import MEASURED_FIELDS
 from multiturbo.rundir import CHECKPOINT as CHECKPOINT_NAME
 
 # Runs the CLI; each training step sleeps SLOW_STEP seconds so that the test can kill the
@@ -90,8 +91,7 @@ def _same_results(a: Path, b: Path) -> None:
         ta, tb = load_file(a / name), load_file(b / name)
         assert ta.keys() == tb.keys() and all((ta[k] == tb[k]).all() for k in ta)
     assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
-    timing = {"seconds", "items_per_s", "peak_memory"}  # measured, not computed
-    drop_time = lambda path: [{k: v for k, v in json.loads(line).items() if k not in timing} for line in path.read_text().splitlines()]  # noqa: E731
+    drop_time = lambda path: [{k: v for k, v in json.loads(line).items() if k not in MEASURED_FIELDS} for line in path.read_text().splitlines()]  # noqa: E731
     assert drop_time(a / "metrics.jsonl") == drop_time(b / "metrics.jsonl")
 
 
