@@ -110,7 +110,7 @@ def item_lengths(split: Sequence[Sample]) -> list[dict[str, float]] | None:
 
 def sort_keys(lengths: Sequence[Mapping[str, float]]) -> list[tuple[float, ...]]:
     """One sort key per item from its per-modality lengths: the lengths in modality order (the order
-    in which the items name them: the config's, audio first in the usual audio + text setups), so
+    in which the items first name them, i.e. the data set's: audio first in its audio + text sets), so
     items sort by the first modality's length and ties by the next. Sorting by one modality keeps its
     padding lowest; a blend of several would sort none of them well (measured: 11% audio padding with
     seconds and words averaged, 6% sorted by seconds, at 1,024 items in batches of 16)."""
