@@ -354,7 +354,14 @@ def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None,
         progress.start(description, total=len(batches))
         sizes = iter([len(b) for b in batches])
         advance = lambda: progress.advance(items=next(sizes, 0))  # noqa: E731
-    out = eval_pass(run.model, loader, run.device, advance)
+    try:
+        out = eval_pass(run.model, loader, run.device, advance)
+    except MultiturboError as exc:  # raised in a worker: DataLoader prefixes the worker's traceback
+        message = str(exc)
+        if "Original Traceback" not in message:
+            raise
+        last = message.rstrip().splitlines()[-1]
+        raise type(exc)(last.split(": ", 1)[1] if ": " in last else last) from None
     if out is None:
         raise MultiturboError(f"{_cap(inputs.source)} has no items to run.")
     back = torch.empty(len(inputs), dtype=torch.long)  # row of the pass -> position in the input

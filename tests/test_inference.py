@@ -304,3 +304,11 @@ def test_predict_with_workers_and_progress_lines_in_a_log(tiny_run, tmp_path, mo
     quiet = CliRunner().invoke(cli, ["predict", str(tiny_run), str(manifest), "-o", str(tmp_path / "q.csv"), "-q", "--batch-size", "4"])
     assert quiet.exit_code == 0 and "items/s" not in quiet.output
     assert (tmp_path / "w.csv").read_text() == (tmp_path / "q.csv").read_text()
+
+
+def test_a_bad_file_read_in_a_worker_is_one_paragraph(tiny_run, tmp_path):
+    manifest = write_manifest(load_run(tiny_run), tmp_path / "bad", labels=False)
+    (tmp_path / "bad" / "item3.wav").write_bytes(b"not audio")
+    res = CliRunner().invoke(cli, ["predict", str(tiny_run), str(manifest), "-q", "--workers", "2", "-o", str(tmp_path / "p.csv")])
+    assert res.exit_code == 2, res.output
+    assert "item3.wav cannot be read" in res.output and "Traceback" not in res.output and "worker" not in res.output
