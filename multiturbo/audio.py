@@ -88,6 +88,15 @@ def _wav_truncated(path: Path) -> str | None:
         return f"cannot be read ({exc})"
 
 
+def audio_seconds(path: str | Path) -> float:
+    """An audio file's duration from its header (soundfile.info: no samples decoded)."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError for missing or bad files
+        raise DataError(f"Audio file {path} cannot be read ({type(exc).__name__}: {exc}). Replace it with a valid WAV/FLAC/OGG file or remove the item.") from None
+    return info.frames / info.samplerate if info.samplerate else 0.0
+
+
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Resample mono samples [T] with soxr (high quality); a no-op when the rates agree."""
     if from_rate == to_rate:

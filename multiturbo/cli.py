@@ -6,17 +6,17 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from .errors import MultiturboError
+from .progress import make_console
 
 # The commands import what they use inside their functions: the light commands start without
 # loading the plugins, torchmetrics or matplotlib (a real start-up cost). A command function
 # takes one parameter per command-line option (click's convention), hence the long lists.
 
-out_console = Console()
-err_console = Console(stderr=True)
+out_console = make_console()  # wide when the output is a file or a pipe: tables keep their columns
+err_console = make_console(stderr=True)
 
 
 class _Group(click.Group):
@@ -280,6 +280,8 @@ inference_options = [
     click.option("--batch-size", type=int, default=None, help="Items per forward (default: the run's eval batch size)."),
     click.option("--column", "columns", multiple=True, metavar="MODALITY=COLUMN", help="The manifest column of a modality (default: the training manifest's, else the modality's name)."),
     click.option("--kind", "kinds", multiple=True, metavar="MODALITY=KIND", help="How to read a modality's values: audio / image (file paths) or text."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines."),
+    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes reading and collating the inputs (0: this process)."),
 ]
 transcribe_options = [
     click.option("--transcribe", default=None, metavar="MODEL", help="Fill a missing text modality by transcribing the audio with this Whisper model (a local directory or a cached hub id; offline)."),
@@ -300,16 +302,19 @@ def _with_inference_options(fn):
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the predictions to a .csv or .jsonl file.")
 @_with_inference_options
 def predict(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path | None, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...],
-            transcribe: str | None, transcript_cache: Path | None) -> None:
+            transcribe: str | None, transcript_cache: Path | None, quiet: bool = False, workers: int = 0) -> None:
     """Predict the class of every item of DATA (a CSV / JSONL manifest; labels optional) with RUN_DIR.
 
     Writes one row per item: id, predicted class, one probability per class (prob_<class>).
     With --transcribe MODEL, items without text get their audio's transcript as the text."""
     from .inference import predictions, run_inputs, write_predictions
+    from .progress import ProgressReporter
 
     run = _load_for_inference(run_dir, device, batch_size, kinds, transcript_cache)
     inputs = run.transcribed(_inference_inputs(run, data, items, columns, "optional", transcribe=transcribe), transcribe)
-    rows = predictions(run.loaded, run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds))
+    with ProgressReporter(quiet=quiet) as progress:
+        outputs = run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds, progress=progress, description="prediction", workers=workers)
+    rows = predictions(run.loaded, outputs)
     if output is not None:
         write_predictions(output, rows, run.classes)
         out_console.print(f"{len(rows)} prediction(s) written to {output}", markup=False, highlight=False)
@@ -350,7 +355,7 @@ def _metrics_table(metrics: dict, title: str) -> Table:
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]), help="With a data set config as DATA: the split to evaluate.")
 @_with_inference_options
 def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...],
-                     transcribe: str | None, transcript_cache: Path | None) -> None:
+                     transcribe: str | None, transcript_cache: Path | None, quiet: bool = False, workers: int = 0) -> None:
     """Test RUN_DIR on DATA: a labelled manifest (labels are class names) or a data set config (.yaml).
 
     The metrics of training's evaluation (wa, ua, f1, eer for two classes, confusion) and
@@ -358,12 +363,15 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
     metrics with the gold text and with the audio's transcripts side by side, and the WER."""
     from .checkpoint import write_json
     from .inference import evaluate_outputs, run_inputs
+    from .progress import ProgressReporter
     from .transcribe import TranscriptCache, evaluate_transcribed
 
     run = _load_for_inference(run_dir, device, batch_size, kinds, transcript_cache)
     inputs = _inference_inputs(run, data, (), columns, "required", split, transcribe)
     if transcribe is None:
-        metrics = evaluate_outputs(run.loaded, run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds))
+        with ProgressReporter(quiet=quiet) as progress:
+            outputs = run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds, progress=progress, description="evaluation", workers=workers)
+        metrics = evaluate_outputs(run.loaded, outputs)
     else:
         metrics = evaluate_transcribed(run.loaded, inputs, run.transcriber(transcribe), batch_size=batch_size, kinds=run.kinds,
                                        cache=TranscriptCache(run.transcript_cache))
@@ -386,16 +394,18 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="A .safetensors, .npz or .npy file (.npy: one file per array).")
 @_with_inference_options
 def embed(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...],
-          transcribe: str | None, transcript_cache: Path | None) -> None:
+          transcribe: str | None, transcript_cache: Path | None, quiet: bool = False, workers: int = 0) -> None:
     """Export the projected views of every item of DATA (one eval pass) per modality.
 
     Each modality m is written L2-normalised as m and before normalisation as m.raw,
     with labels (-1 when unknown) and the item ids (docs/using-a-trained-model.md)."""
     from .inference import run_inputs, write_embeddings
+    from .progress import ProgressReporter
 
     run = _load_for_inference(run_dir, device, batch_size, kinds, transcript_cache)
     inputs = run.transcribed(_inference_inputs(run, data, items, columns, "optional", transcribe=transcribe), transcribe)
-    out = run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds)
+    with ProgressReporter(quiet=quiet) as progress:
+        out = run_inputs(run.loaded, inputs, batch_size=batch_size, kinds=run.kinds, progress=progress, description="embedding", workers=workers)
     files = write_embeddings(output, run.loaded, out)
     dims = ", ".join(f"{m} [{v.shape[0]}, {v.shape[1]}]" for m, v in out.views.items())
     out_console.print(f"embeddings {dims} written to {', '.join(map(str, files))}", markup=False, highlight=False, soft_wrap=True)

@@ -44,13 +44,27 @@ class LazySplit(Sequence[Sample], Generic[R]):
     ``load(record) -> Sample``, ``label(record) -> int`` and ``meta(record) -> dict`` should be
     picklable (module-level functions, functools.partial, operator.itemgetter/attrgetter) so that
     DataLoader workers can be spawned.
+
+    ``length(record) -> {modality: length}`` (optional): an item's length per modality without
+    loading it (audio seconds from the file's header, a text's word count), for length-aware
+    batching (``train.batching: bucket``); :meth:`lengths` calls it once per item, on first use.
     """
 
-    def __init__(self, records: Sequence[R], load: Callable[[R], Sample], label: Callable[[R], int], meta: Callable[[R], Mapping[str, Any]]):
+    def __init__(self, records: Sequence[R], load: Callable[[R], Sample], label: Callable[[R], int], meta: Callable[[R], Mapping[str, Any]],
+                 length: Callable[[R], Mapping[str, float]] | None = None):
         self._records = list(records)
-        self._load, self._label, self._meta = load, label, meta
+        self._load, self._label, self._meta, self._length = load, label, meta, length
         self.labels: list[int] = [label(r) for r in self._records]
         self.meta: list[Mapping[str, Any]] = [meta(r) for r in self._records]
+        self._lengths: list[Mapping[str, float]] | None = None
+
+    def lengths(self) -> list[Mapping[str, float]] | None:
+        """Each item's {modality: length} (computed once), or None when the data set gives no ``length``."""
+        if self._length is None:
+            return None
+        if self._lengths is None:
+            self._lengths = [self._length(r) for r in self._records]
+        return self._lengths
 
     def __len__(self) -> int:
         return len(self._records)
@@ -61,7 +75,7 @@ class LazySplit(Sequence[Sample], Generic[R]):
     def __getitem__(self, i: slice) -> "LazySplit[R]": ...
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return LazySplit(self._records[i], self._load, self._label, self._meta)
+            return LazySplit(self._records[i], self._load, self._label, self._meta, self._length)
         return self._load(self._records[i])
 
     def __repr__(self) -> str:

@@ -19,17 +19,30 @@ Within one process (``compare`` and ``cv`` run every method, fold and seed in on
 features are computed once per encoder and reused: the key digests the encoder's class, options and
 weights and the item's raw input (text, samples and rate, array), so another encoder or another
 input never reuses a vector. The raw inputs are still read (with ``train.audio_cache`` that is cheap).
+
+Across processes (``train.frozen_features_store: disk``): the same vectors are also written, one
+safetensors file per item, under ``DIR/<encoder digest>/<input digest>.safetensors`` (DIR:
+``train.frozen_features_dir``, default ``$XDG_CACHE_HOME/multiturbo/features``), so a resumed
+``cv``/``compare``, a sweep or a later run computes nothing again. An entry is used only when its
+header names the same encoder and input digests; one that cannot be read or does not match is
+computed again (and rewritten) with a warning. Vectors are float32 as computed: a run from the disk
+cache equals one from the memory cache, bit for bit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .dataset import Sample, Splits
@@ -76,14 +89,68 @@ class FeatureSplit(Sequence[Sample]):
         return Sample(inputs=inputs, label=s.label, meta=s.meta)
 
 
+def default_features_dir() -> Path:
+    """``$XDG_CACHE_HOME/multiturbo/features`` (``~/.cache/multiturbo/features`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "multiturbo" / "features"
+
+
+@dataclass
+class DiskStore:
+    """Frozen features on disk, shared by processes: ``directory/<encoder digest>/<input digest>.safetensors``
+    holding ``features`` [dim] (float32) and a header with both digests. ``recomputed``: the entries
+    found unusable (unreadable, or another encoder's or input's), each with the reason."""
+
+    directory: Path
+    recomputed: list[str] = field(default_factory=list)
+    write_failed: bool = False
+
+    def path(self, encoder: str, key: str) -> Path:
+        return self.directory / encoder[:32] / f"{key}.safetensors"
+
+    def get(self, encoder: str, key: str) -> Tensor | None:
+        path = self.path(encoder, key)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header, vector = f.metadata() or {}, f.get_tensor("features")
+            if header.get("encoder") != encoder or header.get("input") != key:
+                raise ValueError("its header names another encoder or input")
+            if vector.ndim != 1 or vector.dtype != torch.float32:
+                raise ValueError(f"it holds a {vector.dtype} tensor of shape {list(vector.shape)}, not a float32 vector")
+            return vector
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds for a damaged file
+            self.recomputed.append(f"{path} ({type(exc).__name__}: {exc})")
+            return None
+
+    def put(self, encoder: str, key: str, vector: Tensor) -> None:
+        if self.write_failed:
+            return
+        path, tmp = self.path(encoder, key), None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp")
+            os.close(fd)
+            save_file({"features": vector.contiguous()}, tmp, metadata={"encoder": encoder, "input": key})
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.write_failed = True
+            self.recomputed.append(f"cannot write to {self.directory} ({exc}); features are kept in memory only")
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+
+
 @torch.no_grad()
 def compute_features(encoder: nn.Module, split: Sequence[Sample], modality: str, device: torch.device,
-                     batch_size: int, progress: ProgressReporter) -> tuple[Tensor, Tensor, int]:
+                     batch_size: int, progress: ProgressReporter, store: DiskStore | None = None) -> tuple[Tensor, Tensor, int]:
     """The encoder's eval-mode output for every item of ``split``: ([N, dim] on the CPU, present bool [N],
-    how many items were reused from an earlier call of this process with the same encoder and input)."""
+    how many items were reused from an earlier call of this process, or from ``store`` on disk, with
+    the same encoder and input)."""
     was_training = encoder.training
     encoder.eval()
-    memo = _MEMO.setdefault(_digest_module(encoder), {})
+    encoder_digest = _digest_module(encoder)
+    memo = _MEMO.setdefault(encoder_digest, {})
     while len(_MEMO) > _MEMO_ENCODERS:
         _MEMO.pop(next(iter(_MEMO)))
     rows: list[Tensor | None] = []
@@ -92,12 +159,20 @@ def compute_features(encoder: nn.Module, split: Sequence[Sample], modality: str,
         for start in range(0, len(split), batch_size):
             raw = [split[i].inputs.get(modality) for i in range(start, min(start + batch_size, len(split)))]
             keys = [_digest_input(r) if r is not None else None for r in raw]
+            if store is not None:  # the disk's entries join the memo
+                for k in keys:
+                    if k is not None and k not in memo and (vector := store.get(encoder_digest, k)) is not None:
+                        memo[k] = vector
             todo = [j for j, (r, k) in enumerate(zip(raw, keys)) if r is not None and (k is None or k not in memo)]
             done: dict[int, Tensor] = {}
             if todo:
                 batch = {k: t.to(device) for k, t in encoder.collate([raw[j] for j in todo]).items()}
                 done = dict(zip(todo, encoder(batch).float().cpu()))
                 memo.update({keys[j]: v for j, v in done.items() if keys[j] is not None})
+                if store is not None:
+                    for j, v in done.items():
+                        if keys[j] is not None:
+                            store.put(encoder_digest, keys[j], v)
             reused += sum(1 for r in raw if r is not None) - len(todo)
             rows += [None if r is None else done[j] if j in done else memo[keys[j]] for j, r in enumerate(raw)]
             progress.advance()
@@ -143,9 +218,11 @@ def _digest_input(raw: object) -> str | None:
 
 
 def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mode: str, device: torch.device,
-                          batch_size: int, progress: ProgressReporter, label: str = "") -> Splits:
+                          batch_size: int, progress: ProgressReporter, label: str = "", *,
+                          store: str = "memory", directory: str | Path | None = None) -> Splits:
     """``splits`` with the frozen modalities' inputs replaced by their features (mode ``cache``), or
-    unchanged (``recompute``). A ConfigError, before any training, when ``cache`` finds no frozen encoder."""
+    unchanged (``recompute``). A ConfigError, before any training, when ``cache`` finds no frozen encoder.
+    ``store``: ``memory`` (this process) or ``disk`` (also under ``directory``, shared by processes)."""
     if mode != "cache":
         return splits
     frozen = frozen_modalities(encoders)
@@ -156,6 +233,7 @@ def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mod
             "train.frozen_features: recompute."
         ])
     everything = len(frozen) == len(encoders)
+    disk = DiskStore(Path(directory) if directory else default_features_dir()) if store == "disk" else None
     out = {}
     for name in ("train", "val", "test"):
         split = getattr(splits, name)
@@ -163,8 +241,14 @@ def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mod
         for m in frozen:
             start = time.perf_counter()
             progress.start(f"{label}{m}: frozen features of {name}", total=(len(split) + batch_size - 1) // batch_size)
-            features[m], present[m], reused = compute_features(encoders[m], split, m, device, batch_size, progress)
+            features[m], present[m], reused = compute_features(encoders[m], split, m, device, batch_size, progress, disk)
+            where = "earlier in this process or the disk cache" if disk is not None else "earlier in this process"
             progress.log(f"{label}{m}: frozen encoder features of {len(split)} {name} items ready "
-                         f"({reused} reused from earlier in this process; {time.perf_counter() - start:.1f} s)")
+                         f"({reused} reused from {where}; {time.perf_counter() - start:.1f} s)")
+            if disk is not None and disk.recomputed:
+                progress.log(f"{label}warning: train.frozen_features_store=disk: {len(disk.recomputed)} cache entr"
+                             f"{'y' if len(disk.recomputed) == 1 else 'ies'} could not be used and were computed again, e.g. "
+                             f"{disk.recomputed[0]}. Nothing to do unless this repeats (then delete {disk.directory}).")
+                disk.recomputed.clear()
         out[name] = FeatureSplit(split, features, present, everything)
     return Splits(**out)

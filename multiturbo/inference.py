@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ from .errors import DataError, MultiturboError
 from .metrics import classification_metrics
 from .model import TurboModel, eval_pass
 from .plugins import get_registries
+from .progress import ProgressReporter
 from .reader import InputReader
 from .retrieval import DEFAULT_KS, cross_modal_retrieval
 from .rundir import LoadedRun
@@ -292,23 +294,80 @@ def check_inputs(run: LoadedRun, inputs: Inputs) -> None:
             )
 
 
-def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None, kinds: Mapping[str, str] | None = None) -> Outputs:
-    """One eval-mode pass over ``inputs`` in batches: probabilities, views and presence masks."""
+class _InputItems(torch.utils.data.Dataset):
+    """``inputs`` as samples for a DataLoader: item i read (files through its modality's reader) on
+    access, in a worker when there are workers; ``meta["index"]`` is its position in the input."""
+
+    def __init__(self, inputs: Inputs, readers: Mapping[str, InputReader | None], modalities: Sequence[str]):
+        self.inputs, self.readers, self.modalities = inputs, dict(readers), list(modalities)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> Sample:
+        item, base = self.inputs.items[i], self.inputs.base
+        return Sample(inputs={m: None if item.get(m) is None else to_raw(item[m], self.readers[m], base) for m in self.modalities},
+                      label=0, meta={"id": self.inputs.ids[i], "index": i})
+
+
+def _cheap_length(value: Any, reader: InputReader | None, base: Path | None) -> float:
+    """A sort key for an input's length without reading it: a file's size in bytes (for audio of one
+    format, proportional to its duration), a text's characters, an array's elements; 0 otherwise."""
+    if value is None:
+        return 0.0
+    if reader is not None and reader.files and isinstance(value, (str, Path)):
+        try:
+            return float(os.path.getsize(reader.resolve(value, base)))
+        except OSError:
+            return 0.0  # reading it will raise the clear error
+    if isinstance(value, str):
+        return float(len(value))
+    if hasattr(value, "shape"):
+        return float(np.prod(value.shape))
+    return 0.0
+
+
+def length_sorted_batches(inputs: Inputs, readers: Mapping[str, InputReader | None], batch_size: int) -> list[list[int]]:
+    """The item indices in batches of similar length (longest first, so that a batch too large for
+    memory fails at once), by the sum over modalities of :func:`_cheap_length`."""
+    keys = [sum(_cheap_length(item.get(m), r, inputs.base) for m, r in readers.items()) for item in inputs.items]
+    order = sorted(range(len(inputs)), key=lambda i: -keys[i])  # stable: equal lengths keep the input order
+    return [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
+
+
+def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None, kinds: Mapping[str, str] | None = None,
+               progress: ProgressReporter | None = None, description: str = "inference", workers: int = 0) -> Outputs:
+    """One eval-mode pass over ``inputs``: probabilities, views and presence masks, rows in input order.
+
+    Items are batched by length (file sizes, text lengths: little padding) and read and collated by
+    ``workers`` DataLoader worker processes (0: in this process); ``progress`` shows a bar (or plain
+    lines) with items/s and an ETA."""
     check_inputs(run, inputs)
     readers = modality_readers(run, kinds)
     collator = Collator(run.model.encoders, num_classes=len(run.classes))
     bs = batch_size or run.config.train.eval_batch_size or run.config.train.batch_size
-
-    def batches():  # items read and collated batch by batch
-        for start in range(0, len(inputs), bs):
-            yield collator([
-                Sample(inputs={m: None if item.get(m) is None else to_raw(item[m], readers[m], inputs.base) for m in run.modalities},
-                       label=0, meta={"id": iid})
-                for item, iid in zip(inputs.items[start:start + bs], inputs.ids[start:start + bs])
-            ])
-
-    out = eval_pass(run.model, batches(), run.device)
-    return Outputs(out.probs, out.views, out.present, list(inputs.ids), list(inputs.labels))
+    batches = length_sorted_batches(inputs, readers, bs)
+    loader = torch.utils.data.DataLoader(_InputItems(inputs, readers, run.modalities), batch_sampler=batches, collate_fn=collator,
+                                         num_workers=workers, pin_memory=run.device.type == "cuda")
+    advance = None
+    if progress is not None:
+        progress.start(description, total=len(batches))
+        sizes = iter([len(b) for b in batches])
+        advance = lambda: progress.advance(items=next(sizes, 0))  # noqa: E731
+    try:
+        out = eval_pass(run.model, loader, run.device, advance)
+    except MultiturboError as exc:  # raised in a worker: DataLoader prefixes the worker's traceback
+        message = str(exc)
+        if "Original Traceback" not in message:
+            raise
+        last = message.rstrip().splitlines()[-1]
+        raise type(exc)(last.split(": ", 1)[1] if ": " in last else last) from None
+    if out is None:
+        raise MultiturboError(f"{_cap(inputs.source)} has no items to run.")
+    back = torch.empty(len(inputs), dtype=torch.long)  # row of the pass -> position in the input
+    back[torch.tensor([i for b in batches for i in b], dtype=torch.long)] = torch.arange(len(inputs))
+    return Outputs(out.probs[back], {m: v[back] for m, v in out.views.items()}, {m: p[back] for m, p in out.present.items()},
+                   list(inputs.ids), list(inputs.labels))
 
 
 def predictions(run: LoadedRun, out: Outputs) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
 from .composition import best_epoch_warning, composition_warnings, split_composition, split_membership
 from .config import ExperimentConfig
-from .data import Collator, make_loader
+from .data import Collator, item_lengths, make_loader
 from .distributed import World, barrier, init_from_env
 from .errors import MultiturboError
 from .feature_cache import cache_frozen_features
@@ -91,7 +91,7 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
         clock.lap("train")
         barrier()  # rank 0 has written best.safetensors
         rundir.load_best(model, out)
-        metrics = evaluate(model, loaders.test, device)
+        metrics = evaluate(model, loaders.test, device, progress, f"{label}test")
         clock.lap("test")
     except BaseException as exc:
         info.failed(exc, time.perf_counter() - start)
@@ -104,7 +104,8 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
             progress.log(f"{label}warning: {warning}")
     if world.is_main:
         rundir.write_test_metrics(out, metrics)
-    info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, cfg.train.num_workers))
+    info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, cfg.train.num_workers),
+                  **(_throughput(out) if world.is_main else {}))
     if world.is_main:
         rundir.remove_checkpoint(out)
         write_outputs(out, model, loaders.analysis(), device, exp.dataset.classes, cfg.method, progress, clock)
@@ -206,10 +207,18 @@ class _Loaders:
         options = dict(num_workers=t.num_workers, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor, shard=(world.rank, world.size))
         self.eval_bs = t.eval_batch_size or t.batch_size
         splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
-        self.splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, self.eval_bs, progress, label)
+        self.splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, self.eval_bs, progress, label,
+                                            store=t.frozen_features_store, directory=t.frozen_features_dir)
         weights = sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None
+        lengths = None
+        if t.batching == "bucket":
+            lengths = item_lengths(self.splits.train)
+            if lengths is None or not any(lengths):
+                lengths = None
+                progress.log(f"{label}warning: train.batching: bucket needs item lengths, but the data set {cfg.data.name!r} gives none "
+                             "(its splits are not held in memory and define no `length`); batches are random.")
         self.train = make_loader(self.splits.train, self.collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
-                                 drop_singleton=model.contrastive is not None, weights=weights, **options)
+                                 drop_singleton=model.contrastive is not None, weights=weights, lengths=lengths, **options)
         self.val = make_loader(self.splits.val, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
         self.test = make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
 
@@ -218,6 +227,18 @@ class _Loaders:
         if not self.world.distributed:
             return self.test
         return make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, num_workers=self.num_workers)
+
+
+def _throughput(out: Path) -> dict:
+    """For run.json, from the epochs in metrics.jsonl: ``items_per_s`` (the mean of the epochs' training
+    items/s) and ``peak_memory`` (each figure's largest over the epochs)."""
+    log = rundir.read_log(out)
+    rates = [r["items_per_s"] for r in log if r.get("items_per_s")]
+    peak: dict[str, float] = {}
+    for r in log:
+        for key, value in (r.get("peak_memory") or {}).items():
+            peak[key] = max(peak.get(key, 0.0), value)
+    return {"items_per_s": sum(rates) / len(rates) if rates else None, "peak_memory": peak}
 
 
 def _cut_items(model, num_workers: int) -> dict[str, int] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -43,3 +44,22 @@ def process_seconds() -> float | None:
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def peak_memory(device: torch.device | str) -> dict[str, float]:
+    """Peak memory in MiB: ``cpu_rss_mb``, the process's largest resident set so far
+    (``resource.getrusage``; it never goes down), and on CUDA ``cuda_mb``, the allocator's peak since
+    the last call (which resets it), so that each epoch reports its own."""
+    out: dict[str, float] = {}
+    try:
+        import resource  # POSIX only
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        out["cpu_rss_mb"] = round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    except (ImportError, OSError):
+        pass
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        out["cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        torch.cuda.reset_peak_memory_stats(device)
+    return out

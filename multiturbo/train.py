@@ -24,6 +24,11 @@ from .gradcache import cached_backward
 from .model import StepOutput, TurboModel
 from .optim import group_lrs, make_optimizer, make_scheduler
 from .progress import ProgressReporter
+from .runtime import peak_memory
+
+
+# the fields of an epoch's record that are measured, not computed: they differ between identical runs
+MEASURED_FIELDS = ("seconds", "items_per_s", "peak_memory")
 
 
 class TrainingError(MultiturboError):
@@ -60,11 +65,12 @@ class LoopState:
     sums: dict = field(default_factory=dict)
     n_items: int = 0
     epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
+    term_ratios: dict | None = None  # the last epoch's contrastive terms / log(B) (collapse warnings compare with it)
     epoch_skipped: int = 0
     skipped_total: int = 0
     skipped_in_a_row: int = 0
     pending: dict | None = None
-    term_ratios: dict | None = None  # the last epoch's diagnostics terms / log(B): a collapse is a plateau there
 
     def to_json(self) -> dict:
         return dict(vars(self))
@@ -76,23 +82,31 @@ class LoopState:
 
 
 @torch.no_grad()
-def predict_probs(model: TurboModel, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities [N, C] (one pass, dropout off) and labels [N] over a loader."""
+def predict_probs(model: TurboModel, loader: DataLoader, device: torch.device,
+                  progress: ProgressReporter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities [N, C] (one pass, dropout off) and labels [N] over a loader; ``progress``
+    is advanced once per batch (a bar started by the caller)."""
     model.eval()
     probs, labels = [], []
     for batch in loader:
         batch: LabelledBatch = batch.to(device)
         probs.append(model(batch.inputs).float().softmax(-1))
         labels.append(batch.labels)
+        if progress is not None:
+            progress.advance(items=len(batch))
     if not probs:  # an empty shard of a multi-process run
         probs, labels = [torch.zeros(0, model.head.num_classes, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
     # multi-process: every rank scored its shard of the split; the metrics are computed on all of them
     return gather_rows(torch.cat(probs)).cpu(), gather_rows(torch.cat(labels)).cpu()
 
 
-def evaluate(model: TurboModel, loader: DataLoader, device: torch.device) -> dict:
-    """Every registered metric (:mod:`multiturbo.metrics`), the mean CE ``loss`` included."""
-    probs, labels = predict_probs(model, loader, device)
+def evaluate(model: TurboModel, loader: DataLoader, device: torch.device, progress: ProgressReporter | None = None,
+             description: str = "evaluation") -> dict:
+    """Every registered metric (:mod:`multiturbo.metrics`), the mean CE ``loss`` included; with
+    ``progress``, a bar (or plain lines) named ``description`` over the loader's batches."""
+    if progress is not None:
+        progress.start(description, total=len(loader))
+    probs, labels = predict_probs(model, loader, device, progress)
     return classification_metrics(probs, labels, loss=True)
 
 
@@ -314,9 +328,7 @@ class _EpochLoop:
         if isinstance(sampler, EpochSampler):
             sampler.set_epoch(st.epoch, st.batch * (train_loader.batch_size or 1))
         n_batches = st.batch + len(train_loader)
-        self.progress.start(f"{self.label}epoch {st.epoch}/{cfg.epochs}", total=n_batches)
-        for _ in range(st.batch):
-            self.progress.advance()
+        self.progress.start(f"{self.label}epoch {st.epoch}/{cfg.epochs}", total=n_batches, completed=st.batch)
         for batch in train_loader:
             batch: LabelledBatch = batch.to(s.runner.device)  # non_blocking copies from pinned memory
             result = train_step(s, batch)
@@ -333,10 +345,11 @@ class _EpochLoop:
             st.batch += 1
             if s.scheduler is not None:  # once per batch: the schedule's position is st.step
                 s.scheduler.step()
-            self.progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}")
+            self.progress.advance(f"loss {st.sums.get('loss', math.nan) / max(st.n_items, 1):.4f}", items=len(batch))
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < n_batches:  # epoch ends write one anyway
                 st.epoch_seconds = time.perf_counter() - start
                 self.checkpoint()
+        st.train_seconds = time.perf_counter() - start  # the batches only (a resumed epoch: since its start)
 
     def end_epoch(self, val_loader: DataLoader, start: float) -> dict:
         """Validation, early stopping, then the checkpoint and the epoch's outputs; returns its record."""
@@ -345,7 +358,7 @@ class _EpochLoop:
         train_stats = {k: v / max(st.n_items, 1) for k, v in st.sums.items()}
         if s.model.contrastive is not None:
             train_stats["temperature"] = float(s.model.contrastive.temperature)
-        val = evaluate(s.model, val_loader, s.runner.device)
+        val = evaluate(s.model, val_loader, s.runner.device, self.progress, f"{self.label}epoch {epoch} validation")
         value = float(val[cfg.monitor])
         improved = _improved(value, st.best_value, cfg.monitor)
         if improved:
@@ -363,6 +376,9 @@ class _EpochLoop:
             "lr": group_lrs(s.optimizer),
             "best": improved,
             "seconds": time.perf_counter() - start,
+            "items_per_s": st.n_items / st.train_seconds if st.train_seconds > 0 else None,  # training steps only
+            "peak_memory": peak_memory(s.runner.device),
+            **({"padding": padding} if (padding := self.padding(epoch)) is not None else {}),
             "nonfinite_skipped": st.epoch_skipped,
             **({"diagnostics": diagnostics} if diagnostics is not None else {}),
             **({"warnings": warnings} if warnings else {}),
@@ -375,6 +391,11 @@ class _EpochLoop:
         st.pending = None
         self.write_epoch_outputs(record)
         return record
+
+    def padding(self, epoch: int) -> dict[str, float] | None:
+        """The padding share per modality of the epoch's training batches, when the loader knows item lengths."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        return sampler.padding(epoch) if isinstance(sampler, EpochSampler) else None
 
     def diagnose(self, val_loader: DataLoader, terms: dict, epoch: int) -> tuple[dict, list[str]]:
         """The epoch's collapse diagnostics on the validation split (:mod:`multiturbo.diagnostics`), for
@@ -403,6 +424,7 @@ class _EpochLoop:
 
     def run(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
         st, cfg = self.state.loop, self.state.cfg
+        self.train_loader = train_loader
         self.batch_size = train_loader.batch_size or 1  # the contrastive batch of the diagnostics' log(B)
         self.progress.start_epochs(f"{self.label}epochs", total=cfg.epochs, completed=st.epoch - 1)
         while not st.done and st.epoch <= cfg.epochs:

@@ -8,6 +8,7 @@ import torch
 
 from multiturbo.config import check_config, validate_config
 from multiturbo.run import run_experiment
+from multiturbo.train import MEASURED_FIELDS
 
 
 def test_same_seed_same_metrics_and_weights(tiny_raw, tmp_path):
@@ -25,7 +26,7 @@ def test_same_seed_same_metrics_and_weights(tiny_raw, tmp_path):
     assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
     for name in ("best.safetensors", "last.safetensors"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
-    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in p.read_text().splitlines()]  # noqa: E731
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in MEASURED_FIELDS} for x in p.read_text().splitlines()]  # noqa: E731
     assert strip(a / "metrics.jsonl") == strip(b / "metrics.jsonl")
 
 

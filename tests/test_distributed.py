@@ -112,7 +112,9 @@ def test_ddp_training_step_equals_one_process_on_the_whole_batch(tmp_path, tiny_
     assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # the ranks saw different items
 
 
-def test_torchrun_multiturbo_run_writes_one_complete_run_directory(tmp_path, tiny_raw):
+@pytest.mark.parametrize("batching", ["random", "bucket"])
+def test_torchrun_multiturbo_run_writes_one_complete_run_directory(tmp_path, tiny_raw, batching):
+    tiny_raw["train"]["batching"] = batching  # bucket: every rank's batch from one global bucket, equal sizes
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_raw))
     out = tmp_path / "run"
@@ -121,6 +123,7 @@ def test_torchrun_multiturbo_run_writes_one_complete_run_directory(tmp_path, tin
     assert info["status"] == "finished" and info["processes"] == 2
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]  # written once (rank 0), not once per process
+    assert ("padding" in records[0]) == (batching == "bucket")
     metrics = json.loads((out / "metrics.json").read_text())
     assert sum(map(sum, metrics["confusion"])) == info["split_sizes"]["test"]  # every test item, over both shards
     assert (out / "report.md").is_file() and not (out / "checkpoint.safetensors").exists()

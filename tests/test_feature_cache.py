@@ -70,10 +70,11 @@ def test_a_run_with_a_frozen_hf_encoder_and_cached_features(tiny_raw, tmp_path, 
 
     bert = _save_bert(tmp_path / "bert")
     tiny_raw["modalities"]["text"] = {"encoder": "hf_text", "options": {"model": bert, "freeze": "all", "local_files_only": True}}
-    tiny_raw["train"].update(frozen_features="cache", epochs=2)
+    tiny_raw["train"].update(frozen_features="cache", epochs=2, frozen_features_store="disk", frozen_features_dir=str(tmp_path / "features"))
     out = tmp_path / "run"
     metrics = run_experiment(check_config(validate_config(tiny_raw)), out)
     assert 0.0 <= metrics["ua"] <= 1.0
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 60  # one per item of the synthetic set
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["terms"] for r in records)
 
@@ -97,3 +98,60 @@ def test_features_are_reused_only_for_the_same_encoder_and_input(tiny_raw):
         next(exp.model.encoders["text"].parameters()).add_(1.0)
     other = cache_frozen_features(exp.splits, exp.model.encoders, "cache", torch.device("cpu"), 8, quiet)
     assert len(fc._MEMO) == 2 and not torch.equal(other.train.features["text"], first.train.features["text"])
+
+
+class _Lines(ProgressReporter):
+    """A quiet reporter that keeps the logged lines."""
+
+    def __init__(self):
+        super().__init__(quiet=True)
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def test_the_disk_store_serves_another_process_and_recomputes_corrupt_or_foreign_entries(tiny_raw, tmp_path):
+    import multiturbo.feature_cache as fc
+
+    fc._MEMO.clear()
+    exp = _experiment(tiny_raw)
+    _freeze(exp.model.encoders["text"])
+    text = exp.model.encoders["text"]
+    cpu, store = torch.device("cpu"), tmp_path / "features"
+    first = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, _Lines(), store="disk", directory=store)
+    files = sorted(store.rglob("*.safetensors"))
+    n_texts = len({s.inputs["text"] for split in (exp.splits.train, exp.splits.val, exp.splits.test) for s in split})
+    assert len(files) == n_texts and len({f.parent for f in files}) == 1  # one directory per encoder
+
+    fc._MEMO.clear()  # as a new process: everything comes from the disk, bit for bit
+    disk = fc.DiskStore(store)
+    features, _, reused = fc.compute_features(text, exp.splits.train, "text", cpu, 8, ProgressReporter(quiet=True), disk)
+    assert reused == len(exp.splits.train) and not disk.recomputed
+    torch.testing.assert_close(features, first.train.features["text"], rtol=0, atol=0)
+
+    fc._MEMO.clear()
+    files[0].write_bytes(b"not a safetensors file")
+    files[1].write_bytes(files[2].read_bytes())  # a valid file of another input
+    lines = _Lines()
+    again = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, lines, store="disk", directory=store)
+    for name in ("train", "val", "test"):  # the two recomputed items ran in a smaller batch: equal to float rounding
+        torch.testing.assert_close(getattr(again, name).features["text"], getattr(first, name).features["text"], rtol=0, atol=1e-6)
+    warned = [line for line in lines.lines if "could not be used and were computed again" in line]
+    import re
+
+    assert sum(int(re.search(r"disk: (\d+) cache entr", w).group(1)) for w in warned) == 2
+    assert any("another encoder or input" in w or "SafetensorError" in w for w in warned)
+    fc._MEMO.clear()
+    disk = fc.DiskStore(store)
+    fc.compute_features(text, exp.splits.train, "text", cpu, 8, ProgressReporter(quiet=True), disk)
+    fc.compute_features(text, exp.splits.val, "text", cpu, 8, ProgressReporter(quiet=True), disk)
+    fc.compute_features(text, exp.splits.test, "text", cpu, 8, ProgressReporter(quiet=True), disk)
+    assert not disk.recomputed  # both bad entries were rewritten
+
+    fc._MEMO.clear()
+    with torch.no_grad():  # another model: never served from the first one's entries
+        next(text.parameters()).add_(1.0)
+    other = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, _Lines(), store="disk", directory=store)
+    assert not torch.equal(other.train.features["text"], first.train.features["text"])
+    assert len({f.parent for f in store.rglob("*.safetensors")}) == 2

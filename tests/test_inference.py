@@ -260,7 +260,7 @@ def test_a_plugin_adds_an_input_kind(run, tmp_path):
         assert "text_file" in get_registries().input_readers
         assert modality_kinds(run, {"text": "text_file"})["text"] == "text_file"
         out = run_inputs(run, read_inputs(run, manifest, kinds={"text": "text_file"}), kinds={"text": "text_file"})
-    assert seen == [tmp_path / f"{i}.txt" for i in range(len(texts))]
+    assert sorted(seen) == sorted(tmp_path / f"{i}.txt" for i in range(len(texts)))  # each file read once (in batches by length)
     expected = run_inputs(run, read_inputs(run, write_manifest(run, tmp_path / "plain", labels=False)))
     torch.testing.assert_close(out.probs, expected.probs)
 
@@ -268,3 +268,47 @@ def test_a_plugin_adds_an_input_kind(run, tmp_path):
 def test_an_unknown_kind_lists_the_registered_ones(run):
     with pytest.raises(MultiturboError, match=r"must be one of \['audio', 'image', 'text'\], got 'video'"):
         run_inputs(run, read_inputs(run, [{"audio": np.zeros(500, np.float32), "text": "a"}]), kinds={"text": "video"})
+
+
+def test_length_sorted_batches_return_rows_in_input_order(run):
+    rng = np.random.default_rng(0)
+    items = [{"audio": rng.standard_normal(n).astype(np.float32) * 0.1, "text": " ".join(["word"] * (1 + n % 5))}
+             for n in (300, 2000, 500, 1200, 800, 100, 1600)]
+    inputs = Inputs(items, [f"i{k}" for k in range(len(items))])
+    from multiturbo.inference import length_sorted_batches, modality_readers
+
+    batches = length_sorted_batches(inputs, modality_readers(run), 3)
+    assert batches[0] == [1, 6, 3] and sorted(i for b in batches for i in b) == list(range(7))  # longest first
+    together = run_inputs(run, inputs, batch_size=3)
+    alone = [run_inputs(run, Inputs([item], ["x"]), batch_size=1) for item in items]
+    assert together.ids == inputs.ids
+    torch.testing.assert_close(together.probs, torch.cat([a.probs for a in alone]), atol=1e-5, rtol=1e-5)
+    for m in ("audio", "text"):
+        torch.testing.assert_close(together.views[m], torch.cat([a.views[m] for a in alone]), atol=1e-5, rtol=1e-5)
+
+
+def test_worker_processes_read_the_files_and_give_the_same_rows(run, tmp_path):
+    inputs = read_inputs(run, write_manifest(run, tmp_path / "w", labels=False))
+    here = run_inputs(run, inputs, batch_size=4)
+    workers = run_inputs(run, inputs, batch_size=4, workers=2)
+    torch.testing.assert_close(workers.probs, here.probs, rtol=0, atol=0)
+    assert workers.ids == here.ids == inputs.ids
+
+
+def test_predict_with_workers_and_progress_lines_in_a_log(tiny_run, tmp_path, monkeypatch):
+    manifest = write_manifest(load_run(tiny_run), tmp_path / "m", labels=False)
+    monkeypatch.setenv("MULTITURBO_PROGRESS_INTERVAL", "0")  # a line after every batch
+    res = CliRunner().invoke(cli, ["predict", str(tiny_run), str(manifest), "-o", str(tmp_path / "w.csv"), "--workers", "2", "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "prediction: 1/" in res.output and "items/s" in res.output  # CliRunner's output is not a terminal: plain lines
+    quiet = CliRunner().invoke(cli, ["predict", str(tiny_run), str(manifest), "-o", str(tmp_path / "q.csv"), "-q", "--batch-size", "4"])
+    assert quiet.exit_code == 0 and "items/s" not in quiet.output
+    assert (tmp_path / "w.csv").read_text() == (tmp_path / "q.csv").read_text()
+
+
+def test_a_bad_file_read_in_a_worker_is_one_paragraph(tiny_run, tmp_path):
+    manifest = write_manifest(load_run(tiny_run), tmp_path / "bad", labels=False)
+    (tmp_path / "bad" / "item3.wav").write_bytes(b"not audio")
+    res = CliRunner().invoke(cli, ["predict", str(tiny_run), str(manifest), "-q", "--workers", "2", "-o", str(tmp_path / "p.csv")])
+    assert res.exit_code == 2, res.output
+    assert "item3.wav cannot be read" in res.output and "Traceback" not in res.output and "worker" not in res.output

@@ -23,6 +23,7 @@ from multiturbo.cli import cli
 from multiturbo.config import load_config
 from multiturbo.errors import MultiturboError
 from multiturbo.run import run_experiment
+from multiturbo.train import MEASURED_FIELDS
 from multiturbo.rundir import CHECKPOINT as CHECKPOINT_NAME
 
 # Runs the CLI; each training step sleeps SLOW_STEP seconds so that the test can kill the
@@ -51,13 +52,16 @@ RECIPE = {
 }
 
 
-@pytest.fixture(params=["plain", "recipe"])
+@pytest.fixture(params=["plain", "recipe", "bucket"])
 def resume_config(request, tmp_path, tiny_raw):
     """3 epochs of 10 steps (42 training items, batch 4; the last batch of 2 is kept) with a
-    checkpoint every 3 steps; "recipe": with RECIPE's schedule, groups and balancing."""
+    checkpoint every 3 steps; "recipe": with RECIPE's schedule, groups and balancing; "bucket":
+    length-aware batches (train.batching: bucket; the synthetic texts vary in length)."""
     tiny_raw["train"].update(batch_size=4, epochs=3, checkpoint_every=3, device="cpu")
     if request.param == "recipe":
         tiny_raw["train"].update(RECIPE)
+    if request.param == "bucket":
+        tiny_raw["train"].update(batching="bucket")
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(tiny_raw))
     return path
@@ -88,7 +92,7 @@ def _same_results(a: Path, b: Path) -> None:
         ta, tb = load_file(a / name), load_file(b / name)
         assert ta.keys() == tb.keys() and all((ta[k] == tb[k]).all() for k in ta)
     assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
-    drop_time = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]  # noqa: E731
+    drop_time = lambda path: [{k: v for k, v in json.loads(line).items() if k not in MEASURED_FIELDS} for line in path.read_text().splitlines()]  # noqa: E731
     assert drop_time(a / "metrics.jsonl") == drop_time(b / "metrics.jsonl")
 
 

@@ -73,3 +73,30 @@ def test_run_json_and_report_carry_the_split_composition_and_seeds_share_the_spl
     report = (tmp_path / "seed0" / "report.md").read_text()
     assert "## Splits" in report and "| class a | 21 | 3 | 6 |" in report and "lacking note" in report
     assert "**Warning**: The validation split has 9 items" in report
+
+
+class _Lines:
+    """A quiet progress reporter that keeps the logged lines."""
+
+    def __init__(self):
+        from multiturbo.progress import ProgressReporter
+
+        self.reporter = ProgressReporter(quiet=True)
+        self.lines: list[str] = []
+        self.reporter.log = self.lines.append
+
+
+def test_bucket_batching_records_the_padding_and_falls_back_to_random_without_lengths(tiny_raw, tmp_path, monkeypatch):
+    import multiturbo.run
+
+    tiny_raw["train"]["batching"] = "bucket"
+    tiny_raw["train"]["epochs"] = 1
+    run_experiment(check_config(validate_config(copy.deepcopy(tiny_raw))), tmp_path / "bucket")
+    record = json.loads((tmp_path / "bucket" / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(record["padding"]) == {"audio", "text"} and 0.0 <= record["padding"]["text"] < 1.0
+
+    monkeypatch.setattr(multiturbo.run, "item_lengths", lambda split: None)
+    lines = _Lines()
+    run_experiment(check_config(validate_config(copy.deepcopy(tiny_raw))), tmp_path / "unknown", progress=lines.reporter)
+    assert any("train.batching: bucket needs item lengths" in line and "batches are random" in line for line in lines.lines)
+    assert "padding" not in json.loads((tmp_path / "unknown" / "metrics.jsonl").read_text().splitlines()[0])

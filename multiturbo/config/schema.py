@@ -143,6 +143,10 @@ class TrainConfig(StrictModel):
         "random",
         description="Training order: random (a permutation per epoch) or balanced (items drawn with replacement, each class equally likely; deterministic from seed and epoch).",
     )
+    batching: Literal["random", "bucket"] = Field(
+        "random",
+        description="How training items are grouped into batches: random, or bucket (items of similar length together: audio seconds, text words; the batches in random order, deterministic from seed and epoch, resumable), which cuts the padding; needs item lengths from the data set (else random, with a warning).",
+    )
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     epochs: int = Field(10, ge=1)
@@ -177,6 +181,14 @@ class TrainConfig(StrictModel):
     frozen_features: Literal["recompute", "cache"] = Field(
         "recompute",
         description="Modalities whose encoder is fully frozen (freeze: all): recompute runs the encoder on every pass (its own dropout acts, so the K views differ inside the encoder too); cache computes each item's encoder output once before training, with the encoder in eval mode, and the K views then differ by the dropout before the projection only (the frozen-encoder protocol of SUPERB; many times faster).",
+    )
+    frozen_features_store: Literal["memory", "disk"] = Field(
+        "memory",
+        description="With frozen_features=cache: memory (this process only; compare and cv share it across their runs) or disk (also one file per item under frozen_features_dir, keyed by the encoder's weights and options and the item's input, shared by processes: resumed cv / compare, sweeps, later runs). Results are identical either way.",
+    )
+    frozen_features_dir: str | None = Field(
+        None, min_length=1,
+        description="Directory of the disk feature cache; None = $XDG_CACHE_HOME/multiturbo/features (~/.cache/multiturbo/features).",
     )
     diagnostics: bool = Field(
         True,

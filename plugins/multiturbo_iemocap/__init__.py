@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from multiturbo.audio import load_audio
+from multiturbo.audio import audio_seconds, load_audio
 from multiturbo.dataset import Dataset, DatasetOptions, LazySplit, Sample, Splits
 from multiturbo.errors import DataError
 from multiturbo.hookspecs import Register, hookimpl
@@ -127,9 +127,15 @@ def _load_utterance(modalities: tuple[str, ...], u: "Utterance") -> Sample:
     return Sample(inputs={m: load_audio(u.wav) if m == "audio" else u.text for m in modalities}, label=u.label, meta=u.meta)
 
 
+def _utterance_lengths(modalities: tuple[str, ...], u: "Utterance") -> dict[str, float]:
+    """An utterance's audio seconds (from the wav header) and transcript words."""
+    return {m: audio_seconds(u.wav) if m == "audio" else float(len(u.text.split())) for m in modalities}
+
+
 def iemocap_split(items: Sequence["Utterance"], modalities: Sequence[str]) -> LazySplit:
     """A lazy split of utterances: audio is read on access, labels and meta are known up front."""
-    return LazySplit(items, partial(_load_utterance, tuple(modalities)), attrgetter("label"), attrgetter("meta"))
+    return LazySplit(items, partial(_load_utterance, tuple(modalities)), attrgetter("label"), attrgetter("meta"),
+                     partial(_utterance_lengths, tuple(modalities)))
 
 
 def _read(path: Path) -> list[str]:

@@ -65,7 +65,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from multiturbo.audio import Waveform, audio_problem, load_audio
+from multiturbo.audio import Waveform, audio_problem, audio_seconds, load_audio
 from multiturbo.dataset import Dataset, DatasetOptions, LazySplit, Sample, Splits
 from multiturbo.errors import DataError
 from multiturbo.hookspecs import Register, hookimpl
@@ -144,9 +144,23 @@ def _load_row(kinds: dict[str, str], r: dict[str, Any]) -> Sample:
     return Sample(inputs=inputs, label=r["label"], meta=r["meta"])
 
 
+def _row_lengths(kinds: dict[str, str], r: dict[str, Any]) -> dict[str, float]:
+    """A row's length per modality without decoding: audio seconds from the file header, text words
+    (images have none: they are resized to one shape)."""
+    out = {}
+    for m, v in r["inputs"].items():
+        if v is None:
+            continue
+        if kinds[m] == "audio":
+            out[m] = audio_seconds(v)
+        elif kinds[m] == "text":
+            out[m] = float(len(str(v).split()))
+    return out
+
+
 def manifest_split(rows: Sequence[dict[str, Any]], kinds: dict[str, str]) -> LazySplit:
     """A lazy split of manifest rows ({"inputs": {modality: path or text}, "label": int, "meta": {...}})."""
-    return LazySplit(rows, partial(_load_row, kinds), itemgetter("label"), itemgetter("meta"))
+    return LazySplit(rows, partial(_load_row, kinds), itemgetter("label"), itemgetter("meta"), partial(_row_lengths, kinds))
 
 
 def _rows_listing(lines: list[str], total: int) -> str:

@@ -80,6 +80,16 @@ def test_csv_classes_items_and_lazy_audio(data, monkeypatch):
     assert len(lazy[2:5]) == 3 and lazy[2:5].labels == lazy.labels[2:5]
 
 
+def test_item_lengths_come_from_the_audio_headers_and_the_words_without_decoding(data, monkeypatch):
+    root, rows = data
+    sf.write(str(root / "clips/00.wav"), np.zeros(16000, np.float32), 8000)  # 2 s instead of 0.1 s
+    rows[0]["transcript"] = "a longer utterance of six words"
+    monkeypatch.setattr(multiturbo_manifest, "LOADERS", {"audio": None, "image": None})  # decoding would fail
+    train = make(write_csv(root / "m.csv", rows), split_column="split").splits().train
+    lengths = train.lengths()
+    assert lengths[0] == {"audio": 2.0, "text": 6.0} and lengths[1] == {"audio": 0.1, "text": 2.0}
+
+
 def test_jsonl_with_given_classes_and_absolute_paths(data):
     root, rows = data
     path = root / "sub" / "m.jsonl"

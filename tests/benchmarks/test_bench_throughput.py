@@ -1,0 +1,37 @@
+"""The throughput benchmark's inputs are what it says, and its padding table shows bucketing's effect."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_durations_follow_the_stated_fit_or_a_given_file(bench, tmp_path):
+    d = bench.durations(5000, 0, None)
+    assert d.min() >= 0.6 and d.max() <= 34.0 and 3.0 < np.median(d) < 3.8 and 4.0 < d.mean() < 4.9
+    (tmp_path / "lengths.txt").write_text("1.5\n2.5\n")
+    assert set(bench.durations(50, 0, str(tmp_path / "lengths.txt"))) == {1.5, 2.5}
+    items = bench.speech_items(np.array([1.0, 2.0]), 4000, 0)
+    assert [len(s.inputs["audio"]) for s in items] == [4000, 8000]
+
+
+def test_the_padding_table_shows_less_padding_with_buckets(bench, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench", "--items", "1600", "--skip", "2,3,4"])
+    bench.main()
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith(("| random", "| bucket"))}
+    share = lambda name: float(rows[name].split("|")[2].strip().rstrip("%"))  # noqa: E731
+    assert share("bucket") < 10.0 < 30.0 < share("random")

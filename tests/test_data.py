@@ -1,0 +1,84 @@
+"""Loaders and item order (multiturbo.data): length-aware batches (train.batching: bucket)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from multiturbo.audio import Waveform
+from multiturbo.data import EpochSampler, bucket_order, item_lengths, padding_fraction, sort_keys
+from multiturbo.dataset import LazySplit, Sample
+
+
+def _speech_lengths(n: int, seed: int = 0) -> list[dict[str, float]]:
+    """Utterance-like lengths: lognormal seconds clipped to 0.6-34 s, words ~ 2.5 per second."""
+    rng = np.random.default_rng(seed)
+    seconds = np.clip(rng.lognormal(np.log(3.5), 0.75, n), 0.6, 34.0)
+    return [{"audio": float(s), "text": float(max(1, round(2.5 * s)))} for s in seconds]
+
+
+def test_bucket_batches_hold_similar_lengths_in_a_reproducible_random_order():
+    lengths = _speech_lengths(1000)
+    bucket = EpochSampler(1000, shuffle=True, seed=3, lengths=lengths, batch_size=16)
+    plain = EpochSampler(1000, shuffle=True, seed=3)
+    order = bucket.order(1)
+    assert sorted(order) == list(range(1000))  # every item once
+    assert order == EpochSampler(1000, shuffle=True, seed=3, lengths=lengths, batch_size=16).order(1)  # from seed and epoch
+    assert order != bucket.order(2) and order != EpochSampler(1000, shuffle=True, seed=4, lengths=lengths, batch_size=16).order(1)
+    random_pad, bucket_pad = padding_fraction(plain.order(1), lengths, 16), bucket.padding(1)
+    assert random_pad["audio"] > 0.3 and bucket_pad["audio"] < 0.1 and bucket_pad["text"] < random_pad["text"]
+    # the batches are shuffled: the longest batch is not always last, batch means are not sorted
+    means = [np.mean([lengths[i]["audio"] for i in order[j:j + 16]]) for j in range(0, 992, 16)]
+    assert means != sorted(means) and means != sorted(means, reverse=True)
+
+
+def test_the_one_incomplete_batch_comes_last():
+    keys = [float(i % 7) for i in range(50)]
+    order = bucket_order(list(range(50)), keys, 8, torch.Generator().manual_seed(0))
+    assert sorted(order) == list(range(50))
+    full = [order[j:j + 8] for j in range(0, 48, 8)]
+    assert all(max(keys[i] for i in b) - min(keys[i] for i in b) <= 2 for b in full)  # 8 of 50 items over 7 values: a narrow range
+
+
+def test_a_resumed_bucket_epoch_continues_the_same_order():
+    lengths = _speech_lengths(100)
+    sampler = EpochSampler(100, shuffle=True, seed=0, lengths=lengths, batch_size=4)
+    full = sampler.order(2)
+    sampler.set_epoch(2, 12)
+    assert list(iter(sampler)) == full[12:] and len(full) == 100
+
+
+def test_ranks_take_equal_batches_from_the_same_bucket():
+    lengths = _speech_lengths(203)
+    shards = [EpochSampler(203, shuffle=True, seed=1, shard=(r, 2), equal_shards=True, lengths=lengths, batch_size=4) for r in range(2)]
+    orders = [s.order(1) for s in shards]
+    assert len(orders[0]) == len(orders[1]) == 101
+    one = EpochSampler(203, shuffle=True, seed=1, lengths=lengths, batch_size=8).order(1)  # the global batches
+    for j in range(0, 100, 4):
+        assert set(orders[0][j:j + 4]) | set(orders[1][j:j + 4]) == set(one[2 * j:2 * j + 8])
+
+
+def test_balanced_draws_are_bucketed_too():
+    lengths = _speech_lengths(200)
+    sampler = EpochSampler(200, shuffle=True, seed=0, weights=[1.0] * 200, lengths=lengths, batch_size=8)
+    assert sampler.padding(1)["audio"] < padding_fraction(EpochSampler(200, shuffle=True, seed=0, weights=[1.0] * 200).order(1), lengths, 8)["audio"]
+
+
+def test_item_lengths_from_memory_from_a_lazy_split_or_unknown():
+    in_memory = [Sample({"audio": Waveform(np.zeros(8000, np.float32), 16000), "text": "a b c", "image": np.zeros((4, 4, 3))}, 0)]
+    assert item_lengths(in_memory) == [{"audio": 0.5, "text": 3.0}]  # images do not pad
+    lazy = LazySplit([3, 5], lambda r: Sample({"text": "x " * r}, 0), lambda r: 0, lambda r: {}, lambda r: {"text": float(r)})
+    assert item_lengths(lazy) == [{"text": 3.0}, {"text": 5.0}] and item_lengths(lazy[1:]) == [{"text": 5.0}]
+    assert item_lengths(LazySplit([3], lambda r: Sample({}, 0), lambda r: 0, lambda r: {})) is None  # no `length`: unknown
+
+    class Cached:  # as the audio / feature caches: the split underneath as `.split`
+        def __init__(self, split):
+            self.split = split
+
+    assert item_lengths(Cached(lazy)) == [{"text": 3.0}, {"text": 5.0}]
+
+
+def test_sort_keys_order_by_the_first_modality_then_the_next():
+    keys = sort_keys([{"audio": 2.0, "text": 10.0}, {"audio": 2.0, "text": 3.0}, {"text": 5.0}, {"audio": 1.0}])
+    assert keys == [(2.0, 10.0), (2.0, 3.0), (0.0, 5.0), (1.0, 0.0)]
+    assert sorted(range(4), key=keys.__getitem__) == [2, 3, 1, 0]
