@@ -102,7 +102,7 @@ class TranscriptCache:
         if self.path is not None:
             try:
                 write_json(self.path, self.entries)
-            except OSError as exc:
+            except (OSError, MultiturboError) as exc:  # the atomic writer reports a failed write as a MultiturboError
                 warnings.warn(f"The transcript cache {self.path} cannot be written ({exc}); give another file with --transcript-cache.", stacklevel=2)
 
 
