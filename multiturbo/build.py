@@ -9,7 +9,7 @@ from .balance import class_weights, split_labels
 from .config import ExperimentConfig
 from .dataset import Dataset, Splits
 from .errors import ConfigError, DataError
-from .feature_cache import frozen_modalities
+from .feature_cache import check_frozen_features
 from .loss import TurboLoss
 from .metrics import METRICS
 from .model import TurboModel
@@ -107,10 +107,5 @@ def build_experiment(cfg: ExperimentConfig, registries: Registries | None = None
     check_schedule(cfg.train, steps_per_epoch(n, bs, cfg.turbo.any_term), f"{n} training items / batch_size {bs}")
     model = build_model(cfg, len(dataset.classes), registries, weights)
     param_groups(model, cfg.train)  # checks train.layer_decay against the encoders
-    if cfg.train.frozen_features == "cache" and not frozen_modalities(model.encoders):
-        raise ConfigError([
-            "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter), but "
-            f"every encoder of {list(model.encoders)} trains. Set `freeze: all` in an encoder's options, or set "
-            "train.frozen_features: recompute."
-        ])
+    check_frozen_features(cfg.train.frozen_features, model.encoders)
     return Experiment(cfg, dataset, splits, model)

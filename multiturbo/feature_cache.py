@@ -65,6 +65,19 @@ def frozen_modalities(encoders: Mapping[str, nn.Module]) -> list[str]:
             if any(True for _ in enc.parameters()) and not any(p.requires_grad for p in enc.parameters())]
 
 
+def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module]) -> list[str]:
+    """The frozen modalities; with ``mode`` ``cache`` and none of them, a ConfigError (found when the
+    experiment is built, before any training)."""
+    frozen = frozen_modalities(encoders)
+    if mode == "cache" and not frozen:
+        raise ConfigError([
+            "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter), "
+            f"but every encoder of {list(encoders)} trains. Set `freeze: all` in an encoder's options, or set "
+            "train.frozen_features: recompute."
+        ])
+    return frozen
+
+
 class FeatureSplit(Sequence[Sample]):
     """``split`` with modality inputs replaced by their precomputed features ({m: [N, dim]}, row i =
     item i; rows of items that lack m are unused). When every modality is precomputed and the split
@@ -225,13 +238,7 @@ def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mod
     ``store``: ``memory`` (this process) or ``disk`` (also under ``directory``, shared by processes)."""
     if mode != "cache":
         return splits
-    frozen = frozen_modalities(encoders)
-    if not frozen:
-        raise ConfigError([
-            "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter), "
-            f"but every encoder of {list(encoders)} trains. Set `freeze: all` in an encoder's options, or set "
-            "train.frozen_features: recompute."
-        ])
+    frozen = check_frozen_features(mode, encoders)
     everything = len(frozen) == len(encoders)
     disk = DiskStore(Path(directory) if directory else default_features_dir()) if store == "disk" else None
     out = {}
