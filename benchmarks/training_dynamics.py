@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from multiturbo.config.load import load_config
+from multiturbo.diagnostics import is_cross_modal
 from multiturbo.run import run_experiment
 
 
@@ -33,8 +34,9 @@ def row_of(run_dir: Path, metrics: dict) -> dict:
     best = [r for r in records if r.get("best")] or records
     diag = rec.get("diagnostics", {})
     ratios = diag.get("term_ratio", {})
-    cross = [r for name, r in ratios.items() if _modalities(name)[0] != _modalities(name)[1]]
-    inside = [r for name, r in ratios.items() if _modalities(name)[0] == _modalities(name)[1]]
+    modalities = list(diag.get("uniformity", {}))
+    cross = [r for name, r in ratios.items() if is_cross_modal(name, modalities)]
+    inside = [r for name, r in ratios.items() if not is_cross_modal(name, modalities)]
     analysis = json.loads((run_dir / "analysis" / "analysis.json").read_text())
     retrieval = analysis.get("retrieval", {})
     return {
@@ -68,7 +70,8 @@ def draw_curves(runs: list[tuple[str, int, Path]], path: str) -> None:
         epochs = [r["epoch"] for r in records]
         def series(f):
             return [f(r.get("diagnostics", {})) for r in records]
-        cross = series(lambda d: statistics.fmean([v for k, v in d.get("term_ratio", {}).items() if _modalities(k)[0] != _modalities(k)[1]] or [math.nan]))
+        cross = series(lambda d: statistics.fmean([v for k, v in d.get("term_ratio", {}).items()
+                                                   if is_cross_modal(k, list(d.get("uniformity", {})))] or [math.nan]))
         unif = series(lambda d: statistics.fmean(d.get("uniformity", {}).values() or [math.nan]))
         rec = series(lambda d: statistics.fmean(d.get("recall@1", {}).values() or [math.nan]))
         for ax, ys in zip(axes, (cross, unif, rec)):
@@ -82,11 +85,6 @@ def draw_curves(runs: list[tuple[str, int, Path]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _modalities(term: str) -> tuple[str, str]:
-    a, b = term.split("~")
-    return a.rstrip("0123456789"), b.rstrip("0123456789")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,7 +98,8 @@ def embed(model: TurboModel, loader, device: torch.device | str = "cpu", progres
     """Normalised projected views of one pass over a loader, dropout off, on the CPU (float32)."""
     if progress is not None:
         progress.start("embedding", total=len(loader))
-    out = eval_pass(model, loader, device, progress.advance if progress is not None else None, contrastive=True)
+    advance = (lambda n: progress.advance(items=n)) if progress is not None else None
+    out = eval_pass(model, loader, device, advance, contrastive=True)
     if out is None:
         raise MultiturboError("The split to embed is empty; there is nothing to analyse.")
     return Embeddings({m: F.normalize(v, dim=-1) for m, v in out.views.items()}, out.labels, out.present)

@@ -23,13 +23,12 @@ called collapsed only on a plateau at log(B) (:func:`collapse_warnings`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-import torch
 from torch import Tensor
 
-from .analysis import alignment_uniformity, embed
-from .distributed import gather_rows
+from .analysis import alignment_uniformity
+from .loss import term_modalities
 from .retrieval import cross_modal_retrieval
 
 # A term at or above this share of log(B) after the first epoch counts as "at log(B)".
@@ -80,10 +79,10 @@ def representation_diagnostics(
     }
 
 
-def _is_cross(term: str) -> bool:
+def is_cross_modal(term: str, modalities: Sequence[str]) -> bool:
     """Whether a term name ("audio1~text2") pairs two different modalities."""
-    a, b = term.split("~", 1)
-    return a.rstrip("0123456789") != b.rstrip("0123456789")
+    a, b = term_modalities(term, modalities)
+    return a != b
 
 
 def collapse_warnings(diagnostics: Mapping, epoch: int, previous: Mapping[str, float] | None = None) -> list[str]:
@@ -99,9 +98,10 @@ def collapse_warnings(diagnostics: Mapping, epoch: int, previous: Mapping[str, f
     chance = diagnostics.get("chance_recall@1", math.nan)
     retrieves = bool(recall) and not math.isnan(chance) and sum(recall) / len(recall) > RECALL_AT_CHANCE * chance
     previous = previous or {}
+    modalities = list(diagnostics.get("uniformity", {}))  # every modality has one
     at_log_b = sorted(name for name, r in diagnostics.get("term_ratio", {}).items()
                       if r >= TERM_AT_LOG_B and name in previous and previous[name] - r < PLATEAU_FALL
-                      and not (_is_cross(name) and retrieves))
+                      and not (is_cross_modal(name, modalities) and retrieves))
     if at_log_b:
         shown = ", ".join(at_log_b[:4]) + (f" and {len(at_log_b) - 4} more" if len(at_log_b) > 4 else "")
         out.append(
@@ -117,13 +117,3 @@ def collapse_warnings(diagnostics: Mapping, epoch: int, previous: Mapping[str, f
             f"spread points about -3.5): the representations shrink to a point. " + FIXES
         )
     return out
-
-
-@torch.no_grad()
-def normalised_views(model, loader, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """One pass over ``loader`` with dropout off: normalised views {m: [N, d]} and presence {m: bool [N]}
-    on the CPU, gathered over all ranks of a multi-process run."""
-    emb = embed(model, loader, device)
-    views = {m: gather_rows(v.to(device)).cpu() for m, v in emb.views.items()}
-    present = {m: gather_rows(p.to(device, torch.uint8)).cpu().bool() for m, p in emb.present.items()}
-    return views, present

@@ -352,8 +352,7 @@ def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None,
     advance = None
     if progress is not None:
         progress.start(description, total=len(batches))
-        sizes = iter([len(b) for b in batches])
-        advance = lambda: progress.advance(items=next(sizes, 0))  # noqa: E731
+        advance = lambda n: progress.advance(items=n)  # noqa: E731
     try:
         out = eval_pass(run.model, loader, run.device, advance)
     except MultiturboError as exc:  # raised in a worker: DataLoader prefixes the worker's traceback

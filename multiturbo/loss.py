@@ -84,6 +84,25 @@ def pair_names(modalities: Sequence[str], passes: int, in_modal: bool, cross_mod
     return [f"{m}{k}~{n}{l}" for a, (m, k) in enumerate(views) for n, l in views[a + 1 :] if (in_modal if m == n else cross_modal)]
 
 
+def term_modalities(name: str, modalities: Sequence[str]) -> tuple[str, str]:
+    """The two modalities of a term named by :func:`pair_names` (a modality name + its 1-based pass).
+
+    >>> term_modalities("audio1~text2", ["audio", "text"])
+    ('audio', 'text')
+
+    Names that themselves end in digits work ("cam1" pass 2 is "cam12"); where two modality names
+    could both match a part, the longer one wins."""
+
+    def of(part: str) -> str:
+        matches = [m for m in modalities if part.startswith(m) and part[len(m):].isdigit()]
+        if not matches:
+            raise ValueError(f"{part!r} (of the term {name!r}) is none of the modalities {list(modalities)} with a pass number")
+        return max(matches, key=len)
+
+    a, b = name.split("~", 1)
+    return of(a), of(b)
+
+
 def info_nce(x: Tensor, y: Tensor, temperature: float | Tensor = 0.07, symmetric: bool = True) -> Tensor:
     """Plain single-pair InfoNCE of x, y: [B, d] (not normalised; rows i are positives) -> scalar.
 

@@ -226,12 +226,12 @@ class EvalPass:
 
 
 @torch.no_grad()
-def eval_pass(model: TurboModel, batches: Iterable, device: torch.device | str, advance: Callable[[], None] | None = None,
+def eval_pass(model: TurboModel, batches: Iterable, device: torch.device | str, advance: Callable[[int], None] | None = None,
               *, contrastive: bool = False) -> EvalPass | None:
     """One forward per batch (``LabelledBatch``), dropout off: the logits and the views come from
     the same pass. ``contrastive``: the views the contrastive terms compare (through the
     contrastive heads, when the model has them) instead of the classifier's. None when there is
-    no batch. ``advance`` is called after each batch."""
+    no batch. ``advance(n)`` is called after each batch of n items."""
     model.eval()
     probs, labels = [], []
     views: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
@@ -247,7 +247,7 @@ def eval_pass(model: TurboModel, batches: Iterable, device: torch.device | str, 
             present[m].append(mask[m].cpu() if m in mask else torch.ones(v[m].shape[1], dtype=torch.bool))
         labels.append(batch.labels.cpu())
         if advance is not None:
-            advance()
+            advance(len(batch))
     if not probs:
         return None
     cat = lambda parts: {m: torch.cat(c) for m, c in parts.items()}  # noqa: E731

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
@@ -16,12 +17,12 @@ from . import rundir
 from .checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import EpochSampler, LabelledBatch
-from .diagnostics import collapse_warnings, normalised_views, representation_diagnostics
+from .diagnostics import collapse_warnings, representation_diagnostics
 from .distributed import all_ranks, average_gradients, current_world, gather_rows
 from .errors import MultiturboError
 from .metrics import METRICS, TABLE_METRICS, classification_metrics
 from .gradcache import cached_backward
-from .model import StepOutput, TurboModel
+from .model import EvalPass, StepOutput, TurboModel, eval_pass
 from .optim import group_lrs, make_optimizer, make_scheduler
 from .progress import ProgressReporter
 from .runtime import peak_memory
@@ -81,23 +82,27 @@ class LoopState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-@torch.no_grad()
+def gathered_pass(model: TurboModel, loader: DataLoader, device: torch.device,
+                  progress: ProgressReporter | None = None) -> EvalPass:
+    """One eval-mode pass over a loader (:func:`~multiturbo.model.eval_pass`; the views are the ones
+    the contrastive terms compare), gathered over every rank of a multi-process run (each rank scored
+    its shard of the split), on the CPU. ``progress`` is advanced once per batch (a bar started by the caller)."""
+    out = eval_pass(model, loader, device, (lambda n: progress.advance(items=n)) if progress is not None else None,
+                    contrastive=True)
+    if out is None:  # an empty shard of a multi-process run
+        dims = {m: model.projections[m][-1].out_features for m in model.modalities}
+        out = EvalPass(torch.zeros(0, model.head.num_classes), {m: torch.zeros(0, d) for m, d in dims.items()},
+                       {m: torch.zeros(0, dtype=torch.bool) for m in dims}, torch.zeros(0, dtype=torch.long))
+    gather = lambda x: gather_rows(x.to(device)).cpu()  # noqa: E731
+    return EvalPass(gather(out.probs), {m: gather(v) for m, v in out.views.items()},
+                    {m: gather(p.to(torch.uint8)).bool() for m, p in out.present.items()}, gather(out.labels))
+
+
 def predict_probs(model: TurboModel, loader: DataLoader, device: torch.device,
                   progress: ProgressReporter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities [N, C] (one pass, dropout off) and labels [N] over a loader; ``progress``
-    is advanced once per batch (a bar started by the caller)."""
-    model.eval()
-    probs, labels = [], []
-    for batch in loader:
-        batch: LabelledBatch = batch.to(device)
-        probs.append(model(batch.inputs).float().softmax(-1))
-        labels.append(batch.labels)
-        if progress is not None:
-            progress.advance(items=len(batch))
-    if not probs:  # an empty shard of a multi-process run
-        probs, labels = [torch.zeros(0, model.head.num_classes, device=device)], [torch.zeros(0, dtype=torch.long, device=device)]
-    # multi-process: every rank scored its shard of the split; the metrics are computed on all of them
-    return gather_rows(torch.cat(probs)).cpu(), gather_rows(torch.cat(labels)).cpu()
+    """Class probabilities [N, C] (one pass, dropout off) and labels [N] over a loader, all ranks'."""
+    out = gathered_pass(model, loader, device, progress)
+    return out.probs, out.labels
 
 
 def evaluate(model: TurboModel, loader: DataLoader, device: torch.device, progress: ProgressReporter | None = None,
@@ -358,7 +363,9 @@ class _EpochLoop:
         train_stats = {k: v / max(st.n_items, 1) for k, v in st.sums.items()}
         if s.model.contrastive is not None:
             train_stats["temperature"] = float(s.model.contrastive.temperature)
-        val = evaluate(s.model, val_loader, s.runner.device, self.progress, f"{self.label}epoch {epoch} validation")
+        self.progress.start(f"{self.label}epoch {epoch} validation", total=len(val_loader))
+        passed = gathered_pass(s.model, val_loader, s.runner.device, self.progress)  # one pass: metrics and diagnostics
+        val = classification_metrics(passed.probs, passed.labels, loss=True)
         value = float(val[cfg.monitor])
         improved = _improved(value, st.best_value, cfg.monitor)
         if improved:
@@ -366,7 +373,7 @@ class _EpochLoop:
         else:
             st.bad_epochs += 1
         terms = {k.removeprefix("term/"): v for k, v in train_stats.items() if k.startswith("term/")}
-        diagnostics, warnings = self.diagnose(val_loader, terms, epoch) if cfg.diagnostics else (None, [])
+        diagnostics, warnings = self.diagnose(passed, terms, epoch) if cfg.diagnostics else (None, [])
         record = {
             "epoch": epoch,
             "step": st.step,
@@ -397,12 +404,12 @@ class _EpochLoop:
         sampler = getattr(self.train_loader, "sampler", None)
         return sampler.padding(epoch) if isinstance(sampler, EpochSampler) else None
 
-    def diagnose(self, val_loader: DataLoader, terms: dict, epoch: int) -> tuple[dict, list[str]]:
-        """The epoch's collapse diagnostics on the validation split (:mod:`multiturbo.diagnostics`), for
+    def diagnose(self, passed: EvalPass, terms: dict, epoch: int) -> tuple[dict, list[str]]:
+        """The epoch's collapse diagnostics from the validation pass (:mod:`multiturbo.diagnostics`), for
         vanilla runs too so that methods can be compared; warnings only for contrastive ones."""
         model = self.state.model
-        views, present = normalised_views(model, val_loader, self.state.runner.device)
-        diagnostics = representation_diagnostics(views, present, terms, self.batch_size * current_world().size)
+        views = {m: F.normalize(v, dim=-1) for m, v in passed.views.items()}
+        diagnostics = representation_diagnostics(views, passed.present, terms, self.batch_size * current_world().size)
         st = self.state.loop
         previous, st.term_ratios = st.term_ratios, diagnostics["term_ratio"]  # in the checkpoint: a resume judges alike
         return diagnostics, collapse_warnings(diagnostics, epoch, previous) if model.contrastive is not None else []

@@ -82,3 +82,15 @@ def test_diagnostics_can_be_switched_off(tiny_raw, tmp_path):
     run_experiment(check_config(validate_config(tiny_raw)), out)
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert "diagnostics" not in record and "warnings" not in record
+
+
+def test_term_names_are_parsed_with_the_modality_names_even_when_they_end_in_digits():
+    from multiturbo.diagnostics import is_cross_modal
+    from multiturbo.loss import pair_names, term_modalities
+
+    names = pair_names(["cam1", "cam2"], 2, True, True)  # "cam11~cam12", "cam11~cam21", ...
+    cross = [n for n in names if is_cross_modal(n, ["cam1", "cam2"])]
+    assert len(cross) == 4 and not is_cross_modal("cam11~cam12", ["cam1", "cam2"])
+    assert term_modalities("audio1~text2", ["audio", "text"]) == ("audio", "text")
+    with pytest.raises(ValueError, match="none of the modalities"):
+        term_modalities("video1~text1", ["audio", "text"])
