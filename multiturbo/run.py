@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,12 +43,15 @@ def run_experiment(
     label: str = "",
     resume: bool = False,
     before_run: float | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train and test ``cfg``; returns the test metrics (also written to ``out/metrics.json``).
 
     ``resume=True`` continues the unfinished run in ``out`` from its checkpoint (``cfg`` must
     be the config it was started with; ``overwrite`` must be false). ``before_run``: seconds the
     process spent before this call (the CLI's start-up), recorded in run.json's ``timings``.
+    ``on_epoch(record)``: called on rank 0 after each epoch with its metrics.jsonl record
+    (:func:`multiturbo.train.fit`).
 
     Under torchrun (WORLD_SIZE > 1) every process runs this: the model is wrapped in
     DistributedDataParallel, each rank trains on its shard of every epoch with the contrastive
@@ -55,11 +59,13 @@ def run_experiment(
     and only rank 0 writes the run directory (docs/scaling.md), holding its lock (``run.lock``:
     a second process that would write there is refused)."""
     with rundir.RunLock() as lock:
-        return _run_experiment(cfg, out, lock, overwrite=overwrite, progress=progress, label=label, resume=resume, before_run=before_run)
+        return _run_experiment(cfg, out, lock, overwrite=overwrite, progress=progress, label=label, resume=resume, before_run=before_run,
+                               on_epoch=on_epoch)
 
 
 def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.RunLock, *, overwrite: bool,
-                    progress: ProgressReporter | None, label: str, resume: bool, before_run: float | None) -> dict:
+                    progress: ProgressReporter | None, label: str, resume: bool, before_run: float | None,
+                    on_epoch: Callable[[dict], None] | None) -> dict:
     clock = _Clock(before_run)
     progress = progress or ProgressReporter(quiet=True)
     previous = _check_resume(cfg, out, overwrite) if resume else None
@@ -87,7 +93,7 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
     start = time.perf_counter()
     try:
         state = TrainState.create(model, cfg.train, device, runner, steps_per_epoch=len(loaders.train))
-        result = fit(state, loaders.train, loaders.val, out, progress, label=label, resume=resume, rank_seed=rank_seed)
+        result = fit(state, loaders.train, loaders.val, out, progress, label=label, resume=resume, rank_seed=rank_seed, on_epoch=on_epoch)
         clock.lap("train")
         barrier()  # rank 0 has written best.safetensors
         rundir.load_best(model, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,8 +268,9 @@ class _EpochLoop:
     """:func:`fit`'s epochs over a :class:`TrainState`: the batches of an epoch, its end (validation,
     early stopping, checkpoint, outputs), the resume and the non-finite policy. Only rank 0 writes."""
 
-    def __init__(self, state: TrainState, run_dir: Path, progress: ProgressReporter, label: str):
-        self.state, self.run_dir, self.progress, self.label = state, run_dir, progress, label
+    def __init__(self, state: TrainState, run_dir: Path, progress: ProgressReporter, label: str,
+                 on_epoch: Callable[[dict], None] | None = None):
+        self.state, self.run_dir, self.progress, self.label, self.on_epoch = state, run_dir, progress, label, on_epoch
         self.is_main = current_world().is_main
         self.ckpt_path = rundir.checkpoint_path(run_dir)
 
@@ -437,7 +439,10 @@ class _EpochLoop:
         while not st.done and st.epoch <= cfg.epochs:
             start = time.perf_counter() - st.epoch_seconds
             self.run_epoch(train_loader, start)
-            self.report_epoch(self.end_epoch(val_loader, start))
+            record = self.end_epoch(val_loader, start)
+            self.report_epoch(record)
+            if self.on_epoch is not None and self.is_main:
+                self.on_epoch(record)  # after the checkpoint and metrics.jsonl: an exception here (e.g. a pruned trial) loses nothing
         self.progress.finish_epochs()
         epochs_run = st.epoch - 1
         if st.best_epoch == 0:  # every monitored value was NaN: keep the last weights as "best"
@@ -460,6 +465,7 @@ def fit(
     label: str = "",
     resume: bool = False,
     rank_seed: int | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train ``state`` with early stopping on ``cfg.monitor``; writes ``metrics.jsonl``, ``best`` and
     ``last`` safetensors into ``run_dir`` (load ``best.safetensors`` to use the best weights).
@@ -472,8 +478,10 @@ def fit(
     Each batch is one :func:`train_step`. In a multi-process run only rank 0 writes files, and a
     resume, which restores rank 0's RNG state, reseeds each rank from ``rank_seed`` + the step so
     that the ranks keep drawing different dropout masks (such a resume is not bit-exact).
+    ``on_epoch(record)`` is called on rank 0 after each epoch's outputs are written, with the
+    epoch's metrics.jsonl record (trackers log it; a tuner may raise to prune the run).
     """
-    loop = _EpochLoop(state, run_dir, progress, label)
+    loop = _EpochLoop(state, run_dir, progress, label, on_epoch)
     if resume:
         loop.resume(train_loader, rank_seed)
     return loop.run(train_loader, val_loader)

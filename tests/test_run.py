@@ -100,3 +100,20 @@ def test_bucket_batching_records_the_padding_and_falls_back_to_random_without_le
     run_experiment(check_config(validate_config(copy.deepcopy(tiny_raw))), tmp_path / "unknown", progress=lines.reporter)
     assert any("train.batching: bucket needs item lengths" in line and "batches are random" in line for line in lines.lines)
     assert "padding" not in json.loads((tmp_path / "unknown" / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_on_epoch_sees_each_epoch_record_after_it_is_written_and_may_stop_the_run(tiny_raw, tmp_path):
+    """The hook trackers and tuners use: called after metrics.jsonl has the epoch; an exception
+    raised from it ends the run with run.json marked failed and the epoch's outputs kept."""
+    seen = []
+
+    def stop_after_first(record: dict) -> None:
+        lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        seen.append((record["epoch"], len(lines), sorted(record["val"])))
+        raise KeyError("pruned")
+
+    with pytest.raises(KeyError, match="pruned"):
+        run_experiment(check_config(validate_config(tiny_raw)), tmp_path / "run", on_epoch=stop_after_first)
+    assert [s[:2] for s in seen] == [(1, 1)] and "ua" in seen[0][2]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+    assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
