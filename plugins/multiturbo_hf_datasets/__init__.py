@@ -207,6 +207,9 @@ class RowLoader:
 
     def __init__(self, tables: dict[str, Any], specs: dict[str, tuple[str, str]], base: Path):
         self.tables, self.specs, self.base = tables, specs, base
+        # train.audio_cache: disk keys an item by its loader's name and its record, whose inputs identify
+        # every input (the text, the sha1 of embedded bytes, or the file, whose size and mtime it adds).
+        self.__qualname__ = type(self).__qualname__
 
     def __call__(self, r: dict[str, Any]) -> Sample:
         split, i = r["at"]
@@ -339,7 +342,7 @@ class HFDatasetsDataset(TableDataset):
                         elif source is not None:
                             if not source.is_file():
                                 absent.append(f"{name}: {spec.column}={str(source)!r}")
-                            value = str(source)
+                            value = source  # a Path: the audio cache fingerprints the file
                         if kind == "audio" and source is not None and (isinstance(source, bytes) or source.is_file()):
                             problem = audio_problem(source)
                             if problem:

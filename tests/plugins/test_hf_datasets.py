@@ -255,3 +255,19 @@ def test_registered_and_trains_end_to_end(saved, tmp_path, tiny_raw):
     assert 0.0 <= metrics["ua"] <= 1.0 and metrics["epochs_run"] == 1
     splits = json.loads((tmp_path / "run" / "splits.json").read_text())
     assert splits["id"] == "index" and len(splits["train"]) == 18 and splits["val"] == list(range(18, 24))
+
+
+def test_the_disk_audio_cache_keys_items_by_their_content(saved, tmp_path):
+    from multiturbo.audio_cache import cache_splits
+
+    class Encoder:
+        input_sample_rate = 4000
+
+    ds = make(saved / "single")
+    stats = []
+    for _ in range(2):
+        train = cache_splits(ds.splits(), {"audio": Encoder()}, "disk", tmp_path / "cache").train
+        audio = [train[i].inputs["audio"] for i in range(len(train))]
+        stats.append(dict(train.stats))
+    assert stats[0]["misses"] == len(audio) and stats[1]["hits"] == len(audio)
+    assert audio[0].sample_rate == 4000 and len(audio[0].samples) == 400  # 0.1 s at the encoder's rate
