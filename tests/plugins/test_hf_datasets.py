@@ -271,3 +271,9 @@ def test_the_disk_audio_cache_keys_items_by_their_content(saved, tmp_path):
         stats.append(dict(train.stats))
     assert stats[0]["misses"] == len(audio) and stats[1]["hits"] == len(audio)
     assert audio[0].sample_rate == 4000 and len(audio[0].samples) == 400  # 0.1 s at the encoder's rate
+
+
+def test_without_the_datasets_package_the_error_names_the_extra(saved, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(DataError, match=r'needs the `datasets` package: pip install "multiturbo\[hf\]"'):
+        make(saved / "single")
