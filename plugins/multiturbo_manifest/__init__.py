@@ -45,6 +45,9 @@ Splits (exactly one way):
   shuffled by the seed, and each joins test (then val) while that brings the split's row
   count closer to its target (a split with a fraction > 0 gets at least one group).
 
+The labels, the splits and the check that no item is in two splits live in
+:class:`TableDataset`, which the ``hf_datasets`` data set shares.
+
 ``meta`` holds ``line`` (the row's line in the manifest) and the value of every column
 that is not an input or the label (speaker, split...); with an optional modality also
 ``missing``, the modalities the row lacks.
@@ -74,7 +77,7 @@ from multiturbo.reader import InputReader
 from multiturbo.table import read_manifest
 
 __all__ = ["ManifestDataset", "ManifestOptions", "manifest_split", "ModalitySpec", "load_image", "TableDataset", "TableOptions",
-           "audio_problems", "blank_cells_problem", "raise_problems"]
+           "blank_cells_problem", "raise_problems"]
 
 Kind = Literal["audio", "text", "image"]
 SHOW_MAX = 5  # how many offending rows an error lists
@@ -188,27 +191,20 @@ def _cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _check_audio_files(rows: list[dict[str, Any]], o: ManifestOptions, path: Path) -> list[str]:
+def _check_audio_files(rows: list[dict[str, Any]], o: ManifestOptions) -> list[str]:
     """``line n: column='value' <problem>`` for every existing audio file that cannot be read, has
-    no samples, is truncated or holds NaN / inf (:func:`multiturbo.audio.audio_problem`)."""
+    no samples, is truncated or holds NaN / inf (:func:`multiturbo.audio.audio_problem`); says how
+    far it got on stderr when the check is long."""
     audio = [m for m, spec in o.modalities.items() if spec.kind == "audio"]
-    todo = [(f"line {r['meta']['line']}", f"{o.modalities[m].column}={str(r['inputs'][m])!r}", r["inputs"][m])
-            for r in rows for m in audio if isinstance(r["inputs"][m], Path) and r["inputs"][m].is_file()]
-    return audio_problems(todo, str(path))
-
-
-def audio_problems(todo: Sequence[tuple[str, str, Any]], what: str) -> list[str]:
-    """``<row> : <cell> <problem>`` for each ``(row, cell, source)`` whose audio (a path, bytes, or a
-    callable giving them) cannot be read, has no samples, is truncated or holds NaN / inf
-    (:func:`multiturbo.audio.audio_problem`); says how far it got on stderr when the check is long."""
+    todo = [(r["meta"]["line"], m, r["inputs"][m]) for r in rows for m in audio if isinstance(r["inputs"][m], Path) and r["inputs"][m].is_file()]
     bad, start, shown = [], time.monotonic(), time.monotonic()
-    for i, (row, cell, source) in enumerate(todo, 1):
-        problem = audio_problem(source() if callable(source) else source)
+    for i, (line, m, file) in enumerate(todo, 1):
+        problem = audio_problem(file)
         if problem:
-            bad.append(f"{row}: {cell} {problem}")
+            bad.append(f"line {line}: {o.modalities[m].column}={str(file)!r} {problem}")
         if time.monotonic() - shown > 5:
             shown = time.monotonic()
-            print(f"multiturbo: checking the audio files of {what}: {i} of {len(todo)} ({shown - start:.0f} s)", file=sys.stderr, flush=True)
+            print(f"multiturbo: checking the audio files of {o.path}: {i} of {len(todo)} ({shown - start:.0f} s)", file=sys.stderr, flush=True)
     return bad
 
 
@@ -464,7 +460,7 @@ class ManifestDataset(TableDataset):
                 f"files that do not exist (paths are relative to {base}): {_rows_listing(absent, len(absent))}. Fix the "
                 f"paths or remove the rows (or, for a modality some items lack, set `optional: true` on it and leave its cell empty)."
             )
-        bad_audio = _check_audio_files(rows, o, self.path)
+        bad_audio = _check_audio_files(rows, o)
         if bad_audio:
             problems.append(
                 f"audio files that cannot be used: {_rows_listing(bad_audio, len(bad_audio))}. Replace the files or remove the rows."
