@@ -72,6 +72,7 @@ __all__ = ["HFDatasetsDataset", "HFDatasetsOptions", "HFModalitySpec"]
 Kind = Literal["audio", "text", "image"]
 Builder = Literal["audiofolder", "imagefolder", "csv", "json", "parquet"]
 INSTALL = 'pip install "multiturbo[hf]"'
+WHAT = {"audio": "audio (or a column of file paths)", "image": "an image (or a column of file paths)", "text": "text"}
 
 
 class HFModalitySpec(StrictModel):
@@ -269,10 +270,10 @@ class HFDatasetsDataset(TableDataset):
             feature = first.features[spec.column]
             found = _kind(feature, datasets)
             kind = spec.kind or found
-            if kind is None or (found in ("audio", "image") and kind != found) or (found is None and spec.kind == "text"):
+            if kind is None or not (found == kind or (found == "text" and kind in ("audio", "image"))):  # paths in a string column
                 raise DataError(
                     f"The column {spec.column!r} of {self.path} (modality {m!r}) holds {feature}, which is not "
-                    f"{'a ' + kind if kind else 'audio, an image or text'}. Map the modality to another column, or set its kind "
+                    f"{WHAT.get(kind, 'audio, an image or text')}. Map the modality to another column, or set its kind "
                     f"(data.options.modalities.{m}.kind: audio or image for a column of file paths)."
                 )
             self._kinds[m] = kind
@@ -304,8 +305,8 @@ class HFDatasetsDataset(TableDataset):
         absent, bad_audio, empty = [], [], []
         for n, t in tables.items():
             feats = t.features
-            scalar = [c for c in t.column_names if c not in inputs_of and isinstance(feats[c], (datasets.Value, datasets.ClassLabel))]
-            values = t.select_columns(scalar).to_dict() if scalar else {}
+            scalar = [c for c in t.column_names if c not in inputs_of and c != o.label_column and isinstance(feats[c], (datasets.Value, datasets.ClassLabel))]
+            values = t.select_columns([*scalar, o.label_column]).to_dict()
             label_feature = feats[o.label_column]
             if isinstance(label_feature, datasets.ClassLabel) and default_classes is None:
                 default_classes = list(label_feature.names)
@@ -316,8 +317,7 @@ class HFDatasetsDataset(TableDataset):
                     meta.update(hf_split=n, hf_index=i)
                 for c in scalar:
                     v = values[c][i]
-                    if c != o.label_column:
-                        meta.setdefault(c, feats[c].int2str(v) if isinstance(feats[c], datasets.ClassLabel) and v is not None and v >= 0 else v)
+                    meta.setdefault(c, feats[c].int2str(v) if isinstance(feats[c], datasets.ClassLabel) and v is not None and v >= 0 else v)
                 raw = values[o.label_column][i]
                 if isinstance(label_feature, datasets.ClassLabel):
                     label = label_feature.int2str(raw) if raw is not None and raw >= 0 else ""

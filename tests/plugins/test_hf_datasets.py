@@ -124,10 +124,12 @@ def test_a_column_that_does_not_exist_lists_the_columns(saved):
     msg = str(err.value)
     assert "has no column 'transcript' (option modalities.text.column)" in msg
     assert "Its columns are: ['audio', 'transcription', 'speaker', 'picture', 'label']" in msg
-    with pytest.raises(DataError, match=r"The column 'audio' of .* \(modality 'text'\) holds Audio\(.*\), which is not a text"):
+    with pytest.raises(DataError, match=r"The column 'audio' of .* \(modality 'text'\) holds Audio\(.*\), which is not text\."):
         make(saved / "single", modalities={"text": {"column": "audio", "kind": "text"}})
     with pytest.raises(DataError, match=r"The column 'label' .* holds ClassLabel\(.*\), which is not audio, an image or text.*kind"):
         make(saved / "single", modalities={"x": "label"})
+    with pytest.raises(DataError, match=r"The column 'label' .* holds ClassLabel\(.*\), which is not audio \(or a column of file paths\)"):
+        make(saved / "single", modalities={"x": {"column": "label", "kind": "audio"}})
 
 
 def test_split_and_fold_columns(tmp_path):
