@@ -2,15 +2,19 @@
 
 Data sets hand audio to encoders as :class:`Waveform` (samples and their rate) or as a bare
 1-D array already at the encoder's rate; encoders call :func:`to_rate` to get the rate they need.
+A source is a file path, or the bytes of an audio file (a Hugging Face data set's embedded audio);
+``name`` says in errors where bytes came from.
 """
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Union
 
 import numpy as np
 import soundfile as sf
@@ -31,35 +35,49 @@ class Waveform:
         return len(self.samples) / self.sample_rate
 
 
-def load_audio(path: str | Path) -> Waveform:
-    """Read an audio file as mono float32 (channels averaged); a clear DataError names a bad file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Audio file {path} does not exist. Check the path (relative paths are resolved against the data set's root or manifest).")
+AudioSource = Union[str, Path, bytes]  # a file path, or an audio file's bytes
+
+
+def _soundfile_arg(source: AudioSource) -> str | BinaryIO:
+    """What soundfile reads: the path as a str, or the bytes as a file object."""
+    return io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+
+
+def load_audio(source: AudioSource, name: str | None = None) -> Waveform:
+    """Read an audio file (a path, or its bytes) as mono float32 (channels averaged); a clear
+    DataError names a bad file (``name``: what to call bytes in errors, e.g. a data set's row)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        what = f"The audio of {name}" if name else "Audio bytes"
+    else:
+        source = Path(source)
+        what = f"Audio file {source}"
+        if not source.is_file():
+            raise DataError(f"{what} does not exist. Check the path (relative paths are resolved against the data set's root or manifest).")
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [T, C]
+        samples, rate = sf.read(_soundfile_arg(source), dtype="float32", always_2d=True)  # [T, C]
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError for bad files
-        raise DataError(f"Audio file {path} cannot be read ({type(exc).__name__}: {exc}). Replace it with a valid WAV/FLAC/OGG file or remove the item.") from None
+        raise DataError(f"{what} cannot be read ({type(exc).__name__}: {exc}). Replace it with a valid WAV/FLAC/OGG file or remove the item.") from None
     if samples.shape[0] == 0:
-        raise DataError(f"Audio file {path} has no samples. Remove the item or replace the file.")
+        raise DataError(f"{what} has no samples. Remove the item or replace the file.")
     return Waveform(samples.mean(axis=1), int(rate))
 
 
-def audio_problem(path: str | Path) -> str | None:
-    """What is wrong with an existing audio file, or None; cheap (the header, and for WAV the chunk
-    sizes), decoding the samples only of float files (the only ones that can hold NaN / inf)."""
+def audio_problem(source: AudioSource) -> str | None:
+    """What is wrong with an existing audio file (a path, or its bytes), or None; cheap (the header,
+    and for WAV the chunk sizes), decoding the samples only of float files (the only ones that can
+    hold NaN / inf)."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(_soundfile_arg(source))
     except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError / RuntimeError / TypeError
         return f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
     if info.frames <= 0:
         return "has no samples"
-    truncated = _wav_truncated(Path(path))
+    truncated = _wav_truncated(source)
     if truncated:
         return truncated
     if info.subtype in ("FLOAT", "DOUBLE"):
         try:
-            samples, _ = sf.read(str(path), dtype="float32", always_2d=True)
+            samples, _ = sf.read(_soundfile_arg(source), dtype="float32", always_2d=True)
         except Exception as exc:  # noqa: BLE001
             return f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
         bad = ~np.isfinite(samples).all(axis=1)
@@ -68,7 +86,7 @@ def audio_problem(path: str | Path) -> str | None:
     return None
 
 
-def audio_problems(files: Sequence[Path], what: str) -> dict[int, str]:
+def audio_problems(files: Sequence[AudioSource], what: str) -> dict[int, str]:
     """index -> :func:`audio_problem` for every file of ``files`` that has one; a long check says how
     far it got on stderr every 5 s (``what`` names the data, e.g. the manifest's path)."""
     bad: dict[int, str] = {}
@@ -83,14 +101,16 @@ def audio_problems(files: Sequence[Path], what: str) -> dict[int, str]:
     return bad
 
 
-def _wav_truncated(path: Path) -> str | None:
-    """For a RIFF/WAVE file: a message when its data chunk is shorter than its header announces."""
+def _wav_truncated(source: AudioSource) -> str | None:
+    """For a RIFF/WAVE file (a path, or its bytes): a message when its data chunk is shorter than its
+    header announces."""
     try:
-        with open(path, "rb") as f:
+        in_memory = isinstance(source, (bytes, bytearray, memoryview))
+        with io.BytesIO(source) if in_memory else open(source, "rb") as f:
             head = f.read(12)
             if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
                 return None
-            size = path.stat().st_size
+            size = len(source) if in_memory else Path(source).stat().st_size
             while True:
                 chunk = f.read(8)
                 if len(chunk) < 8:
@@ -106,12 +126,13 @@ def _wav_truncated(path: Path) -> str | None:
         return f"cannot be read ({exc})"
 
 
-def audio_seconds(path: str | Path) -> float:
-    """An audio file's duration from its header (soundfile.info: no samples decoded)."""
+def audio_seconds(source: AudioSource) -> float:
+    """An audio file's duration (a path, or its bytes) from its header (soundfile.info: no samples decoded)."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(_soundfile_arg(source))
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError for missing or bad files
-        raise DataError(f"Audio file {path} cannot be read ({type(exc).__name__}: {exc}). Replace it with a valid WAV/FLAC/OGG file or remove the item.") from None
+        what = "Audio bytes" if isinstance(source, (bytes, bytearray, memoryview)) else f"Audio file {source}"
+        raise DataError(f"{what} cannot be read ({type(exc).__name__}: {exc}). Replace it with a valid WAV/FLAC/OGG file or remove the item.") from None
     return info.frames / info.samplerate if info.samplerate else 0.0
 
 

@@ -56,6 +56,7 @@ FIRST_PARTY_PLUGINS: tuple[str, ...] = (
     "multiturbo_synthetic",
     "multiturbo_iemocap",
     "multiturbo_manifest",
+    "multiturbo_hf_datasets",
     "multiturbo_heads",
 )
 

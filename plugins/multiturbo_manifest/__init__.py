@@ -45,6 +45,9 @@ Splits (exactly one way):
   shuffled by the seed, and each joins test (then val) while that brings the split's row
   count closer to its target (a split with a fraction > 0 gets at least one group).
 
+The labels, the splits and the check that no item is in two splits live in
+:class:`TableDataset`, which the ``hf_datasets`` data set shares.
+
 ``meta`` holds ``line`` (the row's line in the manifest) and the value of every column
 that is not an input or the label (speaker, split...); with an optional modality also
 ``missing``, the modalities the row lacks.
@@ -71,7 +74,8 @@ from multiturbo.options import StrictModel
 from multiturbo.reader import InputReader
 from multiturbo.table import read_manifest
 
-__all__ = ["ManifestDataset", "ManifestOptions", "manifest_split", "ModalitySpec", "load_image"]
+__all__ = ["ManifestDataset", "ManifestOptions", "manifest_split", "ModalitySpec", "load_image", "TableDataset", "TableOptions",
+           "blank_cells_problem", "raise_problems"]
 
 Kind = Literal["audio", "text", "image"]
 SHOW_MAX = 5  # how many offending rows an error lists
@@ -84,9 +88,10 @@ class ModalitySpec(StrictModel):
     optional: bool = Field(False, description="Items may lack this modality: an empty cell means missing (input None).")
 
 
-class ManifestOptions(DatasetOptions):
-    path: Path = Field(description="The manifest file (CSV with a header row, or JSONL).")
-    modalities: dict[str, ModalitySpec] = Field(min_length=1, description="Modality name -> {column, kind}.")
+class TableOptions(DatasetOptions):
+    """Options of data sets given as a table of rows (``manifest``, ``hf_datasets``): the label,
+    classes and the ways to split."""
+
     label_column: str = Field("label", description="The column holding the class name.")
     classes: list[str] | None = Field(None, min_length=2, description="Class names in label order (default: sorted).")
     split_column: str | None = Field(None, description="A column with train / val / test per row.")
@@ -94,11 +99,10 @@ class ManifestOptions(DatasetOptions):
     group_column: str | None = Field(None, description="Random splits keep each value of this column in one split.")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows (or groups) for validation.")
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows (or groups) for testing.")
-    format: Literal["auto", "csv", "jsonl"] = Field("auto", description="auto: by suffix (.jsonl/.ndjson or CSV).")
     bad_items: Literal["error", "drop"] = Field(
-        "error", description="error: unusable rows (empty required cells, missing or bad audio files, no modality) stop the "
+        "error", description="error: unusable rows (empty required cells, missing or bad audio, no modality) stop the "
         "run with one message listing them all; drop: they are left out (and rows repeating an earlier row's inputs), "
-        "counted in run.json (dropped_items) and in a warning.")
+        "named in run.json (dropped_items) and counted in a warning.")
 
     @field_validator("classes")
     @classmethod
@@ -108,7 +112,7 @@ class ManifestOptions(DatasetOptions):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "ManifestOptions":
+    def _check(self) -> "TableOptions":
         if self.split_column and self.fold_column:
             raise ValueError("set at most one of split_column and fold_column")
         if self.group_column and (self.split_column or self.fold_column):
@@ -123,18 +127,31 @@ class ManifestOptions(DatasetOptions):
         return self
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """An image file as a uint8 array [H, W, 3] (Pillow; L/P/RGBA/... converted to RGB, alpha dropped)."""
+class ManifestOptions(TableOptions):
+    path: Path = Field(description="The manifest file (CSV with a header row, or JSONL).")
+    modalities: dict[str, ModalitySpec] = Field(min_length=1, description="Modality name -> {column, kind}.")
+    format: Literal["auto", "csv", "jsonl"] = Field("auto", description="auto: by suffix (.jsonl/.ndjson or CSV).")
+
+
+def load_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """An image file (a path, or its bytes) as a uint8 array [H, W, 3] (Pillow; L/P/RGBA/... converted
+    to RGB, alpha dropped); ``name``: what to call bytes in errors (e.g. a data set's row)."""
+    import io
+
     from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Image file {path} does not exist. Check the path (relative paths are resolved against the manifest).")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        what, opened = (f"The image of {name}" if name else "Image bytes"), io.BytesIO(source)
+    else:
+        opened = Path(source)
+        what = f"Image file {opened}"
+        if not opened.is_file():
+            raise DataError(f"{what} does not exist. Check the path (relative paths are resolved against the manifest).")
     try:
-        with Image.open(path) as im:
+        with Image.open(opened) as im:
             return np.array(im.convert("RGB"))  # a writable copy (np.asarray of a PIL image is read-only)
     except Exception as exc:  # PIL raises UnidentifiedImageError / OSError / ValueError
-        raise DataError(f"Image file {path} cannot be read ({type(exc).__name__}: {exc}). Replace or remove it.") from None
+        raise DataError(f"{what} cannot be read ({type(exc).__name__}: {exc}). Replace or remove it.") from None
 
 
 LOADERS = {"audio": load_audio, "image": load_image}
@@ -177,12 +194,32 @@ def _cell(value: Any) -> str:
 
 
 def _check_audio_files(rows: list[dict[str, Any]], o: ManifestOptions) -> list[tuple[int, str]]:
-    """``(n, "line n: column='value' <problem>")`` for every existing audio file that cannot be read, has
-    no samples, is truncated or holds NaN / inf (:func:`multiturbo.audio.audio_problems`)."""
+    """``(position, "line n: column='value' <problem>")`` for every existing audio file that cannot be read,
+    has no samples, is truncated or holds NaN / inf (:func:`multiturbo.audio.audio_problems`)."""
     audio = [m for m, spec in o.modalities.items() if spec.kind == "audio"]
-    todo = [(r["meta"]["line"], m, r["inputs"][m]) for r in rows for m in audio if isinstance(r["inputs"][m], Path) and r["inputs"][m].is_file()]
-    bad = audio_problems([file for _, _, file in todo], str(o.path))
-    return [(line, f"line {line}: {o.modalities[m].column}={str(file)!r} {bad[i]}") for i, (line, m, file) in enumerate(todo) if i in bad]
+    todo = [(i, r["meta"]["line"], m, r["inputs"][m]) for i, r in enumerate(rows) for m in audio
+            if isinstance(r["inputs"][m], Path) and r["inputs"][m].is_file()]
+    bad = audio_problems([file for *_, file in todo], str(o.path))
+    return [(i, f"line {line}: {o.modalities[m].column}={str(file)!r} {bad[k]}") for k, (i, line, m, file) in enumerate(todo) if k in bad]
+
+
+def blank_cells_problem(column: str, kind: str, modality: str, where: list[str]) -> str:
+    """The problem of empty cells of a required modality (one item of :func:`raise_problems`)."""
+    return (
+        f"empty cells in the column {column!r} of the required {kind} modality {modality!r}: {_rows_listing(where, len(where))}. "
+        f"Fill them in, remove the rows, or, if items may lack {modality!r}, set `optional: true` on it "
+        f"(data.options.modalities.{modality}.optional) so an empty cell means the item lacks it."
+    )
+
+
+def raise_problems(what: str, problems: list[str], hint: str = "") -> None:
+    """Raise one DataError listing every problem of a data set (``what``: e.g. "The manifest m.csv"), if any;
+    ``hint`` is appended (e.g. the option that would drop the rows)."""
+    if len(problems) == 1:
+        raise DataError(f"{what} has {problems[0]}{hint}")
+    if problems:
+        listed = " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        raise DataError(f"{what} has {len(problems)} problems, found before training: {listed}{hint}")
 
 
 def _sort_key(value: str) -> tuple:
@@ -192,185 +229,123 @@ def _sort_key(value: str) -> tuple:
         return (1, 0.0, value)
 
 
-class ManifestDataset(Dataset):
-    """Items listed in a CSV / JSONL manifest (see the module docstring)."""
+class TableDataset(Dataset):
+    """The base of data sets given as a table of rows (``manifest``, ``hf_datasets``): classes from a
+    label column, and the splits (a split column, folds by a column's values, or random by the data
+    seed: stratified, or whole groups), with the check that no item is in two splits.
 
-    Options = ManifestOptions
+    A subclass's ``__init__`` reads its rows, sets ``self.rows`` (dicts: ``inputs`` {modality: what
+    identifies the input, None when missing}, ``label``, ``meta``), ``self.classes`` (see
+    :meth:`_label_indices`), ``self.modalities``, ``self.source`` (named in errors, after ``noun``),
+    ``self.split_key`` / ``self.fold_key`` / ``self.group_key`` (the ``meta`` keys that split), then calls
+    :meth:`_set_folds`; it implements :meth:`_row_name` and :meth:`_make_split`.
+    """
 
-    def __init__(self, options: ManifestOptions, *, seed: int = 0):
-        super().__init__(options, seed=seed)
-        o = options
-        self.path = Path(o.path).expanduser()
-        self.modalities = tuple(o.modalities)
-        self._kinds = {m: spec.kind for m, spec in o.modalities.items()}
-        columns, raw = read_manifest(self.path, o.format)
+    noun = "manifest"  # errors say "The {noun} {source} ..."
+    source: str = ""
+    split_key: str | None = None
+    fold_key: str | None = None
 
-        wanted = {f"modalities.{m}.column": spec.column for m, spec in o.modalities.items()}
-        wanted["label_column"] = o.label_column
-        for option in ("split_column", "fold_column", "group_column"):
-            if getattr(o, option):
-                wanted[option] = getattr(o, option)
-        missing = {opt: col for opt, col in wanted.items() if col not in columns}
-        if missing:
-            named = ", ".join(f"{col!r} (option {opt})" for opt, col in missing.items())
-            raise DataError(f"The manifest {self.path} has no column {named}. Its columns are: {columns}.")
+    def _row_name(self, row: dict[str, Any]) -> str:
+        """How errors name a row (``line 3``)."""
+        raise NotImplementedError
 
-        # Labels.
-        label_of = [(n, _cell(row.get(o.label_column)).strip()) for n, row in raw]
-        blank = [f"line {n}" for n, v in label_of if not v]
+    def _make_split(self, rows: list[dict[str, Any]]) -> LazySplit:
+        """A lazy split of rows."""
+        raise NotImplementedError
+
+    @property
+    def _what(self) -> str:
+        return f"The {self.noun} {self.source}"
+
+    def _label_indices(self, labels: list[tuple[str, str]], default: list[str] | None = None) -> list[int]:
+        """Sets ``self.classes`` (the option ``classes``, else ``default``, else the sorted labels) and
+        returns each row's label index; ``labels``: (row name, label as text) per row."""
+        o = self.options
+        blank = [n for n, v in labels if not v]
         if blank:
             raise DataError(
-                f"The manifest {self.path} has rows with an empty label (column {o.label_column!r}): "
+                f"{self._what} has rows with an empty label (column {o.label_column!r}): "
                 f"{_rows_listing(blank, len(blank))}. Fill in the labels or remove the rows."
             )
-        self.classes = list(o.classes) if o.classes is not None else sorted({v for _, v in label_of})
+        given = o.classes if o.classes is not None else default
+        self.classes = list(given) if given is not None else sorted({v for _, v in labels})
         if o.classes is None and len(self.classes) < 2:
-            raise DataError(
-                f"The manifest {self.path} has a single label {self.classes}; classification needs at least 2 classes."
-            )
+            raise DataError(f"{self._what} has a single label {self.classes}; classification needs at least 2 classes.")
         index = {c: i for i, c in enumerate(self.classes)}
-        unknown = [f"line {n}: {v!r}" for n, v in label_of if v not in index]
+        unknown = [f"{n}: {v!r}" for n, v in labels if v not in index]
         if unknown:
             raise DataError(
-                f"The manifest {self.path} has labels outside `classes` {self.classes}: "
+                f"{self._what} has labels outside `classes` {self.classes}: "
                 f"{_rows_listing(unknown, len(unknown))}. Add them to `classes` or remove the rows."
             )
+        return [index[v] for _, v in labels]
 
-        # Inputs; files must exist now, not in the middle of training.
-        base = self.path.parent
-        input_columns = {spec.column for spec in o.modalities.values()}
-        rows, absent, empty = [], [], []
-        blank: dict[str, list[int]] = {}  # modality -> lines whose cell of a required modality is empty
-        for (n, row), (_, label) in zip(raw, label_of):
-            inputs: dict[str, Any] = {}
-            for m, spec in o.modalities.items():
-                value = _cell(row.get(spec.column))
-                if not value.strip():
-                    if not spec.optional:
-                        blank.setdefault(m, []).append(n)
-                    inputs[m] = None  # a missing modality (an error below unless optional)
-                elif spec.kind != "text":
-                    p = Path(value.strip()).expanduser()
-                    file = p if p.is_absolute() else base / p
-                    if not file.is_file():
-                        absent.append((n, f"line {n}: {spec.column}={value!r}"))
-                    inputs[m] = file
-                else:
-                    inputs[m] = value
-            if all(v is None for v in inputs.values()):
-                empty.append(n)
-            meta = {"line": n, **{k: v for k, v in row.items() if k not in input_columns and k != o.label_column}}
-            if any(spec.optional for spec in o.modalities.values()):
-                meta["missing"] = [m for m, v in inputs.items() if v is None]
-            rows.append({"inputs": inputs, "label": index[label], "meta": meta})
-        bad_audio = _check_audio_files(rows, o)
-        if o.bad_items == "drop":
-            rows = self._drop_bad_rows(rows, blank, absent, bad_audio, empty)
-        else:
-            self._refuse_bad_rows(blank, absent, bad_audio, empty)
-        self.rows = rows
-        self.group_key = o.group_column
+    def _keep_usable(self, rows: list[dict[str, Any]], problems: list[str], bad: dict[int, str]) -> list[dict[str, Any]]:
+        """The rows to use. ``problems``: every problem of the table, one paragraph each; ``bad``: row
+        position -> why that row cannot be used. With ``bad_items: error`` the problems are one DataError
+        (rows unchanged when there is none); with ``drop`` the bad rows, and rows repeating an earlier
+        row's inputs, are left out and named in ``self.dropped_items`` (a DataError when none is left)."""
+        if self.options.bad_items == "error":
+            raise_problems(self._what, problems, " (Or set `bad_items: drop` in data.options to leave such rows out, counted in run.json.)")
+            return rows
+        reasons, first = dict(bad), {}
+        for i, r in enumerate(rows):
+            if i in reasons:
+                continue
+            key = tuple((m, str(v)) for m, v in sorted(r["inputs"].items()))
+            if key in first:
+                reasons[i] = f"{self._row_name(r)}: the same inputs as {self._row_name(rows[first[key]])}"
+            else:
+                first[key] = i
+        self.dropped_items = [reasons[i] for i in sorted(reasons)]
+        kept = [r for i, r in enumerate(rows) if i not in reasons]
+        if not kept:
+            raise DataError(f"{self._what} has no usable row: bad_items: drop left out all {len(rows)} "
+                            f"({_rows_listing(self.dropped_items, len(self.dropped_items))}). Fix the data.")
+        return kept
+
+    def _set_folds(self) -> None:
+        """The fold values of ``fold_key`` (sorted; numbers numerically) and ``num_folds``; caches reset."""
         self._folds: list[str] = []
-        if o.fold_column:
-            self._folds = sorted({_cell(r["meta"][o.fold_column]) for r in rows}, key=_sort_key)
+        if self.fold_key:
+            self._folds = sorted({_cell(r["meta"][self.fold_key]) for r in self.rows}, key=_sort_key)
             if len(self._folds) < 3:
                 raise DataError(
-                    f"The fold column {o.fold_column!r} of {self.path} has {len(self._folds)} value(s) "
+                    f"The fold column {self.fold_key!r} of {self.source} has {len(self._folds)} value(s) "
                     f"{self._folds}; folds need at least 3 (test, validation, train)."
                 )
             self.num_folds = len(self._folds)
         self._cache: dict[int, Splits] = {}
 
-    def _refuse_bad_rows(self, blank: dict[str, list[int]], absent: list[tuple[int, str]], bad_audio: list[tuple[int, str]],
-                         empty: list[int]) -> None:
-        """One DataError listing every unusable row (``bad_items: error``), or nothing when all rows are usable."""
-        o, base = self.options, self.path.parent
-        problems = []  # every problem of the manifest, in one error
-        for m, lines in blank.items():
-            problems.append(
-                f"empty cells in the column {o.modalities[m].column!r} of the required {o.modalities[m].kind} modality "
-                f"{m!r}: {_rows_listing([f'line {n}' for n in lines], len(lines))}. Fill them in, remove the rows, or, if items "
-                f"may lack {m!r}, set `optional: true` on it (data.options.modalities.{m}.optional) so an empty cell means the "
-                f"item lacks it."
-            )
-        if absent:
-            problems.append(
-                f"files that do not exist (paths are relative to {base}): {_rows_listing([a for _, a in absent], len(absent))}. "
-                f"Fix the paths or remove the rows (or, for a modality some items lack, set `optional: true` on it and leave its cell empty)."
-            )
-        if bad_audio:
-            problems.append(
-                f"audio files that cannot be used: {_rows_listing([b for _, b in bad_audio], len(bad_audio))}. Replace the files or remove the rows."
-            )
-        if empty:
-            problems.append(f"rows with every modality missing: {_rows_listing([f'line {n}' for n in empty], len(empty))}. Remove them.")
-        hint = " (Or set `bad_items: drop` in data.options to leave such rows out, counted in run.json.)"
-        if len(problems) == 1:
-            raise DataError(f"The manifest {self.path} has {problems[0]}{hint}")
-        if problems:
-            listed = " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-            raise DataError(f"The manifest {self.path} has {len(problems)} problems, found before training: {listed}{hint}")
-
-    def _drop_bad_rows(self, rows: list[dict[str, Any]], blank: dict[str, list[int]], absent: list[tuple[int, str]],
-                       bad_audio: list[tuple[int, str]], empty: list[int]) -> list[dict[str, Any]]:
-        """The usable rows (``bad_items: drop``): the unusable ones and the rows repeating an earlier row's
-        inputs left out, each recorded in ``self.dropped_items``; a DataError when none is left."""
-        o = self.options
-        reasons: dict[int, str] = {}
-        for m, lines in blank.items():
-            for n in lines:
-                reasons.setdefault(n, f"line {n}: empty cell in the column {o.modalities[m].column!r} of the required modality {m!r}")
-        for n, text in absent:
-            reasons.setdefault(n, f"{text} does not exist")
-        for n, text in bad_audio:
-            reasons.setdefault(n, text)
-        for n in empty:
-            reasons.setdefault(n, f"line {n}: every modality missing")
-        first: dict[tuple, int] = {}
-        for r in rows:
-            n = r["meta"]["line"]
-            if n in reasons:
-                continue
-            key = tuple((m, str(v)) for m, v in sorted(r["inputs"].items()))
-            if key in first:
-                reasons[n] = f"line {n}: the same inputs as line {first[key]}"
-            else:
-                first[key] = n
-        self.dropped_items = [reasons[n] for n in sorted(reasons)]
-        kept = [r for r in rows if r["meta"]["line"] not in reasons]
-        if not kept:
-            raise DataError(f"The manifest {self.path} has no usable row: bad_items: drop left out all {len(rows)} "
-                            f"({_rows_listing(self.dropped_items, len(self.dropped_items))}). Fix the manifest.")
-        return kept
-
     # -- splits ------------------------------------------------------------------------------
     def _assign(self, fold: int) -> list[str]:
         """'train' / 'val' / 'test' per row."""
         o, rows = self.options, self.rows
-        if o.split_column:
+        if self.split_key:
             out, bad = [], []
             for r in rows:
-                v = _cell(r["meta"][o.split_column]).strip().lower()
+                v = _cell(r["meta"][self.split_key]).strip().lower()
                 out.append(SPLIT_NAMES.get(v, ""))
                 if v not in SPLIT_NAMES:
-                    bad.append(f"line {r['meta']['line']}: {r['meta'][o.split_column]!r}")
+                    bad.append(f"{self._row_name(r)}: {r['meta'][self.split_key]!r}")
             if bad:
                 raise DataError(
-                    f"The split column {o.split_column!r} of {self.path} must hold train, val or test: "
+                    f"The split column {self.split_key!r} of {self.source} must hold train, val or test: "
                     f"{_rows_listing(bad, len(bad))}."
                 )
             return out
-        if o.fold_column:
+        if self.fold_key:
             n = len(self._folds)
             test, val = self._folds[fold], self._folds[(fold + 1) % n]
-            values = [_cell(r["meta"][o.fold_column]) for r in rows]
+            values = [_cell(r["meta"][self.fold_key]) for r in rows]
             return ["test" if v == test else "val" if v == val else "train" for v in values]
         rng = np.random.default_rng(self.seed)
         out = ["train"] * len(rows)
-        if o.group_column:
+        if self.group_key:
             groups: dict[str, list[int]] = {}
             for i, r in enumerate(rows):
-                groups.setdefault(_cell(r["meta"][o.group_column]), []).append(i)
+                groups.setdefault(_cell(r["meta"][self.group_key]), []).append(i)
             names = sorted(groups, key=_sort_key)
             order = [names[k] for k in rng.permutation(len(names))]
             n_test, n_val = self._targets(len(rows))
@@ -401,15 +376,15 @@ class ManifestDataset(Dataset):
 
     def _check_leaks(self, assign: list[str], fold: int) -> None:
         """Refuse the same item (rows with the same inputs) in two splits: the test would score training items."""
-        where: dict[tuple, list[tuple[int, str]]] = {}
+        where: dict[tuple, list[tuple[str, str]]] = {}
         for r, split in zip(self.rows, assign):
             key = tuple((m, str(v)) for m, v in sorted(r["inputs"].items()))
-            where.setdefault(key, []).append((r["meta"]["line"], split))
+            where.setdefault(key, []).append((self._row_name(r), split))
         leaks = [places for places in where.values() if len({s for _, s in places}) > 1]
         if leaks:
-            listed = [" and ".join(f"line {n} ({s})" for n, s in places) for places in leaks]
+            listed = [" and ".join(f"{n} ({s})" for n, s in places) for places in leaks]
             raise DataError(
-                f"The manifest {self.path} lists the same item (the same inputs) in two splits (fold {fold}): "
+                f"{self._what} lists the same item (the same inputs) in two splits (fold {fold}): "
                 f"{_rows_listing(listed, len(listed))}. Remove the duplicate rows, or give duplicates the same group "
                 f"(group_column) so they land in one split."
             )
@@ -421,29 +396,113 @@ class ManifestDataset(Dataset):
         return n_test, n_val
 
     def splits(self, fold: int | None = None) -> Splits:
-        """Train / validation / test (of ``fold`` when ``fold_column`` is set; default 0); cached."""
+        """Train / validation / test (of ``fold`` when there is a fold column; default 0); cached."""
         fold = 0 if fold is None else fold
         try:
             f = operator.index(fold)
         except TypeError:
             f = -1
         if not 0 <= f < self.num_folds:
-            where = f"values of {self.options.fold_column!r}: {self._folds}" if self._folds else "no fold_column"
+            where = f"values of {self.fold_key!r}: {self._folds}" if self._folds else "no fold_column"
             raise DataError(
-                f"Manifest fold {fold!r} does not exist: the data set has {self.num_folds} fold(s) ({where}). "
+                f"{self.noun.capitalize()} fold {fold!r} does not exist: the data set has {self.num_folds} fold(s) ({where}). "
                 f"Ask for a fold from 0 to {self.num_folds - 1}."
             )
         if f not in self._cache:
             assign = self._assign(f)
             self._check_leaks(assign, f)
-            parts = {s: manifest_split([r for r, a in zip(self.rows, assign) if a == s], self._kinds) for s in ("train", "val", "test")}
+            parts = {s: self._make_split([r for r, a in zip(self.rows, assign) if a == s]) for s in ("train", "val", "test")}
             if len(parts["train"]) == 0:
                 raise DataError(
-                    f"The manifest {self.path} leaves no row to train on (fold {f}). Lower val_fraction / "
+                    f"{self._what} leaves no row to train on (fold {f}). Lower val_fraction / "
                     f"test_fraction, or add rows (or groups)."
                 )
             self._cache[f] = Splits(train=parts["train"], val=parts["val"], test=parts["test"])
         return self._cache[f]
+
+
+class ManifestDataset(TableDataset):
+    """Items listed in a CSV / JSONL manifest (see the module docstring)."""
+
+    Options = ManifestOptions
+
+    def __init__(self, options: ManifestOptions, *, seed: int = 0):
+        super().__init__(options, seed=seed)
+        o = options
+        self.path = Path(o.path).expanduser()
+        self.source = str(self.path)
+        self.modalities = tuple(o.modalities)
+        self._kinds = {m: spec.kind for m, spec in o.modalities.items()}
+        columns, raw = read_manifest(self.path, o.format)
+
+        wanted = {f"modalities.{m}.column": spec.column for m, spec in o.modalities.items()}
+        wanted["label_column"] = o.label_column
+        for option in ("split_column", "fold_column", "group_column"):
+            if getattr(o, option):
+                wanted[option] = getattr(o, option)
+        missing = {opt: col for opt, col in wanted.items() if col not in columns}
+        if missing:
+            named = ", ".join(f"{col!r} (option {opt})" for opt, col in missing.items())
+            raise DataError(f"The manifest {self.path} has no column {named}. Its columns are: {columns}.")
+
+        labels = self._label_indices([(f"line {n}", _cell(row.get(o.label_column)).strip()) for n, row in raw])
+
+        # Inputs; files must exist now, not in the middle of training.
+        base = self.path.parent
+        input_columns = {spec.column for spec in o.modalities.values()}
+        rows, absent, empty = [], [], []
+        blank: dict[str, list[str]] = {}  # modality -> rows whose cell of a required modality is empty
+        bad: dict[int, str] = {}  # row position -> why the row cannot be used
+        for (n, row), label in zip(raw, labels):
+            inputs: dict[str, Any] = {}
+            for m, spec in o.modalities.items():
+                value = _cell(row.get(spec.column))
+                if not value.strip():
+                    if not spec.optional:
+                        blank.setdefault(m, []).append(f"line {n}")
+                        bad.setdefault(len(rows), f"line {n}: empty cell in the column {spec.column!r} of the required modality {m!r}")
+                    inputs[m] = None  # a missing modality (an error below unless optional)
+                elif spec.kind != "text":
+                    p = Path(value.strip()).expanduser()
+                    file = p if p.is_absolute() else base / p
+                    if not file.is_file():
+                        absent.append(f"line {n}: {spec.column}={value!r}")
+                        bad.setdefault(len(rows), f"line {n}: {spec.column}={value!r} does not exist")
+                    inputs[m] = file
+                else:
+                    inputs[m] = value
+            if all(v is None for v in inputs.values()):
+                empty.append(f"line {n}")
+                bad.setdefault(len(rows), f"line {n}: every modality missing")
+            meta = {"line": n, **{k: v for k, v in row.items() if k not in input_columns and k != o.label_column}}
+            if any(spec.optional for spec in o.modalities.values()):
+                meta["missing"] = [m for m, v in inputs.items() if v is None]
+            rows.append({"inputs": inputs, "label": label, "meta": meta})
+        problems = [blank_cells_problem(o.modalities[m].column, o.modalities[m].kind, m, where) for m, where in blank.items()]
+        if absent:
+            problems.append(
+                f"files that do not exist (paths are relative to {base}): {_rows_listing(absent, len(absent))}. Fix the "
+                f"paths or remove the rows (or, for a modality some items lack, set `optional: true` on it and leave its cell empty)."
+            )
+        bad_audio = _check_audio_files(rows, o)
+        if bad_audio:
+            problems.append(
+                f"audio files that cannot be used: {_rows_listing([b for _, b in bad_audio], len(bad_audio))}. Replace the files or remove the rows."
+            )
+            for i, text in bad_audio:
+                bad.setdefault(i, text)
+        if empty:
+            problems.append(f"rows with every modality missing: {_rows_listing(empty, len(empty))}. Remove them.")
+        rows = self._keep_usable(rows, problems, bad)
+        self.rows = rows
+        self.split_key, self.fold_key, self.group_key = o.split_column, o.fold_column, o.group_column
+        self._set_folds()
+
+    def _row_name(self, row: dict[str, Any]) -> str:
+        return f"line {row['meta']['line']}"
+
+    def _make_split(self, rows: list[dict[str, Any]]) -> LazySplit:
+        return manifest_split(rows, self._kinds)
 
 
 @hookimpl
