@@ -20,7 +20,8 @@ err_console = make_console(stderr=True)
 
 
 class _Group(click.Group):
-    """Shows a MultiturboError as one paragraph on stderr (exit status 2), never a traceback."""
+    """Shows a MultiturboError as one paragraph on stderr (exit status 2), never a traceback; a SystemExit
+    raised by plugin or library code inside a command is reported (exit status 1), not a silent exit."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -31,6 +32,13 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             err_console.print("Interrupted.", markup=False)
             ctx.exit(130)
+        except SystemExit as exc:  # multiturbo never calls sys.exit inside a command (click's own exits are click.exceptions.Exit)
+            err_console.print(
+                f"Error: code run by this command raised SystemExit({exc.code!r}): a plugin or a library asked Python to exit "
+                "(multiturbo itself never does). A run directory being written is marked failed in its run.json (resume it "
+                "with --resume once the cause is fixed). Find the plugin with `multiturbo plugins`, and fix or uninstall it.",
+                markup=False, highlight=False, soft_wrap=True)
+            ctx.exit(1)
 
 
 set_option = click.option(

@@ -183,3 +183,18 @@ def test_a_config_error_shows_before_torch_is_imported(tmp_path, tiny_raw, comma
     first, output = proc.stdout.split("\n", 1)
     assert first == "2 False", proc.stdout + proc.stderr
     assert "train.lrr: unknown key. Did you mean 'lr'?" in output and not (tmp_path / "o").exists()
+
+
+def test_a_system_exit_raised_inside_training_is_reported_and_the_run_marked_failed(tiny_config_path, tmp_path, monkeypatch):
+    """E.g. an encoder's forward calling sys.exit: the command says so instead of ending silently."""
+    import multiturbo.train
+
+    def exits(*args, **kwargs):
+        raise SystemExit(7)
+
+    monkeypatch.setattr(multiturbo.train, "train_step", exits)
+    res = CliRunner().invoke(cli, ["run", str(tiny_config_path), "--out", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 1
+    assert "raised SystemExit(7): a plugin or a library asked Python to exit" in res.output
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "failed" and info["error"] == "SystemExit: 7"
