@@ -285,7 +285,8 @@ def run_tracked_grid(command: str, cfg: ExperimentConfig, out: Path, plan: Mappi
     the records and the parent run (None without tracking), which the caller finishes with the
     summary (:func:`finish_plan_tracking`)."""
     progress = progress or ProgressReporter(quiet=True)
-    parent = start_plan_tracking(cfg, out, command, {k: plan[k] for k in ("command", "methods", "folds", "seeds")}, log=progress.log)
+    parent = start_plan_tracking(cfg, out, command, {k: plan[k] for k in ("command", "methods", "folds", "seeds")}, log=progress.log,
+                                 overwrite=overwrite)
     tags = {"command": command, **({"mlflow.parentRunId": parent.run_id} if parent is not None else {})}
     try:
         runs = run_grid(specs, overwrite=overwrite, progress=progress, tags=tags, tracking_root=out)

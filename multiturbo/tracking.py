@@ -291,15 +291,17 @@ def start_run_tracking(cfg: ExperimentConfig, out: Path, *, tags: Mapping[str, s
     return run
 
 
-def start_plan_tracking(cfg: ExperimentConfig, out: Path, command: str, params: Mapping[str, Any], log: Log = print) -> MlflowRun | None:
+def start_plan_tracking(cfg: ExperimentConfig, out: Path, command: str, params: Mapping[str, Any], log: Log = print, *,
+                        overwrite: bool = False) -> MlflowRun | None:
     """The parent run of a cv / compare into ``out`` (None when ``cfg.train.tracking`` is none): named
     ``<command> <out's name>``, tagged ``command``, with ``params`` (the plan: methods, folds, seeds).
-    Its id is kept in ``out/tracking.json``, so a resumed cv / compare continues it."""
+    Its id is kept in ``out/tracking.json``, so a resumed cv / compare continues it (``overwrite``:
+    a new parent)."""
     if cfg.train.tracking == "none":
         return None
     out = Path(out)
     state = out / PLAN_TRACKING_FILE
-    previous = json.loads(state.read_text(encoding="utf-8")) if state.is_file() else None
+    previous = json.loads(state.read_text(encoding="utf-8")) if state.is_file() and not overwrite else None
     run, new = _open(tracking_uri(cfg.train, out), experiment_name(cfg), previous, f"{command} {out.name}",
                      {"command": command, "run_dir": str(out.resolve()), "multiturbo_version": __version__}, log)
     if new:

@@ -121,6 +121,31 @@ def test_a_resumed_run_continues_its_mlflow_run_and_logs_what_it_missed(tracked_
     assert run.data.params == config_params(cfg)
 
 
+def test_a_run_that_fails_in_training_ends_failed_with_its_epochs_logged(tracked_cv, tmp_path):
+    store = rundir.read_info(tracked_cv[1] / crossval.run_name(1, 2))["tracking"]["uri"]
+
+    def stop(record):  # e.g. a tuner pruning the trial; the tracker has logged the epoch before this hook
+        raise RuntimeError(f"pruned at epoch {record['epoch']}")
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="pruned at epoch 1"):
+        run_experiment(tracked_config(tracking_uri=store), out, on_epoch=stop, tags={"trial": "7"})
+    tracking = rundir.read_info(out)["tracking"]
+    run = MlflowClient(store).get_run(tracking["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: pruned at epoch 1"
+    assert run.data.tags["trial"] == "7"
+    assert [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "val/ua")] == [1]
+    assert "run.json" in {a.path for a in MlflowClient(store).list_artifacts(run.info.run_id)}
+
+
+def test_the_settings_are_in_the_json_schema():
+    from multiturbo.config import ExperimentConfig
+
+    train = ExperimentConfig.model_json_schema()["$defs"]["TrainConfig"]["properties"]
+    assert train["tracking"]["enum"] == ["none", "mlflow"] and train["tracking"]["default"] == "none"
+    assert {"tracking_uri", "tracking_experiment"} <= set(train)
+
+
 def test_missing_extra_is_a_config_error_naming_the_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(config_load.importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
