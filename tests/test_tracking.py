@@ -121,21 +121,27 @@ def test_a_resumed_run_continues_its_mlflow_run_and_logs_what_it_missed(tracked_
     assert run.data.params == config_params(cfg)
 
 
-def test_a_run_that_fails_in_training_ends_failed_with_its_epochs_logged(tracked_cv, tmp_path):
-    store = rundir.read_info(tracked_cv[1] / crossval.run_name(1, 2))["tracking"]["uri"]
+def test_a_killed_run_ends_killed_and_its_resume_continues_the_same_mlflow_run(tracked_cv, tmp_path):
+    store = rundir.read_info(tracked_cv[1] / crossval.run_name(1, 2))["tracking"]["uri"]  # no new database
+    cfg = tracked_config(tracking_uri=store)
 
-    def stop(record):  # e.g. a tuner pruning the trial; the tracker has logged the epoch before this hook
-        raise RuntimeError(f"pruned at epoch {record['epoch']}")
+    def ctrl_c(record):  # the tracker has logged the epoch before this hook
+        raise KeyboardInterrupt
 
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="pruned at epoch 1"):
-        run_experiment(tracked_config(tracking_uri=store), out, on_epoch=stop, tags={"trial": "7"})
-    tracking = rundir.read_info(out)["tracking"]
-    run = MlflowClient(store).get_run(tracking["run_id"])
-    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: pruned at epoch 1"
-    assert run.data.tags["trial"] == "7"
-    assert [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "val/ua")] == [1]
-    assert "run.json" in {a.path for a in MlflowClient(store).list_artifacts(run.info.run_id)}
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, out, on_epoch=ctrl_c, tags={"trial": "7"})
+    client = MlflowClient(store)
+    run_id = rundir.read_info(out)["tracking"]["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["trial"] == "7"
+    assert [m.step for m in client.get_metric_history(run_id, "val/ua")] == [1]
+
+    run_experiment(cfg, out, resume=True)
+    assert rundir.read_info(out)["tracking"]["run_id"] == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val/ua")] == [1, 2]
+    assert "report.md" in {a.path for a in client.list_artifacts(run_id)}
 
 
 def test_the_settings_are_in_the_json_schema():
