@@ -6,6 +6,9 @@ Data sets hand audio to encoders as :class:`Waveform` (samples and their rate) o
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +66,21 @@ def audio_problem(path: str | Path) -> str | None:
         if bad.any():
             return f"holds non-finite samples (NaN or inf), {int(bad.sum())} of {len(bad)}, the first at sample {int(np.argmax(bad))}"
     return None
+
+
+def audio_problems(files: Sequence[Path], what: str) -> dict[int, str]:
+    """index -> :func:`audio_problem` for every file of ``files`` that has one; a long check says how
+    far it got on stderr every 5 s (``what`` names the data, e.g. the manifest's path)."""
+    bad: dict[int, str] = {}
+    start = shown = time.monotonic()
+    for i, file in enumerate(files):
+        problem = audio_problem(file)
+        if problem:
+            bad[i] = problem
+        if time.monotonic() - shown > 5:
+            shown = time.monotonic()
+            print(f"multiturbo: checking the audio files of {what}: {i + 1} of {len(files)} ({shown - start:.0f} s)", file=sys.stderr, flush=True)
+    return bad
 
 
 def _wav_truncated(path: Path) -> str | None:

@@ -478,7 +478,14 @@ def bench(config: Path, overrides: tuple[str, ...], methods: str, steps: int, wa
 
 
 def main() -> None:
-    cli(prog_name="multiturbo")
+    try:
+        cli(prog_name="multiturbo")
+    except SystemExit as exc:
+        if exc.code in (None, 0):  # a finished command under torchrun: end the process group cleanly (not after a
+            from .distributed import shutdown  # failure: a barrier would wait for ranks that may be gone)
+
+            shutdown()
+        raise
 
 
 if __name__ == "__main__":

@@ -100,10 +100,13 @@ class Dataset:
     ``group_key``: the ``meta`` key whose values are groups that a split keeps whole (a speaker),
     or None; run.json counts the groups per split. Items of a :class:`LazySplit` that lack a
     modality (input None) list it in ``meta["missing"]``, so that the split's composition is
-    known without loading it.
+    known without loading it. ``dropped_items``: one line per item the data set left out because
+    it was unusable (a data set's option such as the manifest's ``bad_items: drop``; empty when
+    bad items are errors); run.json counts them and the run warns.
     """
 
     group_key: str | None = None
+    dropped_items: list[str] = []  # read-only default; a data set that drops items sets its own list
 
     Options: ClassVar[type[DatasetOptions]] = DatasetOptions
     classes: list[str]

@@ -11,6 +11,7 @@ batch (tests/test_distributed.py checks loss and gradients with 2 gloo processes
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -160,6 +161,21 @@ def average_gradients(module: torch.nn.Module) -> None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad)
             p.grad.div_(world.size)
+
+
+def shutdown() -> None:
+    """End a multi-process run cleanly: a barrier, then the process group destroyed while Python is alive.
+
+    gloo's worker threads release each finished collective's tensors themselves; a thread that does so
+    while the interpreter finalises (a rank that exits right after its last collective) aborts the
+    process ("terminate called without an active exception"). Destroying the group joins those threads
+    first. Objects that hold the group (DistributedDataParallel) must be freed before: reference cycles
+    are collected here. Nothing happens in a single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # a DistributedDataParallel in a reference cycle would keep the group (and its threads) alive
+    dist.barrier()  # no rank leaves while another still talks to it
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

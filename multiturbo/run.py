@@ -89,6 +89,10 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
         rundir.write_splits(out, split_membership(exp.splits))
     for warning in info.data["split_warnings"] if world.is_main else ():
         progress.log(f"{label}warning: {warning}")
+    dropped = exp.dataset.dropped_items
+    if dropped and world.is_main:
+        progress.log(f"{label}warning: the data set left out {len(dropped)} unusable item(s) (listed in run.json, dropped_items), "
+                     f"e.g. {dropped[0]}")
     tracker = _start_tracking(cfg, out, info, previous, tags, tracking_root, world, progress) if world.is_main else None
     clock.lap("run_dir")
     try:
@@ -222,6 +226,9 @@ def _prepare_run_dir(cfg: ExperimentConfig, out: Path | str | None, overwrite: b
     return out
 
 
+DROPPED_LISTED = 100  # run.json lists this many of the dropped items (and counts them all)
+
+
 def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, processes: int) -> dict:
     """What run.json records about the run besides its status and times (with the splits'
     composition and its warnings: :mod:`multiturbo.composition`)."""
@@ -243,6 +250,7 @@ def _facts(cfg: ExperimentConfig, exp: Experiment, device: torch.device, process
         "split_sizes": {s: len(getattr(exp.splits, s)) for s in ("train", "val", "test")},
         "split_composition": composition,
         "split_warnings": composition_warnings(composition),
+        "dropped_items": {"count": len(exp.dataset.dropped_items), "items": exp.dataset.dropped_items[:DROPPED_LISTED]},
     }
 
 

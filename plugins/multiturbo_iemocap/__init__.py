@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from multiturbo.audio import audio_seconds, load_audio
+from multiturbo.audio import audio_problems, audio_seconds, load_audio
 from multiturbo.dataset import Dataset, DatasetOptions, LazySplit, Sample, Splits
 from multiturbo.errors import DataError
 from multiturbo.hookspecs import Register, hookimpl
@@ -89,6 +89,10 @@ class IemocapOptions(DatasetOptions):
     sessions: list[int] = Field(
         default_factory=lambda: [1, 2, 3, 4, 5], min_length=1, description="Sessions to read (a subset: fewer folds)."
     )
+    bad_items: Literal["error", "drop"] = Field(
+        "error", description="error: utterances whose wav file is missing or unusable (cannot be read, no samples, "
+        "truncated, NaN / inf) or whose transcript is empty stop the run with one message naming each file; drop: they "
+        "are left out, named in run.json (dropped_items) and counted in a warning.")
 
     @field_validator("classes", "modalities", "sessions")
     @classmethod
@@ -190,7 +194,7 @@ class IemocapDataset(Dataset):
         need_text, need_audio = "text" in o.modalities, "audio" in o.modalities
         merge, keep = o.merge, {c: i for i, c in enumerate(self.classes)}
         out: list[Utterance] = []
-        missing_wavs: list[Path] = []
+        missing_wavs: set[Path] = set()
         for s in o.sessions:
             session = root / f"Session{s}"
             if not session.is_dir():
@@ -243,7 +247,7 @@ class IemocapDataset(Dataset):
                         )
                     wav = wav_dir / f"{name}.wav"
                     if need_audio and not wav.is_file():
-                        missing_wavs.append(wav)
+                        missing_wavs.add(wav)
                     speaker = speaker_of(name)
                     meta = {
                         "utterance": name,
@@ -256,12 +260,7 @@ class IemocapDataset(Dataset):
                         "end": float(end),
                     }
                     out.append(Utterance(wav=wav, text=texts.get(name, ""), label=keep[label], meta=meta))
-        if missing_wavs:
-            raise DataError(
-                f"{len(missing_wavs)} labelled IEMOCAP utterance(s) have no wav file: "
-                f"{_listing(missing_wavs, len(missing_wavs))}. Restore the files from your IEMOCAP copy, or drop "
-                f"the audio modality (option `modalities`)."
-            )
+        out = self._usable(out, missing_wavs)
         if not out:
             raise DataError(
                 f"No IEMOCAP utterance under {root} has a label in `classes` {self.classes} (after merge "
@@ -269,6 +268,33 @@ class IemocapDataset(Dataset):
             )
         out.sort(key=lambda u: u.meta["utterance"])
         return out
+
+    def _usable(self, utterances: list[Utterance], missing_wavs: set[Path]) -> list[Utterance]:
+        """The utterances whose inputs can be used: every wav file and transcript checked up front
+        (:func:`multiturbo.audio.audio_problems`, by file); the others are one DataError naming each, or,
+        with ``bad_items: drop``, left out and named in ``self.dropped_items``."""
+        need_text, need_audio = "text" in self.modalities, "audio" in self.modalities
+        problems: dict[int, str] = {}
+        if need_audio:
+            present = [i for i, u in enumerate(utterances) if u.wav not in missing_wavs]
+            bad = audio_problems([utterances[i].wav for i in present], f"IEMOCAP under {self.options.root}")
+            problems.update({present[k]: f"{utterances[present[k]].wav} {p}" for k, p in bad.items()})
+            problems.update({i: f"{u.wav} does not exist" for i, u in enumerate(utterances) if u.wav in missing_wavs})
+        if need_text:
+            for i, u in enumerate(utterances):
+                if not u.text.strip():
+                    problems.setdefault(i, f"{u.meta['utterance']} has an empty transcript")
+        if not problems:
+            return utterances
+        listed = [problems[i] for i in sorted(problems)]
+        if self.options.bad_items == "error":
+            raise DataError(
+                f"{len(listed)} labelled IEMOCAP utterance(s) cannot be used: {_listing(listed, len(listed))}. Restore the "
+                f"files from your IEMOCAP copy, set `bad_items: drop` in data.options to leave them out (counted in "
+                f"run.json), or drop the modality (option `modalities`)."
+            )
+        self.dropped_items = listed
+        return [u for i, u in enumerate(utterances) if i not in problems]
 
     # -- folds -------------------------------------------------------------------------------
     def fold_speakers(self, fold: int) -> tuple[list[str], list[str], list[str]]:

@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import json
 import operator
-import sys
-import time
 from collections.abc import Sequence
 from functools import partial
 from operator import itemgetter
@@ -65,7 +63,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from multiturbo.audio import Waveform, audio_problem, audio_seconds, load_audio
+from multiturbo.audio import Waveform, audio_problems, audio_seconds, load_audio
 from multiturbo.dataset import Dataset, DatasetOptions, LazySplit, Sample, Splits
 from multiturbo.errors import DataError
 from multiturbo.hookspecs import Register, hookimpl
@@ -97,6 +95,10 @@ class ManifestOptions(DatasetOptions):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows (or groups) for validation.")
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows (or groups) for testing.")
     format: Literal["auto", "csv", "jsonl"] = Field("auto", description="auto: by suffix (.jsonl/.ndjson or CSV).")
+    bad_items: Literal["error", "drop"] = Field(
+        "error", description="error: unusable rows (empty required cells, missing or bad audio files, no modality) stop the "
+        "run with one message listing them all; drop: they are left out (and rows repeating an earlier row's inputs), "
+        "counted in run.json (dropped_items) and in a warning.")
 
     @field_validator("classes")
     @classmethod
@@ -174,21 +176,13 @@ def _cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _check_audio_files(rows: list[dict[str, Any]], o: ManifestOptions) -> list[str]:
-    """``line n: column='value' <problem>`` for every existing audio file that cannot be read, has
-    no samples, is truncated or holds NaN / inf (:func:`multiturbo.audio.audio_problem`); says how
-    far it got on stderr when the check is long."""
+def _check_audio_files(rows: list[dict[str, Any]], o: ManifestOptions) -> list[tuple[int, str]]:
+    """``(n, "line n: column='value' <problem>")`` for every existing audio file that cannot be read, has
+    no samples, is truncated or holds NaN / inf (:func:`multiturbo.audio.audio_problems`)."""
     audio = [m for m, spec in o.modalities.items() if spec.kind == "audio"]
     todo = [(r["meta"]["line"], m, r["inputs"][m]) for r in rows for m in audio if isinstance(r["inputs"][m], Path) and r["inputs"][m].is_file()]
-    bad, start, shown = [], time.monotonic(), time.monotonic()
-    for i, (line, m, file) in enumerate(todo, 1):
-        problem = audio_problem(file)
-        if problem:
-            bad.append(f"line {line}: {o.modalities[m].column}={str(file)!r} {problem}")
-        if time.monotonic() - shown > 5:
-            shown = time.monotonic()
-            print(f"multiturbo: checking the audio files of {o.path}: {i} of {len(todo)} ({shown - start:.0f} s)", file=sys.stderr, flush=True)
-    return bad
+    bad = audio_problems([file for _, _, file in todo], str(o.path))
+    return [(line, f"line {line}: {o.modalities[m].column}={str(file)!r} {bad[i]}") for i, (line, m, file) in enumerate(todo) if i in bad]
 
 
 def _sort_key(value: str) -> tuple:
@@ -246,53 +240,34 @@ class ManifestDataset(Dataset):
         base = self.path.parent
         input_columns = {spec.column for spec in o.modalities.values()}
         rows, absent, empty = [], [], []
-        blank: dict[str, list[str]] = {}  # modality -> rows whose cell of a required modality is empty
+        blank: dict[str, list[int]] = {}  # modality -> lines whose cell of a required modality is empty
         for (n, row), (_, label) in zip(raw, label_of):
             inputs: dict[str, Any] = {}
             for m, spec in o.modalities.items():
                 value = _cell(row.get(spec.column))
                 if not value.strip():
                     if not spec.optional:
-                        blank.setdefault(m, []).append(f"line {n}")
+                        blank.setdefault(m, []).append(n)
                     inputs[m] = None  # a missing modality (an error below unless optional)
                 elif spec.kind != "text":
                     p = Path(value.strip()).expanduser()
                     file = p if p.is_absolute() else base / p
                     if not file.is_file():
-                        absent.append(f"line {n}: {spec.column}={value!r}")
+                        absent.append((n, f"line {n}: {spec.column}={value!r}"))
                     inputs[m] = file
                 else:
                     inputs[m] = value
             if all(v is None for v in inputs.values()):
-                empty.append(f"line {n}")
+                empty.append(n)
             meta = {"line": n, **{k: v for k, v in row.items() if k not in input_columns and k != o.label_column}}
             if any(spec.optional for spec in o.modalities.values()):
                 meta["missing"] = [m for m, v in inputs.items() if v is None]
             rows.append({"inputs": inputs, "label": index[label], "meta": meta})
-        problems = []  # every problem of the manifest, in one error
-        for m, where in blank.items():
-            problems.append(
-                f"empty cells in the column {o.modalities[m].column!r} of the required {o.modalities[m].kind} modality "
-                f"{m!r}: {_rows_listing(where, len(where))}. Fill them in, remove the rows, or, if items may lack {m!r}, set "
-                f"`optional: true` on it (data.options.modalities.{m}.optional) so an empty cell means the item lacks it."
-            )
-        if absent:
-            problems.append(
-                f"files that do not exist (paths are relative to {base}): {_rows_listing(absent, len(absent))}. Fix the "
-                f"paths or remove the rows (or, for a modality some items lack, set `optional: true` on it and leave its cell empty)."
-            )
         bad_audio = _check_audio_files(rows, o)
-        if bad_audio:
-            problems.append(
-                f"audio files that cannot be used: {_rows_listing(bad_audio, len(bad_audio))}. Replace the files or remove the rows."
-            )
-        if empty:
-            problems.append(f"rows with every modality missing: {_rows_listing(empty, len(empty))}. Remove them.")
-        if len(problems) == 1:
-            raise DataError(f"The manifest {self.path} has {problems[0]}")
-        if problems:
-            listed = " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-            raise DataError(f"The manifest {self.path} has {len(problems)} problems, found before training: {listed}")
+        if o.bad_items == "drop":
+            rows = self._drop_bad_rows(rows, blank, absent, bad_audio, empty)
+        else:
+            self._refuse_bad_rows(blank, absent, bad_audio, empty)
         self.rows = rows
         self.group_key = o.group_column
         self._folds: list[str] = []
@@ -305,6 +280,68 @@ class ManifestDataset(Dataset):
                 )
             self.num_folds = len(self._folds)
         self._cache: dict[int, Splits] = {}
+
+    def _refuse_bad_rows(self, blank: dict[str, list[int]], absent: list[tuple[int, str]], bad_audio: list[tuple[int, str]],
+                         empty: list[int]) -> None:
+        """One DataError listing every unusable row (``bad_items: error``), or nothing when all rows are usable."""
+        o, base = self.options, self.path.parent
+        problems = []  # every problem of the manifest, in one error
+        for m, lines in blank.items():
+            problems.append(
+                f"empty cells in the column {o.modalities[m].column!r} of the required {o.modalities[m].kind} modality "
+                f"{m!r}: {_rows_listing([f'line {n}' for n in lines], len(lines))}. Fill them in, remove the rows, or, if items "
+                f"may lack {m!r}, set `optional: true` on it (data.options.modalities.{m}.optional) so an empty cell means the "
+                f"item lacks it."
+            )
+        if absent:
+            problems.append(
+                f"files that do not exist (paths are relative to {base}): {_rows_listing([a for _, a in absent], len(absent))}. "
+                f"Fix the paths or remove the rows (or, for a modality some items lack, set `optional: true` on it and leave its cell empty)."
+            )
+        if bad_audio:
+            problems.append(
+                f"audio files that cannot be used: {_rows_listing([b for _, b in bad_audio], len(bad_audio))}. Replace the files or remove the rows."
+            )
+        if empty:
+            problems.append(f"rows with every modality missing: {_rows_listing([f'line {n}' for n in empty], len(empty))}. Remove them.")
+        hint = " (Or set `bad_items: drop` in data.options to leave such rows out, counted in run.json.)"
+        if len(problems) == 1:
+            raise DataError(f"The manifest {self.path} has {problems[0]}{hint}")
+        if problems:
+            listed = " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+            raise DataError(f"The manifest {self.path} has {len(problems)} problems, found before training: {listed}{hint}")
+
+    def _drop_bad_rows(self, rows: list[dict[str, Any]], blank: dict[str, list[int]], absent: list[tuple[int, str]],
+                       bad_audio: list[tuple[int, str]], empty: list[int]) -> list[dict[str, Any]]:
+        """The usable rows (``bad_items: drop``): the unusable ones and the rows repeating an earlier row's
+        inputs left out, each recorded in ``self.dropped_items``; a DataError when none is left."""
+        o = self.options
+        reasons: dict[int, str] = {}
+        for m, lines in blank.items():
+            for n in lines:
+                reasons.setdefault(n, f"line {n}: empty cell in the column {o.modalities[m].column!r} of the required modality {m!r}")
+        for n, text in absent:
+            reasons.setdefault(n, f"{text} does not exist")
+        for n, text in bad_audio:
+            reasons.setdefault(n, text)
+        for n in empty:
+            reasons.setdefault(n, f"line {n}: every modality missing")
+        first: dict[tuple, int] = {}
+        for r in rows:
+            n = r["meta"]["line"]
+            if n in reasons:
+                continue
+            key = tuple((m, str(v)) for m, v in sorted(r["inputs"].items()))
+            if key in first:
+                reasons[n] = f"line {n}: the same inputs as line {first[key]}"
+            else:
+                first[key] = n
+        self.dropped_items = [reasons[n] for n in sorted(reasons)]
+        kept = [r for r in rows if r["meta"]["line"] not in reasons]
+        if not kept:
+            raise DataError(f"The manifest {self.path} has no usable row: bad_items: drop left out all {len(rows)} "
+                            f"({_rows_listing(self.dropped_items, len(self.dropped_items))}). Fix the manifest.")
+        return kept
 
     # -- splits ------------------------------------------------------------------------------
     def _assign(self, fold: int) -> list[str]:

@@ -9,13 +9,12 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 
 from multiturbo.build import build_experiment
 from multiturbo.config import check_config, validate_config
 from multiturbo.data import Collator, LabelledBatch, make_loader
-from multiturbo.distributed import init_from_env
+from multiturbo.distributed import init_from_env, shutdown
 from multiturbo.train import StepRunner
 
 
@@ -44,8 +43,8 @@ def main(raw_json: str, out_dir: str) -> None:
     if world.rank == 0:
         tensors.update({f"grad/{n}": p.grad for n, p in model.named_parameters() if p.grad is not None})
     save_file({k: t.contiguous() for k, t in tensors.items()}, f"{out_dir}/rank{world.rank}.safetensors")
-    dist.barrier()  # no rank leaves while another still talks to it (gloo aborts a peer whose partner exited)
-    dist.destroy_process_group()
+    del ddp  # it holds the process group: freed, the group is destroyed (worker threads joined) by shutdown below
+    shutdown()
 
 
 if __name__ == "__main__":

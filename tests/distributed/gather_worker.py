@@ -7,10 +7,9 @@ per-pair losses and the gradient of the mean-over-ranks loss with respect to its
 import sys
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 
-from multiturbo.distributed import current_world, gathered_turbo_loss, init_from_env
+from multiturbo.distributed import current_world, gathered_turbo_loss, init_from_env, shutdown
 
 
 def global_views(B: int) -> dict[str, torch.Tensor]:
@@ -27,8 +26,7 @@ def main(out_dir: str, B: int, symmetric: bool) -> None:
     (per_pair.sum() / W).backward()  # what DDP's gradient averaging does with the local losses
     tensors = {"per_pair": per_pair.detach(), **{f"grad/{m}": v.grad for m, v in local.items()}}
     save_file({k: t.contiguous() for k, t in tensors.items()}, f"{out_dir}/rank{current_world().rank}.safetensors")
-    dist.barrier()  # no rank leaves while another still talks to it (gloo aborts a peer whose partner exited)
-    dist.destroy_process_group()
+    shutdown()  # a barrier, then the group destroyed before the interpreter finalises
 
 
 if __name__ == "__main__":

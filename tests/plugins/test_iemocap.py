@@ -186,17 +186,32 @@ def test_missing_wavs_are_reported_at_construction(copy):
     wavs = sorted((copy / "Session2/sentences/wav/Ses02F_impro01").glob("*.wav"))
     for w in wavs:
         w.unlink()
-    with pytest.raises(DataError, match=r"10 labelled IEMOCAP utterance\(s\) have no wav file: .*Ses02F_impro01_F000.wav.*\.\.\. \(10 in all\)") as err:
+    with pytest.raises(DataError, match=r"10 labelled IEMOCAP utterance\(s\) cannot be used: .*Ses02F_impro01_F000.wav does not exist.*\.\.\. \(10 in all\)") as err:
         make(copy)
     assert str(err.value).count(".wav") == 5  # the first few, then the count
     assert len(make(copy, modalities=["text"]).utterances) == 60
 
 
-def test_broken_wav_fails_with_the_file_name(copy):
-    bad = copy / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav"
-    bad.write_bytes(b"not a wav")
-    with pytest.raises(DataError, match="Ses01F_impro01_F000.wav cannot be read"):
-        make(copy).splits(0).test[0]
+def test_unusable_wavs_and_empty_transcripts_are_found_up_front_by_file_or_dropped(copy):
+    import soundfile as sf
+
+    wav_dir = copy / "Session1/sentences/wav/Ses01F_impro01"
+    (wav_dir / "Ses01F_impro01_F000.wav").write_bytes(b"not a wav")
+    nan = np.zeros(800, np.float32)
+    nan[3] = np.nan
+    sf.write(str(wav_dir / "Ses01F_impro01_F001.wav"), nan, 16000, subtype="FLOAT")
+    text = copy / "Session1/dialog/transcriptions/Ses01F_impro01.txt"
+    text.write_text(text.read_text().replace("Ses01F_impro01_M001 [", "Ses01F_impro01_M001 [0.0-1.0]:  \n#", 1))
+    with pytest.raises(DataError) as err:
+        make(copy)  # at construction, before any batch is read
+    msg = str(err.value)
+    assert "3 labelled IEMOCAP utterance(s) cannot be used" in msg and "bad_items: drop" in msg
+    assert "Ses01F_impro01_F000.wav cannot be read" in msg
+    assert "Ses01F_impro01_F001.wav holds non-finite samples (NaN or inf), 1 of 800, the first at sample 3" in msg
+    assert "Ses01F_impro01_M001 has an empty transcript" in msg
+    ds = make(copy, bad_items="drop")
+    assert len(ds.utterances) == 60 - 3 and len(ds.dropped_items) == 3  # the mini release has 60 labelled utterances
+    assert {u.meta["utterance"] for u in ds.utterances}.isdisjoint({"Ses01F_impro01_F000", "Ses01F_impro01_F001", "Ses01F_impro01_M001"})
 
 
 @pytest.mark.parametrize(

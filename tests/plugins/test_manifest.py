@@ -382,3 +382,58 @@ def test_a_class_without_training_items_is_refused_before_training(data, tmp_pat
     }))
     with pytest.raises(DataError, match=r"train split of data set 'manifest' has no item of the class\(es\) 'ang'"):
         build_dataset(cfg, get_registries())
+
+
+def _spoil(root: Path, rows: list[dict]) -> list[dict]:
+    """Rows 1-6 made unusable (truncated, empty, NaN, non-audio, missing file, empty text) and a
+    repeat of row 0's inputs appended (line 32)."""
+    ok = (root / rows[0]["wav"]).read_bytes()
+    (root / rows[1]["wav"]).write_bytes(ok[: len(ok) // 2])
+    sf.write(str(root / rows[2]["wav"]), np.zeros(0, np.float32), 8000)
+    nan = np.zeros(800, np.float32)
+    nan[5] = np.nan
+    sf.write(str(root / rows[3]["wav"]), nan, 8000, subtype="FLOAT")
+    (root / rows[4]["wav"]).write_bytes(b"not audio at all")
+    rows[5]["wav"] = "clips/missing.wav"
+    rows[6]["transcript"] = ""
+    return rows + [{**rows[0], "split": "test"}]
+
+
+def test_bad_items_drop_leaves_the_unusable_rows_out_and_names_each(data):
+    root, rows = data
+    path = write_csv(root / "m.csv", _spoil(root, rows))
+    with pytest.raises(DataError, match=r"Or set `bad_items: drop`"):
+        make(path, split_column="split")
+    ds = make(path, split_column="split", bad_items="drop")
+    assert [d.split(":")[0] for d in ds.dropped_items] == [f"line {n}" for n in (3, 4, 5, 6, 7, 8, 32)]
+    assert "is truncated" in ds.dropped_items[0] and "non-finite samples" in ds.dropped_items[2]
+    assert "'transcript'" in ds.dropped_items[5] and ds.dropped_items[6] == "line 32: the same inputs as line 2"
+    kept = sorted(n for s in ("train", "val", "test") for n in lines(getattr(ds.splits(), s)))
+    assert kept == [n for n in range(2, 32) if n not in (3, 4, 5, 6, 7, 8)]
+
+
+def test_bad_items_drop_refuses_a_manifest_with_no_usable_row(tmp_path):
+    sf.write(str(tmp_path / "a.wav"), np.zeros(0, np.float32), 8000)
+    path = write_csv(tmp_path / "m.csv", [{"wav": "a.wav", "transcript": "x", "label": "neu"}, {"wav": "a.wav", "transcript": "y", "label": "hap"}])
+    with pytest.raises(DataError, match="has no usable row: bad_items: drop left out all 2"):
+        make(path, bad_items="drop")
+
+
+def test_run_json_counts_the_dropped_items(data, tmp_path):
+    """What run.json records about the data (run._facts, written before training)."""
+    import torch
+
+    from multiturbo.build import build_experiment
+    from multiturbo.config import check_config, validate_config
+    from multiturbo.run import _facts
+
+    root, rows = data
+    path = write_csv(root / "m.csv", _spoil(root, rows))
+    cfg = check_config(validate_config({
+        "data": {"name": "manifest", "options": {"path": str(path), "modalities": AUDIO_TEXT, "split_column": "split", "bad_items": "drop"}},
+        "modalities": {"audio": {"encoder": "logmel_cnn", "options": {"sample_rate": 8000, "channels": 4}},
+                       "text": {"encoder": "hashed_transformer", "options": {"dim": 8, "layers": 1, "heads": 2}}},
+        "model": {"dim": 8}, "train": {"batch_size": 4, "epochs": 1},
+    }))
+    dropped = json.loads(json.dumps(_facts(cfg, build_experiment(cfg), torch.device("cpu"), 1)))["dropped_items"]
+    assert dropped["count"] == 7 and dropped["items"][-1] == "line 32: the same inputs as line 2"
