@@ -288,6 +288,8 @@ def run_tracked_grid(command: str, cfg: ExperimentConfig, out: Path, plan: Mappi
     parent = start_plan_tracking(cfg, out, command, {k: plan[k] for k in ("command", "methods", "folds", "seeds")}, log=progress.log,
                                  overwrite=overwrite)
     tags = {"command": command, **({"mlflow.parentRunId": parent.run_id} if parent is not None else {})}
+    if parent is not None:
+        progress.log(f"MLflow parent run {parent.run_id} in {parent.uri}")
     try:
         runs = run_grid(specs, overwrite=overwrite, progress=progress, tags=tags, tracking_root=out)
     except BaseException as exc:

@@ -93,7 +93,7 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
     if dropped and world.is_main:
         progress.log(f"{label}warning: the data set left out {len(dropped)} unusable item(s) (listed in run.json, dropped_items), "
                      f"e.g. {dropped[0]}")
-    tracker = _start_tracking(cfg, out, info, previous, tags, tracking_root, world, progress) if world.is_main else None
+    tracker = _start_tracking(cfg, out, info, previous, tags, tracking_root, progress, label) if world.is_main else None
     clock.lap("run_dir")
     try:
         model = exp.model.to(device)
@@ -144,7 +144,7 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
 
 
 def _start_tracking(cfg: ExperimentConfig, out: Path, info: rundir.RunInfo, previous: dict | None, tags: Mapping[str, str] | None,
-                    root: Path | None, world: World, progress: ProgressReporter) -> MlflowRun | None:
+                    root: Path | None, progress: ProgressReporter, label: str) -> MlflowRun | None:
     """Rank 0's MLflow run (None without ``train.tracking``), its id kept in run.json's ``tracking`` (a
     resume continues it). A store that cannot be reached fails the run here, before training."""
     try:
@@ -154,6 +154,7 @@ def _start_tracking(cfg: ExperimentConfig, out: Path, info: rundir.RunInfo, prev
         raise
     if tracker is not None:
         info.update(tracking=tracker.record())
+        progress.log(f"{label}MLflow run {tracker.run_id} in {tracker.uri}")
     return tracker
 
 
