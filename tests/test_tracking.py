@@ -144,6 +144,21 @@ def test_a_killed_run_ends_killed_and_its_resume_continues_the_same_mlflow_run(t
     assert "report.md" in {a.path for a in client.list_artifacts(run_id)}
 
 
+def test_a_store_lost_during_training_is_a_warning_and_stops_the_tracking(tracked_cv):
+    from multiturbo.tracking import MlflowRun
+
+    class Gone:
+        def log_batch(self, *a, **k):
+            raise ConnectionError("server gone")
+
+    warnings = []
+    run = MlflowRun(Gone(), "http://gone", "1", "abc", warnings.append)
+    record = rundir.read_log(tracked_cv[1] / crossval.run_name(1, 2))[0]
+    run.epoch(record)
+    run.epoch({**record, "epoch": 2})  # no second try, no second warning
+    assert run.stopped and len(warnings) == 1 and "server gone" in warnings[0] and "metrics.jsonl keeps every epoch" in warnings[0]
+
+
 def test_the_settings_are_in_the_json_schema():
     from multiturbo.config import ExperimentConfig
 
