@@ -34,8 +34,8 @@ from .loss import pair_names
 from .metrics import TABLE_METRICS
 from .plugins import get_registries
 from .crossval import (
-    Fold, RunRecord, RunSpec, check_plan, header, make_plan, metric_names, resolve_folds, run_grid, run_name, runs_csv,
-    summarize, with_fold_seed, write_plan,
+    Fold, RunRecord, RunSpec, check_plan, finish_plan_tracking, header, make_plan, metric_names, resolve_folds, run_name, run_tracked_grid,
+    runs_csv, summarize, with_fold_seed, write_plan,
 )
 from .progress import ProgressReporter
 from .report import write_comparison_report
@@ -132,7 +132,7 @@ def compare_methods(
                 title = method + ("" if not grid or f is None else f" fold {f}") + (f" seed {s}" if grid else "")
                 run_dir = out / method / run_name(f, s) if grid else out / method
                 specs.append(RunSpec(method, f, s, with_fold_seed(cfg, f, s), run_dir, title))
-    runs = run_grid(specs, overwrite=overwrite, progress=progress)
+    runs, parent = run_tracked_grid("compare", first, out, plan, specs, overwrite=overwrite, progress=progress)
     result = _result(configs, out, fold_list, seed_list, grid, runs)
     (out / "comparison.md").write_text(to_markdown(result), encoding="utf-8")
     (out / "comparison.csv").write_text(to_csv(result), encoding="utf-8")
@@ -140,6 +140,8 @@ def compare_methods(
     (out / "paired.md").write_text(paired_markdown(result), encoding="utf-8")
     (out / "paired.csv").write_text(paired_csv(result), encoding="utf-8")
     write_compare_report(result)
+    finish_plan_tracking(parent, out, ("comparison.md", "comparison.csv", "comparison_runs.csv", "paired.md", "paired.csv", "report.md",
+                                       "align_uniform.png"), {f"{m}/": result.summaries[m] for m in result.methods})
     return result
 
 

@@ -18,6 +18,10 @@ Output of ``cv``::
     OUT/plan.yaml            what the directory holds
     OUT/fold3-seed1/         one run directory per (fold, seed); ``seed1/`` for single-fold data sets
     OUT/cv.md, cv.csv        per-run rows + mean ± std;  cv.json: the same, structured
+
+With ``train.tracking: mlflow`` (:mod:`multiturbo.tracking`) a cv or compare is a parent MLflow
+run (``OUT/tracking.json`` keeps its id for a resume) and every run its child, tagged ``command``,
+``method``, ``fold`` and ``seed``; the default store is ``OUT/mlflow.db``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import csv
 import io
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,7 @@ from .progress import ProgressReporter
 from .report import write_comparison_report
 from .run import run_experiment
 from .stats import Summary, fmt, fmt_mean_std, mean_std
+from .tracking import MlflowRun, start_plan_tracking
 
 PLAN_FILE = "plan.yaml"
 
@@ -237,12 +242,16 @@ def run_grid(
     overwrite: bool = False,
     progress: ProgressReporter | None = None,
     after_run: Callable[[RunRecord], None] | None = None,
+    tags: Mapping[str, str] | None = None,
+    tracking_root: Path | None = None,
 ) -> list[RunRecord]:
     """Run (or resume) every spec in order; returns one record per spec.
 
     A finished run directory with the same config is skipped; one with another config is
     an error (unless ``overwrite``); a failed or partial one is trained again. ``after_run``
-    (default :func:`post_process`) is called with every record."""
+    (default :func:`post_process`) is called with every record. With ``train.tracking``, each
+    trained run is tracked with ``tags`` (and its title as its name) in the default store under
+    ``tracking_root`` (see :func:`multiturbo.run.run_experiment`)."""
     progress = progress or ProgressReporter(quiet=True)
     after_run = after_run or post_process  # looked up at call time, so a replaced post_process is used
     records = []
@@ -261,11 +270,43 @@ def run_grid(
             rerun = spec.run_dir.exists() and any(spec.run_dir.iterdir())
             progress.log(head + (" (rerun: the previous attempt did not finish)" if rerun and not overwrite else ""))
             start = time.perf_counter()
-            metrics = run_experiment(spec.config, spec.run_dir, overwrite=overwrite or rerun, progress=progress, label=f"{spec.title} ")
+            metrics = run_experiment(spec.config, spec.run_dir, overwrite=overwrite or rerun, progress=progress, label=f"{spec.title} ",
+                                     tags={**(tags or {}), "mlflow.runName": spec.title}, tracking_root=tracking_root)
             record = RunRecord(spec.method, spec.fold, spec.seed, spec.run_dir, metrics, "trained", time.perf_counter() - start)
         after_run(record)
         records.append(record)
     return records
+
+
+def run_tracked_grid(command: str, cfg: ExperimentConfig, out: Path, plan: Mapping[str, Any], specs: Sequence[RunSpec], *,
+                     overwrite: bool = False, progress: ProgressReporter | None = None) -> tuple[list[RunRecord], MlflowRun | None]:
+    """:func:`run_grid` under the plan's parent MLflow run when ``cfg.train.tracking`` is mlflow: each
+    run its child, tagged ``command`` (the parent's status FAILED / KILLED if a run fails). Returns
+    the records and the parent run (None without tracking), which the caller finishes with the
+    summary (:func:`finish_plan_tracking`)."""
+    progress = progress or ProgressReporter(quiet=True)
+    parent = start_plan_tracking(cfg, out, command, {k: plan[k] for k in ("command", "methods", "folds", "seeds")}, log=progress.log,
+                                 overwrite=overwrite)
+    tags = {"command": command, **({"mlflow.parentRunId": parent.run_id} if parent is not None else {})}
+    if parent is not None:
+        progress.log(f"MLflow parent run {parent.run_id} in {parent.uri}")
+    try:
+        runs = run_grid(specs, overwrite=overwrite, progress=progress, tags=tags, tracking_root=out)
+    except BaseException as exc:
+        if parent is not None:
+            parent.fail(exc)
+        raise
+    return runs, parent
+
+
+def finish_plan_tracking(parent: MlflowRun | None, out: Path, files: Sequence[str], summaries: Mapping[str, Mapping[str, Summary]]) -> None:
+    """End the parent run: ``<prefix><metric>_mean`` / ``_std`` for every summary (prefix: ``<method>/``,
+    none for a cv's single entry ``""``) and the plan's summary ``files`` in ``out`` as artifacts."""
+    if parent is None:
+        return
+    metrics = {f"{prefix}{k}_{part}": getattr(s, part) for prefix, summary in summaries.items() for k, s in summary.items()
+               for part in ("mean", "std")}
+    parent.finish([out / name for name in (PLAN_FILE, *files)], metrics)
 
 
 # -- summaries ----------------------------------------------------------------------------------
@@ -330,12 +371,13 @@ def cross_validate(
         RunSpec(cfg.method, f, s, with_fold_seed(cfg, f, s), out / run_name(f, s), _title(cfg.method, f, s))
         for f in fold_list for s in seed_list
     ]
-    runs = run_grid(specs, overwrite=overwrite, progress=progress)
+    runs, parent = run_tracked_grid("cv", cfg, out, plan, specs, overwrite=overwrite, progress=progress)
     result = CVResult(out, cfg.method, fold_list, seed_list, runs, summarize(runs))
     (out / "cv.md").write_text(cv_markdown(result), encoding="utf-8")
     (out / "cv.csv").write_text(cv_csv(result), encoding="utf-8")
     write_json(out / "cv.json", result.to_dict())
     _write_cv_report(result)
+    finish_plan_tracking(parent, out, ("cv.md", "cv.csv", "cv.json", "report.md", "align_uniform.png"), {"": result.summary})
     return result
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from .progress import ProgressReporter
 from .report import write_run_report
 from .runtime import resolve_device, seed_everything
 from .tensorboard import export_tensorboard
+from .tracking import MlflowRun, start_run_tracking
 from .train import TrainState, evaluate, fit
 from .version import __version__
 
@@ -44,6 +45,8 @@ def run_experiment(
     resume: bool = False,
     before_run: float | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    tags: Mapping[str, str] | None = None,
+    tracking_root: Path | None = None,
 ) -> dict:
     """Train and test ``cfg``; returns the test metrics (also written to ``out/metrics.json``).
 
@@ -53,6 +56,11 @@ def run_experiment(
     ``on_epoch(record)``: called on rank 0 after each epoch with its metrics.jsonl record
     (:func:`multiturbo.train.fit`).
 
+    With ``train.tracking: mlflow`` the run is logged live to MLflow (:mod:`multiturbo.tracking`):
+    ``tags`` are added to its tags (cv / compare: ``command`` and the parent run; a tuner: ``trial``;
+    ``mlflow.runName`` names it), ``tracking_root`` is where the default store goes (default: the
+    run directory's parent).
+
     Under torchrun (WORLD_SIZE > 1) every process runs this: the model is wrapped in
     DistributedDataParallel, each rank trains on its shard of every epoch with the contrastive
     negatives gathered from all ranks, validation and test metrics are computed over all shards,
@@ -60,12 +68,12 @@ def run_experiment(
     a second process that would write there is refused)."""
     with rundir.RunLock() as lock:
         return _run_experiment(cfg, out, lock, overwrite=overwrite, progress=progress, label=label, resume=resume, before_run=before_run,
-                               on_epoch=on_epoch)
+                               on_epoch=on_epoch, tags=tags, tracking_root=tracking_root)
 
 
 def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.RunLock, *, overwrite: bool,
                     progress: ProgressReporter | None, label: str, resume: bool, before_run: float | None,
-                    on_epoch: Callable[[dict], None] | None) -> dict:
+                    on_epoch: Callable[[dict], None] | None, tags: Mapping[str, str] | None, tracking_root: Path | None) -> dict:
     clock = _Clock(before_run)
     progress = progress or ProgressReporter(quiet=True)
     previous = _check_resume(cfg, out, overwrite) if resume else None
@@ -85,19 +93,26 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
     if dropped and world.is_main:
         progress.log(f"{label}warning: the data set left out {len(dropped)} unusable item(s) (listed in run.json, dropped_items), "
                      f"e.g. {dropped[0]}")
+    tracker = _start_tracking(cfg, out, info, previous, tags, tracking_root, progress, label) if world.is_main else None
     clock.lap("run_dir")
-    model = exp.model.to(device)
-    runner, rank_seed = None, None
-    if world.distributed:
-        rank_seed = cfg.seed + 1_000_003 * world.rank
-        torch.manual_seed(rank_seed)  # each rank its own dropout masks (the weights are rank 0's)
-        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loaders = _Loaders(cfg, exp, model, world, device, progress, label)
+    try:
+        model = exp.model.to(device)
+        runner, rank_seed = None, None
+        if world.distributed:
+            rank_seed = cfg.seed + 1_000_003 * world.rank
+            torch.manual_seed(rank_seed)  # each rank its own dropout masks (the weights are rank 0's)
+            runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        loaders = _Loaders(cfg, exp, model, world, device, progress, label)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.fail(exc, rundir.tracked_outputs(out))
+        raise
     clock.lap("loaders")
     start = time.perf_counter()
     try:
         state = TrainState.create(model, cfg.train, device, runner, steps_per_epoch=len(loaders.train))
-        result = fit(state, loaders.train, loaders.val, out, progress, label=label, resume=resume, rank_seed=rank_seed, on_epoch=on_epoch)
+        result = fit(state, loaders.train, loaders.val, out, progress, label=label, resume=resume, rank_seed=rank_seed,
+                     on_epoch=_epoch_hook(tracker, on_epoch))
         clock.lap("train")
         barrier()  # rank 0 has written best.safetensors
         rundir.load_best(model, out)
@@ -105,6 +120,8 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
         clock.lap("test")
     except BaseException as exc:
         info.failed(exc, time.perf_counter() - start)
+        if tracker is not None:
+            tracker.fail(exc, rundir.tracked_outputs(out))
         raise
     metrics.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, stopped_early=result.stopped_early)
     warning = best_epoch_warning(len(exp.splits.val), result.best_epoch, result.epochs_run)
@@ -120,8 +137,38 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
         rundir.remove_checkpoint(out)
         write_outputs(out, model, loaders.analysis(), device, exp.dataset.classes, cfg.method, progress, clock)
         info.update(timings=clock.record())
+        if tracker is not None:
+            tracker.finish(rundir.tracked_outputs(out), {f"test/{k}": v for k, v in metrics.items()}, step=result.best_epoch)
     barrier()
     return metrics
+
+
+def _start_tracking(cfg: ExperimentConfig, out: Path, info: rundir.RunInfo, previous: dict | None, tags: Mapping[str, str] | None,
+                    root: Path | None, progress: ProgressReporter, label: str) -> MlflowRun | None:
+    """Rank 0's MLflow run (None without ``train.tracking``), its id kept in run.json's ``tracking`` (a
+    resume continues it). A store that cannot be reached fails the run here, before training."""
+    try:
+        tracker = start_run_tracking(cfg, out, tags=tags, root=root, previous=(previous or {}).get("tracking"), log=progress.log)
+    except BaseException as exc:
+        info.failed(exc, 0.0)
+        raise
+    if tracker is not None:
+        info.update(tracking=tracker.record())
+        progress.log(f"{label}MLflow run {tracker.run_id} in {tracker.uri}")
+    return tracker
+
+
+def _epoch_hook(tracker: MlflowRun | None, on_epoch: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
+    """fit's ``on_epoch``: the tracker logs the record, then the caller's hook sees it."""
+    if tracker is None:
+        return on_epoch
+
+    def hook(record: dict) -> None:
+        tracker.epoch(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    return hook
 
 
 class _Clock:

@@ -7,7 +7,8 @@ from typing import Any
 # Config keys that may differ between a run and its resumption, or between the runs of one
 # plan (they do not change what is computed).
 RESUME_MAY_CHANGE = ("train.device", "train.num_workers", "train.checkpoint_every", "train.nonfinite", "train.nonfinite_max_skips",
-                     "train.audio_cache", "train.audio_cache_dir", "train.frozen_features_store", "train.frozen_features_dir")
+                     "train.audio_cache", "train.audio_cache_dir", "train.frozen_features_store", "train.frozen_features_dir",
+                     "train.tracking", "train.tracking_uri", "train.tracking_experiment")
 ABSENT = "(absent)"
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
+import os
 import reprlib
 import types
 import typing
@@ -235,6 +237,7 @@ def check_config(cfg: ExperimentConfig, registries=None, source: str | None = No
                      "step's). Set model.feature_norm=layer (per item) or none with gradient caching.")
 
     lines.extend(check_group_names(cfg.train, list(cfg.modalities)))
+    lines.extend(check_tracking(cfg.train))
     if lines:
         raise ConfigError(lines, source)
     return cfg.model_copy(update={"data": data, "modalities": modalities, "model": model})
@@ -285,3 +288,30 @@ def check_group_names(train: TrainConfig, modalities: Sequence[str]) -> list[str
                 lines.append(f"train.{key}.{name}: {name!r} names no part of the model. The groups are the modalities "
                              f"(their encoders) and projections, head, temperature: {', '.join(valid)}.")
     return lines
+
+
+MLFLOW_INSTALL = 'pip install "multiturbo[mlflow]"'
+# URI schemes of the databases MLflow stores runs in through SQLAlchemy (and migrates with alembic).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def tracking_scheme(train: TrainConfig) -> str:
+    """The scheme of the tracking URI a run will use: ``train.tracking_uri``, else $MLFLOW_TRACKING_URI,
+    else ``sqlite`` (the default store, :func:`multiturbo.tracking.tracking_uri`)."""
+    uri = train.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:"
+    return uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else "file"
+
+
+def check_tracking(train: TrainConfig) -> list[str]:
+    """``location: message`` lines when ``train.tracking`` needs a package that is not installed
+    (found without importing it: mlflow's import alone takes a second)."""
+    if train.tracking != "mlflow":
+        return []
+    needed = ["mlflow"]
+    if tracking_scheme(train) in DATABASE_SCHEMES:
+        needed += ["sqlalchemy", "alembic"]  # mlflow-skinny leaves out what its database stores need
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if not missing:
+        return []
+    return [f"train.tracking: mlflow needs the MLflow extra, and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed. "
+            f"Install it with {MLFLOW_INSTALL}, or set train.tracking=none."]

@@ -198,6 +198,17 @@ class TrainConfig(StrictModel):
         None, min_length=1,
         description="Directory of the disk audio cache; None = $XDG_CACHE_HOME/multiturbo/audio (~/.cache/multiturbo/audio). Used with audio_cache=disk.",
     )
+    tracking: Literal["none", "mlflow"] = Field(
+        "none",
+        description='Live experiment tracking: none, or mlflow (the optional extra: pip install "multiturbo[mlflow]"): the resolved config as parameters, every epoch\'s metrics.jsonl record as metrics while the run trains (each Turbo term, the temperature, the learning rates, validation metrics, diagnostics), then the test metrics and report.md, figures, config.yaml and run.json as artifacts; cv / compare runs tagged with method, fold and seed under a parent run (docs/tracking.md). Only rank 0 logs.',
+    )
+    tracking_uri: str | None = Field(
+        None, min_length=1,
+        description="MLflow tracking URI: a server (http://host:5000) or a database (sqlite:///path/mlflow.db); None = $MLFLOW_TRACKING_URI, else sqlite:///<the run directory's parent>/mlflow.db (cv / compare: <OUT>/mlflow.db).",
+    )
+    tracking_experiment: str | None = Field(
+        None, min_length=1, description="MLflow experiment the runs go to; None = the config's name.",
+    )
 
 
 class ExperimentConfig(StrictModel):

@@ -15,7 +15,7 @@ from .layout import CHECKPOINT
 from .load import LoadedRun, build_encoders, load_run, make_eval_loader, resolved_config, test_split
 from .read import (
     binding_digest, check_binding, check_resumable, check_version, finished_metrics, has_figure, read_analysis, read_info, read_log, read_saved_config,
-    read_test_metrics, report_target, run_seconds, same_config,
+    read_test_metrics, report_target, run_seconds, same_config, tracked_outputs,
 )
 from .write import (
     RunInfo, RunLock, check_run_dir, checkpoint_path, copy_preprocessing, default_run_dir, export_assets, figure_path, fresh_tensorboard_dir, load_best,
@@ -28,6 +28,6 @@ __all__ = [
     "copy_preprocessing", "resolved_config",
     "default_run_dir", "export_assets", "figure_path", "finished_metrics", "fresh_tensorboard_dir", "has_figure", "load_best",
     "load_run", "make_eval_loader", "prepare_run_dir", "read_analysis", "read_info", "read_log", "read_saved_config",
-    "read_test_metrics", "remove_checkpoint", "report_target", "run_seconds", "same_config", "save_best", "test_split",
+    "read_test_metrics", "remove_checkpoint", "report_target", "run_seconds", "same_config", "save_best", "test_split", "tracked_outputs",
     "truncate_log", "weights_metadata", "write_analysis_file", "write_config", "write_epoch", "write_report", "write_splits", "write_test_metrics",
 ]

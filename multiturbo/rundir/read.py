@@ -77,6 +77,13 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def tracked_outputs(run_dir: str | Path) -> list[Path]:
+    """What an experiment tracker keeps of a run, those present: config.yaml, run.json, metrics.jsonl,
+    metrics.json, report.md, and the analysis/ directory (analysis.json and the figures report.md shows)."""
+    names = (layout.CONFIG, layout.INFO, layout.LOG, layout.TEST_METRICS, layout.REPORT, layout.ANALYSIS_DIR)
+    return [p for p in (layout.path(run_dir, n) for n in names) if p.exists()]
+
+
 def read_analysis(run_dir: str | Path) -> dict[str, Any] | None:
     """``analysis/analysis.json``, or None when the run has not been analysed."""
     return _json_or_none(layout.analysis_path(run_dir))
