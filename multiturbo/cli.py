@@ -167,6 +167,9 @@ def tune(config: Path, out: Path | None, overrides: tuple[str, ...], trials: int
     pruned on their per-epoch validation values. Rerunning continues the study; several processes
     (on several machines with --storage) may work on one study at once. Writes tune.md (table,
     best trial, history and importance figures) and tune.csv."""
+    from .config import load_raw, validate_config
+
+    validate_config(load_raw(config, overrides), str(config))  # schema errors before the imports of the runs (torch: seconds)
     from .tune import optuna_module, plan_tuning
 
     plan = plan_tuning(config, overrides, out, storage, study_name)  # every check before the first trial

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -154,3 +155,27 @@ def test_two_processes_share_one_sqlite_study(tmp_path, tiny_raw):
     assert "4 trial(s): 4 complete" in text and "![Optimisation history](history.png)" in text
     assert (out / "history.png").stat().st_size > 0 and (out / IMPORTANCE_PNG).stat().st_size > 0
     assert any("best: trial" in stdout for stdout, _ in outputs)
+
+
+def test_tune_folds_optimise_the_mean_over_folds(tmp_path, tiny_raw):
+    """With tune.folds each trial runs one run directory per fold; the objective is the mean of the
+    folds' best-epoch validation values, reported to Optuna as steps fold x epochs + epoch."""
+    tiny_raw["data"]["options"]["folds"] = 3
+    tiny_raw["train"]["epochs"] = 1
+    out = tmp_path / "out"
+    study = run_study(plan_tuning(_config(tmp_path, tiny_raw, folds=[0, 2]), out=out), trials=1)
+    (t,) = study.trials
+    values = []
+    for fold in (0, 2):
+        run = trial_dir(out, 0) / f"fold{fold}"
+        assert json.loads((run / "run.json").read_text())["fold"] == fold
+        values.append(json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["val"]["ua"])
+    assert t.user_attrs["fold_values"] == values and t.value == pytest.approx(sum(values) / 2)
+    assert t.intermediate_values == {1: values[0], 2: values[1]}
+
+
+def test_the_demo_config_search_space_plans(tmp_path):
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    plan = plan_tuning(demo, out=tmp_path / "out")
+    assert set(plan.tune.space) >= {"turbo.ce_weight", "turbo.temperature", "turbo.passes", "model.dropout", "train.lr"}
+    assert plan.tune.space["turbo.temperature"].log and plan.direction == "maximize"
