@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import socket
 import time
 import warnings
@@ -158,6 +159,9 @@ def plan_tuning(config: str | Path, overrides: Sequence[str] = (), out: Path | N
                 study_name: str | None = None, registries=None) -> TunePlan:
     """Read and check everything ``multiturbo tune`` needs before its first trial (config, search
     space, metric, folds, storage URL); a MultiturboError naming the problem otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MultiturboError("multiturbo tune runs each trial in its own process and is not started with torchrun: start several "
+                              "`multiturbo tune` processes on one study instead (docs/experiments.md, Tuning).")
     source = str(config)
     raw = load_raw(config, overrides)
     cfg = check_config(validate_config(raw, source), registries, source)
@@ -298,11 +302,11 @@ class Objective:
         optuna = optuna_module()
         plan = self.plan
         run_dir = trial_dir(plan.out, trial.number)
-        trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("host", socket.gethostname())
         params = suggest(trial, plan.tune.space)
         try:
-            cfg = trial_config(plan, params)
+            cfg = trial_config(plan, params)  # a combination of values may break a rule between fields: the trial fails
+            trial.set_user_attr("run_dir", str(run_dir.resolve()))
             values, tests = [], []
             folds = plan.folds or [None]
             for i, fold in enumerate(folds):
@@ -315,7 +319,7 @@ class Objective:
             trial.set_user_attr("reason", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         except MultiturboError as exc:
-            trial.set_user_attr("error", str(exc).splitlines()[0][:500])
+            trial.set_user_attr("error", " ".join(line.strip() for line in str(exc).splitlines())[:1000])
             raise
         trial.set_user_attr("test", {k: sum(t[k] for t in tests) / len(tests) for k in tests[0]})
         if len(values) > 1:

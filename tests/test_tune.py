@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from multiturbo.cli import cli
 from multiturbo.errors import ConfigError, MultiturboError
-from multiturbo.tune import STUDY_FILE, check_storage_url, plan_tuning, probe_values, run_study, trial_dir
+from multiturbo.tune import STUDY_FILE, check_storage_url, open_study, plan_tuning, probe_values, run_study, shown_url, trial_dir
 from multiturbo.tune_report import IMPORTANCE_PNG, TUNE_MD, best_row, trial_rows, write_tune_report
 
 optuna = pytest.importorskip("optuna")
@@ -82,6 +82,33 @@ def test_an_unknown_storage_url_is_a_clear_error(url):
 @pytest.mark.parametrize("url", ["sqlite:///x/study.db", "postgresql://u:p@host/db", "postgresql+psycopg2://u@h/db", "mysql+pymysql://u@h/db"])
 def test_optuna_storage_urls_are_accepted(url):
     assert check_storage_url(url) == url
+
+
+def test_a_password_is_hidden_in_shown_urls():
+    assert shown_url("postgresql://tuner:secret@db.example.org:5432/optuna") == "postgresql://tuner:***@db.example.org:5432/optuna"
+    assert shown_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+
+
+def test_tune_refuses_torchrun(tmp_path, tiny_raw, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MultiturboError, match="not started with torchrun"):
+        plan_tuning(_config(tmp_path, tiny_raw), out=tmp_path / "out")
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_raw):
+    """Values that are valid one by one but break a rule together (in-modal terms with one pass)
+    fail their trial with the config's message; the next trial still runs."""
+    tiny_raw["turbo"] = {"in_modal": False}
+    space = {"turbo.in_modal": {"choices": [True, False]}, "turbo.passes": {"choices": [1, 2]}}
+    plan = plan_tuning(_config(tmp_path, tiny_raw, space), out=tmp_path / "out")
+    for _ in range(2):
+        open_study(plan).enqueue_trial({"turbo.in_modal": True, "turbo.passes": 1})
+    study = run_study(plan, trials=2)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert "turbo.in_modal: in-modal terms compare passes of one modality and need turbo.passes >= 2" in study.trials[1].user_attrs["error"]
+    rows = write_tune_report(plan.out, study, storage="sqlite", metric="ua", direction="maximize")
+    assert [r["state"] for r in rows] == ["fail", "fail"] and rows[0]["run_dir"] == "" and not trial_dir(plan.out, 0).exists()
+    assert "No trial has completed yet." in (plan.out / TUNE_MD).read_text()
 
 
 def test_cli_refuses_an_unknown_storage_scheme_without_a_traceback(tmp_path, tiny_raw):
