@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from multiturbo.cli import cli
 from multiturbo.errors import ConfigError, MultiturboError
-from multiturbo.tune import STUDY_FILE, check_storage_url, open_study, plan_tuning, probe_values, run_study, shown_url, trial_dir
+from multiturbo.config import TuneConfig
+from multiturbo.tune import STUDY_FILE, check_storage_url, make_pruner, make_sampler, open_study, plan_tuning, probe_values, run_study, shown_url, trial_dir
 from multiturbo.tune_report import IMPORTANCE_PNG, TUNE_MD, best_row, trial_rows, write_tune_report
 
 optuna = pytest.importorskip("optuna")
@@ -82,6 +83,29 @@ def test_an_unknown_storage_url_is_a_clear_error(url):
 @pytest.mark.parametrize("url", ["sqlite:///x/study.db", "postgresql://u:p@host/db", "postgresql+psycopg2://u@h/db", "mysql+pymysql://u@h/db"])
 def test_optuna_storage_urls_are_accepted(url):
     assert check_storage_url(url) == url
+
+
+@pytest.mark.parametrize("settings, direction, pruner", [
+    ({"pruner": "median", "startup_trials": 3, "warmup_epochs": 2}, "maximize", "MedianPruner"),
+    ({"pruner": "hyperband"}, "maximize", "HyperbandPruner"),
+    ({"pruner": "threshold", "threshold": 0.4}, "maximize", "ThresholdPruner"),
+    ({"pruner": "none"}, "minimize", "NopPruner"),
+])
+def test_tune_settings_become_optuna_objects(settings, direction, pruner):
+    t = TuneConfig.model_validate({"space": SPACE, **settings})
+    made = make_pruner(t, direction)
+    assert type(made).__name__ == pruner
+    if pruner == "MedianPruner":
+        assert (made._n_startup_trials, made._n_warmup_steps) == (3, 2)
+    if pruner == "ThresholdPruner":  # higher is better: a value below the threshold is pruned
+        assert (made._lower, made._upper) == (0.4, float("inf"))
+    assert type(make_sampler(t)).__name__ == "TPESampler"
+    assert type(make_sampler(TuneConfig.model_validate({"space": SPACE, "sampler": "random"}))).__name__ == "RandomSampler"
+
+
+def test_the_threshold_pruner_needs_its_threshold():
+    with pytest.raises(ValueError, match="pruner threshold needs tune.threshold"):
+        TuneConfig.model_validate({"space": SPACE, "pruner": "threshold"})
 
 
 def test_a_password_is_hidden_in_shown_urls():

@@ -150,7 +150,8 @@ def test_yaml_is_read_safely(tmp_path):
 
 def test_json_schema_covers_the_sections():
     schema = ExperimentConfig.model_json_schema()
-    assert set(schema["properties"]) >= {"method", "data", "modalities", "model", "turbo", "train", "seed"}
+    assert set(schema["properties"]) >= {"method", "data", "modalities", "model", "turbo", "train", "seed", "tune"}
+    assert "space" in schema["$defs"]["TuneConfig"]["required"] and "choices" in schema["$defs"]["SearchRange"]["properties"]
     assert schema["additionalProperties"] is False
 
 
