@@ -172,8 +172,8 @@ def tune(config: Path, out: Path | None, overrides: tuple[str, ...], trials: int
     validate_config(load_raw(config, overrides), str(config))  # schema errors before the imports of the runs (torch: seconds)
     from .tune import optuna_module, plan_tuning
 
+    optuna_module()  # installed? (the tune extra)
     plan = plan_tuning(config, overrides, out, storage, study_name)  # every check before the first trial
-    optuna_module()
     from .progress import ProgressReporter
     from .tune import run_study, shown_url
     from .tune_report import TUNE_MD, best_row, tune_rich_table, write_tune_report

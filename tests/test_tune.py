@@ -108,6 +108,12 @@ def test_the_threshold_pruner_needs_its_threshold():
         TuneConfig.model_validate({"space": SPACE, "pruner": "threshold"})
 
 
+def test_without_optuna_the_command_names_the_extra(tmp_path, tiny_raw, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    res = CliRunner().invoke(cli, ["tune", str(_config(tmp_path, tiny_raw)), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and 'pip install "multiturbo[tune]"' in res.output and "Traceback" not in res.output
+
+
 def test_a_password_is_hidden_in_shown_urls():
     assert shown_url("postgresql://tuner:secret@db.example.org:5432/optuna") == "postgresql://tuner:***@db.example.org:5432/optuna"
     assert shown_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
