@@ -163,6 +163,8 @@ def test_pruned_trial_reads_pruned_and_a_rerun_continues_the_study(tmp_path, tin
 
     with pytest.raises(MultiturboError, match=r"was started with another config.*train.lr: study 0.003, given 0.01"):
         run_study(plan_tuning(path, ["train.lr=0.01"], out=out), trials=1)  # a key outside the space changed
+    with pytest.raises(MultiturboError, match="optimises val ua, this config val loss"):
+        run_study(plan_tuning(path, ["tune.metric=loss"], out=out), trials=1)
 
     study = run_study(plan_tuning(path, ["tune.pruner=none"], out=out), trials=1)  # tune settings may change
     assert [t.number for t in study.trials] == [0, 1]
