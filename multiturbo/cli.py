@@ -176,7 +176,7 @@ def tune(config: Path, out: Path | None, overrides: tuple[str, ...], trials: int
     plan = plan_tuning(config, overrides, out, storage, study_name)  # every check before the first trial
     from .progress import ProgressReporter
     from .tune import run_study, shown_url
-    from .tune_report import TUNE_MD, best_row, tune_rich_table, write_tune_report
+    from .tune_report import TUNE_MD, best_row, param_text, tune_rich_table, write_tune_report
 
     with ProgressReporter(quiet=quiet) as progress:
         study = run_study(plan, trials or plan.tune.trials, progress)
@@ -184,7 +184,7 @@ def tune(config: Path, out: Path | None, overrides: tuple[str, ...], trials: int
     out_console.print(tune_rich_table(rows, plan.metric, plan.direction, f"{plan.study_name}: val {plan.metric} ({plan.direction})"))
     best = best_row(rows, plan.direction)
     if best is not None:
-        params = " ".join(f"{k}={v}" for k, v in best["params"].items())
+        params = " ".join(f"{k}={param_text(v)}" for k, v in best["params"].items())
         out_console.print(f"best: trial {best['trial']}, val {plan.metric} {best['value']:.4f}: {params}  ({best['run_dir']})",
                           markup=False, highlight=False, soft_wrap=True)
     out_console.print(f"(summary: {plan.out / TUNE_MD}; study: {shown_url(plan.storage)})", markup=False, highlight=False, soft_wrap=True)

@@ -31,7 +31,8 @@ TUNE_CSV = "tune.csv"
 
 def trial_rows(study) -> list[dict[str, Any]]:
     """One mapping per trial of ``study``, in trial order: ``trial``, ``state`` (complete, pruned,
-    fail, running, waiting), ``value`` (None unless complete), ``epochs`` (the last epoch reported),
+    fail, running, waiting), ``value`` (None unless complete), ``epochs`` (the last step reported: the
+    epoch; with tune.folds, fold i's epoch e is step i x train.epochs + e),
     ``best_epoch``, ``seconds``, ``params`` ({key: value}), ``run_dir``, ``note`` (why it was pruned
     or failed)."""
     rows = []
@@ -69,6 +70,11 @@ def _value(v: Any) -> str:
     return fmt(v, 4) if isinstance(v, float) else ("" if v is None else str(v))
 
 
+def param_text(v: Any) -> str:
+    """A sampled value: floats to 4 significant digits (a learning rate of 3.1e-4 stays readable)."""
+    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
 def tune_markdown(rows: Sequence[dict[str, Any]], *, study_name: str, storage: str, metric: str, direction: str,
                   figures: dict[str, str | None]) -> str:
     """tune.md: the study, the counts per state, the best trial, the table, the figures (or why not)."""
@@ -81,7 +87,7 @@ def tune_markdown(rows: Sequence[dict[str, Any]], *, study_name: str, storage: s
     if best is None:
         lines += ["No trial has completed yet.", ""]
     else:
-        params = ", ".join(f"`{k}` = {_value(v)}" for k, v in best["params"].items())
+        params = ", ".join(f"`{k}` = {param_text(v)}" for k, v in best["params"].items())
         test = ", ".join(f"{k} {fmt(v)}" for k, v in best["test"].items())
         lines += ["## Best trial", "",
                   f"Trial {best['trial']}: val {metric} **{fmt(best['value'])}** (best epoch {best['best_epoch']}); {params}. "
@@ -89,7 +95,7 @@ def tune_markdown(rows: Sequence[dict[str, Any]], *, study_name: str, storage: s
     lines += ["## Trials", "", "| trial | state | val " + metric + " | epochs | " + " | ".join(f"`{k}`" for k in keys) + " | seconds | run directory | note |",
               "|" + "---|" * (7 + len(keys))]
     for r in rows:
-        cells = [str(r["trial"]), r["state"], _value(r["value"]), _value(r["epochs"]), *(_value(r["params"].get(k)) for k in keys),
+        cells = [str(r["trial"]), r["state"], _value(r["value"]), _value(r["epochs"]), *(param_text(r["params"].get(k)) for k in keys),
                  fmt(r["seconds"], 1) if r["seconds"] is not None else "", f"`{r['run_dir']}`" if r["run_dir"] else "", r["note"].replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Figures", ""]
@@ -120,7 +126,7 @@ def tune_rich_table(rows: Sequence[dict[str, Any]], metric: str, direction: str,
         table.add_column(c, justify="left" if c == "state" else "right", no_wrap=True)
     for r in rows:
         mark = " *" if best is not None and r["trial"] == best["trial"] else ""
-        table.add_row(f"{r['trial']}{mark}", r["state"], _value(r["value"]), _value(r["epochs"]), *(_value(r["params"].get(k)) for k in keys))
+        table.add_row(f"{r['trial']}{mark}", r["state"], _value(r["value"]), _value(r["epochs"]), *(param_text(r["params"].get(k)) for k in keys))
     return table
 
 
