@@ -303,6 +303,7 @@ class Objective:
         plan = self.plan
         run_dir = trial_dir(plan.out, trial.number)
         trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
         params = suggest(trial, plan.tune.space)
         try:
             cfg = trial_config(plan, params)  # a combination of values may break a rule between fields: the trial fails

@@ -204,6 +204,12 @@ def test_two_processes_share_one_sqlite_study(tmp_path, tiny_raw):
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    by_process: dict[int, list] = {}
+    for t in trials:
+        by_process.setdefault(t.user_attrs["pid"], []).append(t)
+    assert sorted(len(ts) for ts in by_process.values()) == [2, 2]  # each process ran its 2 trials: none lost
+    spans = [(min(t.datetime_start for t in ts), max(t.datetime_complete for t in ts)) for ts in by_process.values()]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # and they ran at the same time
     dirs = {t.user_attrs["run_dir"] for t in trials}
     assert dirs == {str(trial_dir(out, n).resolve()) for n in range(4)}
     for d in dirs:
