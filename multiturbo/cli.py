@@ -159,8 +159,11 @@ def cv(config: Path, out: Path | None, overrides: tuple[str, ...], folds: str | 
 @click.option("--trials", type=click.IntRange(min=1), default=None, help="Trials this process runs (default: the config's tune.trials).")
 @click.option("--storage", default=None, metavar="URL", help="Optuna storage URL shared by every process of the study, e.g. postgresql://user:pw@host/db (default: sqlite:///OUT/study.db).")
 @click.option("--study-name", default=None, help="The study's name in the storage (default: tune.study_name, else the experiment's name).")
+@click.option("--may-differ", "may_differ", multiple=True, metavar="KEY",
+              help="A config key that may differ from the config the study was started with, e.g. data.options.root on another machine (repeatable).")
 @quiet_option
-def tune(config: Path, out: Path | None, overrides: tuple[str, ...], trials: int | None, storage: str | None, study_name: str | None, quiet: bool) -> None:
+def tune(config: Path, out: Path | None, overrides: tuple[str, ...], trials: int | None, storage: str | None, study_name: str | None,
+         may_differ: tuple[str, ...], quiet: bool) -> None:
     """Search the config's tune.space with Optuna: each trial is a run directory OUT/trial-NNNN.
 
     The objective is the validation metric (tune.metric) at each trial's best epoch; trials are
@@ -173,7 +176,7 @@ def tune(config: Path, out: Path | None, overrides: tuple[str, ...], trials: int
     from .tune import optuna_module, plan_tuning
 
     optuna_module()  # installed? (the tune extra)
-    plan = plan_tuning(config, overrides, out, storage, study_name)  # every check before the first trial
+    plan = plan_tuning(config, overrides, out, storage, study_name, may_differ=may_differ)  # every check before the first trial
     from .progress import ProgressReporter
     from .tune import run_study, shown_url
     from .tune_report import TUNE_MD, best_row, param_text, tune_rich_table, write_tune_report

@@ -153,12 +153,15 @@ class TunePlan:
     study_name: str
     out: Path
     source: str
+    may_differ: tuple[str, ...] = ()  # config keys that may differ from the study's (e.g. a data path on another machine)
 
 
 def plan_tuning(config: str | Path, overrides: Sequence[str] = (), out: Path | None = None, storage: str | None = None,
-                study_name: str | None = None, registries=None) -> TunePlan:
+                study_name: str | None = None, registries=None, may_differ: Sequence[str] = ()) -> TunePlan:
     """Read and check everything ``multiturbo tune`` needs before its first trial (config, search
-    space, metric, folds, storage URL); a MultiturboError naming the problem otherwise."""
+    space, metric, folds, storage URL); a MultiturboError naming the problem otherwise.
+    ``may_differ``: config keys (and the keys under them) that may differ from the config the
+    study was started with (``--may-differ``: e.g. ``data.options.root`` on another machine)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MultiturboError("multiturbo tune runs each trial in its own process and is not started with torchrun: start several "
                               "`multiturbo tune` processes on one study instead (docs/experiments.md, Tuning).")
@@ -180,7 +183,8 @@ def plan_tuning(config: str | Path, overrides: Sequence[str] = (), out: Path | N
     url = check_storage_url(storage or t.storage or default_storage(out))
     return TunePlan(raw=base, config=cfg.model_copy(update={"tune": None}), tune=t, metric=metric,
                     direction="maximize" if METRICS[metric].higher_is_better else "minimize", folds=folds,
-                    storage=url, study_name=study_name or t.study_name or cfg.name or "multiturbo", out=out, source=source)
+                    storage=url, study_name=study_name or t.study_name or cfg.name or "multiturbo", out=out, source=source,
+                    may_differ=tuple(may_differ))
 
 
 # -- Optuna's objects ---------------------------------------------------------------------------------
@@ -253,12 +257,13 @@ def open_study(plan: TunePlan):
                               f"val {plan.metric}. Use another --study-name (or --out), or the study's metric.")
     if CONFIG_ATTR in attrs:
         diffs = [d for d in config_differences(json.loads(attrs[CONFIG_ATTR]), mine)
-                 if not any(d[0] == k or d[0].startswith(k + ".") for k in plan.tune.space)]
+                 if not any(d[0] == k or d[0].startswith(k + ".") for k in (*plan.tune.space, *plan.may_differ))]
         if diffs:
             raise MultiturboError(
                 f"The study {plan.study_name!r} in {shown_url(plan.storage)} was started with another config, so its trials would not "
                 f"compare: " + "; ".join(describe_differences(diffs, 8, "{key}: study {old!r}, given {new!r}"))
-                + ". Use another --study-name or --out for this config."
+                + ". Use another --study-name or --out for this config, or, for a key that does not change what a trial computes "
+                "(a data path on another machine), --may-differ KEY."
             )
     else:
         study.set_user_attr(CONFIG_ATTR, json.dumps(mine))

@@ -163,6 +163,7 @@ def test_pruned_trial_reads_pruned_and_a_rerun_continues_the_study(tmp_path, tin
 
     with pytest.raises(MultiturboError, match=r"was started with another config.*train.lr: study 0.003, given 0.01"):
         run_study(plan_tuning(path, ["train.lr=0.01"], out=out), trials=1)  # a key outside the space changed
+    open_study(plan_tuning(path, ["train.lr=0.01"], out=out, may_differ=["train"]))  # allowed with --may-differ
     with pytest.raises(MultiturboError, match="optimises val ua, this config val loss"):
         run_study(plan_tuning(path, ["tune.metric=loss"], out=out), trials=1)
 
