@@ -36,11 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from .config import (ExperimentConfig, SearchRange, TuneConfig, apply_values, check_config, config_differences,
                      describe_differences, load_raw, result_relevant, validate_config)
+from .build import make_dataset
 from .crossval import Fold, resolve_folds, with_fold_seed
 from .errors import ConfigError, MultiturboError, RunStopped
 from .metrics import METRICS, TABLE_METRICS
 from .progress import ProgressReporter
 from .run import run_experiment
+from .tune_report import param_text
 
 if TYPE_CHECKING:
     import optuna
@@ -178,6 +180,7 @@ def plan_tuning(config: str | Path, overrides: Sequence[str] = (), out: Path | N
     base = {k: v for k, v in raw.items() if k != "tune"}
     check_space(base, t.space, source, registries)
     metric = t.metric or cfg.train.monitor
+    _check_metric(cfg, metric, source, registries)
     folds = None if t.folds is None else resolve_folds(cfg, t.folds, registries)
     out = Path(out) if out is not None else Path("runs") / f"{cfg.name or 'run'}-tune"
     url = check_storage_url(storage or t.storage or default_storage(out))
@@ -185,6 +188,17 @@ def plan_tuning(config: str | Path, overrides: Sequence[str] = (), out: Path | N
                     direction="maximize" if METRICS[metric].higher_is_better else "minimize", folds=folds,
                     storage=url, study_name=study_name or t.study_name or cfg.name or "multiturbo", out=out, source=source,
                     may_differ=tuple(may_differ))
+
+
+def _check_metric(cfg: ExperimentConfig, metric: str, source: str, registries=None) -> None:
+    """A metric defined for some numbers of classes only (EER: two) must suit the data set."""
+    m = METRICS[metric]
+    if m.classes is None:
+        return
+    n = len(make_dataset(cfg.data.name, cfg.data.options, cfg.data.data_seed, registries).classes)
+    if not m.defined_for(n):
+        others = ", ".join(name for name, other in METRICS.items() if other.defined_for(n))
+        raise ConfigError([f"tune.metric: {metric} is defined for {m.classes} classes; the data set {cfg.data.name!r} has {n}. Tune one of {others}."], source)
 
 
 # -- Optuna's objects ---------------------------------------------------------------------------------
@@ -391,13 +405,10 @@ def run_study(plan: TunePlan, trials: int, progress: ProgressReporter | None = N
 def trial_line(frozen, metric: str) -> str:
     """``trial 3 complete: val ua 0.5123 | turbo.ce_weight=0.43 ...`` (or the pruning / failure reason)."""
     state = frozen.state.name.lower()
-    params = " ".join(f"{k}={_short(v)}" for k, v in frozen.params.items())
+    params = " ".join(f"{k}={param_text(v)}" for k, v in frozen.params.items())
     if frozen.value is not None:
         what = f"val {metric} {frozen.value:.4f}"
     else:
         what = frozen.user_attrs.get("reason") or frozen.user_attrs.get("error") or ""
     return f"trial {frozen.number} {state}: {what} | {params}"
 
-
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -68,6 +68,11 @@ def test_a_valid_space_with_plugin_options_and_integer_ranges_plans(tmp_path, ti
     assert loss.direction == "minimize"  # from the metric registry
 
 
+def test_a_metric_the_data_set_cannot_give_is_refused(tmp_path, tiny_raw):
+    with pytest.raises(ConfigError, match="tune.metric: eer is defined for 2 classes; the data set 'synthetic' has 3. Tune one of wa, ua, f1, loss"):
+        plan_tuning(_config(tmp_path, tiny_raw, metric="eer"), out=tmp_path / "out")
+
+
 def test_a_config_without_tune_section_is_an_error(tiny_config_path):
     with pytest.raises(MultiturboError, match="has no tune section"):
         plan_tuning(tiny_config_path)
