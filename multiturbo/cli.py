@@ -1,4 +1,4 @@
-"""The ``multiturbo`` command line: run, compare, cv, analyze, predict, evaluate, embed, export, bench, plugins, schema, config."""
+"""The ``multiturbo`` command line: run, compare, cv, tune, analyze, predict, evaluate, embed, export, bench, plugins, schema, config."""
 
 from __future__ import annotations
 
@@ -158,6 +158,47 @@ def cv(config: Path, out: Path | None, overrides: tuple[str, ...], folds: str | 
         result = cross_validate(cfg, out, folds="all" if fold_list is None else fold_list, seeds=seed_list, overwrite=overwrite, progress=progress)
     out_console.print(cv_rich_table(result))
     out_console.print(f"(output directory: {result.out})", markup=False, highlight=False, soft_wrap=True)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output directory: trial-NNNN/ run directories, study.db, tune.md (default: runs/<name>-tune).")
+@set_option
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Trials this process runs (default: the config's tune.trials).")
+@click.option("--storage", default=None, metavar="URL", help="Optuna storage URL shared by every process of the study, e.g. postgresql://user:pw@host/db (default: sqlite:///OUT/study.db).")
+@click.option("--study-name", default=None, help="The study's name in the storage (default: tune.study_name, else the experiment's name).")
+@click.option("--may-differ", "may_differ", multiple=True, metavar="KEY",
+              help="A config key that may differ from the config the study was started with, e.g. data.options.root on another machine (repeatable).")
+@quiet_option
+def tune(config: Path, out: Path | None, overrides: tuple[str, ...], trials: int | None, storage: str | None, study_name: str | None,
+         may_differ: tuple[str, ...], quiet: bool) -> None:
+    """Search the config's tune.space with Optuna: each trial is a run directory OUT/trial-NNNN.
+
+    The objective is the validation metric (tune.metric) at each trial's best epoch; trials are
+    pruned on their per-epoch validation values. Rerunning continues the study; several processes
+    (on several machines with --storage) may work on one study at once. Writes tune.md (table,
+    best trial, history and importance figures) and tune.csv."""
+    from .config import load_raw, validate_config
+
+    validate_config(load_raw(config, overrides), str(config))  # schema errors before the imports of the runs (torch: seconds)
+    from .tune import optuna_module, plan_tuning
+
+    optuna_module()  # installed? (the tune extra)
+    plan = plan_tuning(config, overrides, out, storage, study_name, may_differ=may_differ)  # every check before the first trial
+    from .progress import ProgressReporter
+    from .tune import run_study, shown_url
+    from .tune_report import TUNE_MD, best_row, param_text, tune_rich_table, write_tune_report
+
+    with ProgressReporter(quiet=quiet) as progress:
+        study = run_study(plan, trials or plan.tune.trials, progress)
+    rows = write_tune_report(plan.out, study, storage=shown_url(plan.storage), metric=plan.metric, direction=plan.direction)
+    out_console.print(tune_rich_table(rows, plan.metric, plan.direction, f"{plan.study_name}: val {plan.metric} ({plan.direction})"))
+    best = best_row(rows, plan.direction)
+    if best is not None:
+        params = " ".join(f"{k}={param_text(v)}" for k, v in best["params"].items())
+        out_console.print(f"best: trial {best['trial']}, val {plan.metric} {best['value']:.4f}: {params}  ({best['run_dir']})",
+                          markup=False, highlight=False, soft_wrap=True)
+    out_console.print(f"(summary: {plan.out / TUNE_MD}; study: {shown_url(plan.storage)})", markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()

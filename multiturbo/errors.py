@@ -34,3 +34,13 @@ class DataError(MultiturboError):
 
 class RunDirError(MultiturboError):
     """A run directory that is missing, incomplete, damaged or from a run that did not finish."""
+
+
+class RunStopped(Exception):
+    """Raised by an ``on_epoch`` hook (:func:`multiturbo.run.run_experiment`) to end a run on
+    purpose before its last epoch, e.g. a tuner pruning a trial. Not a user error and not a
+    crash: run.json records ``status`` (e.g. ``"pruned"``) and the message as ``reason``."""
+
+    def __init__(self, status: str, reason: str):
+        self.status = status
+        super().__init__(reason)

@@ -170,9 +170,9 @@ def test_python_dash_m_and_console_script_work(tiny_config_path):
     assert "turbo.pases: unknown key" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "cv"])
+@pytest.mark.parametrize("command", ["run", "cv", "tune"])
 def test_a_config_error_shows_before_torch_is_imported(tmp_path, tiny_raw, command):
-    """Fast failure: a schema error of `multiturbo run` / `cv` needs neither the plugins nor torch (issue 19)."""
+    """Fast failure: a schema error of `multiturbo run` / `cv` / `tune` needs neither the plugins nor torch (issue 19)."""
     tiny_raw["train"]["lrr"] = 0.1
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(tiny_raw))

@@ -9,13 +9,15 @@ from typing import Any
 RESUME_MAY_CHANGE = ("train.device", "train.num_workers", "train.checkpoint_every", "train.nonfinite", "train.nonfinite_max_skips",
                      "train.audio_cache", "train.audio_cache_dir", "train.frozen_features_store", "train.frozen_features_dir",
                      "train.tracking", "train.tracking_uri", "train.tracking_experiment")
+IGNORED_SECTIONS = ("tune",)  # read by `multiturbo tune` only: never part of what a run computes
 ABSENT = "(absent)"
 
 
 def result_relevant(config: dict) -> dict:
     """A config mapping (``model_dump(mode="json")`` or config.yaml) without the keys of
-    :data:`RESUME_MAY_CHANGE`, which do not change what a run computes: what runs compare on."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    :data:`RESUME_MAY_CHANGE` and the sections of :data:`IGNORED_SECTIONS`, which do not change
+    what a run computes: what runs compare on."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items() if k not in IGNORED_SECTIONS}
     for key in RESUME_MAY_CHANGE:
         section, name = key.split(".")
         if isinstance(out.get(section), dict):

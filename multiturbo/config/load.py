@@ -132,17 +132,33 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             if "expands to more than" in str(exc) or "given twice" in str(exc):
                 raise
             value = text
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError([f"--set {item!r}: {where} is {child!r}, not a section, so it has no keys."])
-            node = child
-        node[parts[-1]] = value
+        _set_path(out, parts, value, f"--set {item!r}")
     return out
+
+
+def apply_values(raw: dict[str, Any], values: dict[str, Any], what: str = "tune.space") -> dict[str, Any]:
+    """Set ``{"a.b.c": value}`` in a copy of ``raw`` (values as they are, not parsed), as ``--set``
+    does; ``what`` names the source in errors. Missing sections are created (validation then
+    refuses unknown keys)."""
+    out = copy.deepcopy(raw)
+    for key, value in values.items():
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError([f"{what}.{key}: expected a dotted config path, e.g. turbo.temperature."])
+        _set_path(out, parts, value, f"{what}.{key}")
+    return out
+
+
+def _set_path(node: dict[str, Any], parts: list[str], value: Any, what: str) -> None:
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError([f"{what}: {where} is {_short(child)}, not a section, so it has no keys."])
+        node = child
+    node[parts[-1]] = value
 
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:

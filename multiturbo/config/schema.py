@@ -211,6 +211,88 @@ class TrainConfig(StrictModel):
     )
 
 
+Scalar = bool | int | float | str | None
+
+
+class SearchRange(StrictModel):
+    """One tuned config value (``tune.space``): a range ``low``..``high`` (``log``: sampled on a log
+    scale; ``step``: a grid) or a list of ``choices``. A range is of integers when ``low`` and
+    ``high`` are both written as integers (``2``, not ``2.0``), else of floats; ``type`` says it
+    explicitly."""
+
+    low: int | float | None = Field(None, description="Lower end of the range (inclusive).")
+    high: int | float | None = Field(None, description="Upper end of the range (inclusive).")
+    log: bool = Field(False, description="Sample on a log scale (low > 0), e.g. for learning rates and temperatures.")
+    step: int | float | None = Field(None, gt=0, description="Sample on the grid low, low + step, ... (not with log).")
+    type: Literal["int", "float"] | None = Field(None, description="int or float; None: int when low and high are both written as integers.")
+    choices: list[Scalar] | None = Field(None, min_length=1, description="The values to choose from (numbers, strings, booleans, null), instead of a range.")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchRange":
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if ranged or self.log or self.step is not None or self.type is not None:
+                raise ValueError("give choices, or a range (low, high, log, step, type), not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (a range) or choices (a list of values)")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step do not go together (Optuna samples a log range continuously)")
+        if self.type == "int" and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
+            raise ValueError("type int needs integer low, high and step")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        """Whether the range is of integers (suggest_int) rather than floats."""
+        if self.type is not None:
+            return self.type == "int"
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
+
+
+class TuneConfig(StrictModel):
+    """``multiturbo tune``: the search space, the objective and Optuna's sampler, pruner and storage
+    (docs/experiments.md#tuning). Ignored by every other command."""
+
+    space: dict[str, SearchRange] = Field(
+        min_length=1,
+        description="Dotted config path -> its range or choices, e.g. {turbo.temperature: {low: 0.03, high: 0.3, log: true}, turbo.passes: {choices: [2, 3]}}.",
+    )
+    metric: MetricName | None = Field(
+        None,
+        description="The validation metric to optimise (its direction from the metric registry); each trial monitors it (train.monitor), and the objective is its value at the trial's best epoch. None: train.monitor.",
+    )
+    trials: int = Field(20, ge=1, description="Trials each `multiturbo tune` process runs (--trials overrides).")
+    folds: list[Annotated[int, Field(ge=0)]] | Literal["all"] | None = Field(
+        None,
+        description="Run every trial on these folds (a list, or all) and optimise the mean of the best-epoch values; None: the config's data.fold only.",
+    )
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna sampler: tpe (TPESampler) or random (RandomSampler).")
+    sampler_seed: int | None = Field(None, description="Seed of the sampler (None: random). Leave unset when several processes share a study, or they propose the same values.")
+    pruner: Literal["median", "hyperband", "threshold", "none"] = Field(
+        "median",
+        description="Optuna pruner judging each trial's per-epoch validation metric: median (MedianPruner), hyperband (HyperbandPruner), threshold (ThresholdPruner at `threshold`) or none.",
+    )
+    startup_trials: int = Field(5, ge=0, description="median: trials that finish before any trial is pruned.")
+    warmup_epochs: int = Field(1, ge=0, description="median / threshold: epochs of every trial that are never pruned.")
+    threshold: float | None = Field(None, description="threshold: prune a trial whose validation metric is worse than this (below it for a metric where higher is better).")
+    storage: str | None = Field(
+        None, min_length=1,
+        description="Optuna storage URL (sqlite:///..., postgresql://..., mysql://...); None: sqlite:///OUT/study.db. A shared database lets several machines work on one study. --storage overrides.",
+    )
+    study_name: str | None = Field(None, min_length=1, description="The study's name in the storage; None: the experiment's name.")
+
+    @model_validator(mode="after")
+    def _threshold(self) -> "TuneConfig":
+        if self.pruner == "threshold" and self.threshold is None:
+            raise ValueError("pruner threshold needs tune.threshold (the value below which a trial is pruned)")
+        return self
+
+
 class ExperimentConfig(StrictModel):
     """A whole experiment: data, modalities and encoders, model, objective, training."""
 
@@ -222,6 +304,7 @@ class ExperimentConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     turbo: TurboConfig = Field(default_factory=TurboConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig | None = Field(None, description="Hyperparameter search with `multiturbo tune` (Optuna); ignored by the other commands.")
 
     @model_validator(mode="before")
     @classmethod

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..checkpoint import _atomic, load_weights, save_weights, write_error, write_json
 from ..config import ExperimentConfig, config_to_yaml
-from ..errors import MultiturboError, RunDirError
+from ..errors import MultiturboError, RunDirError, RunStopped
 from . import layout
 from .read import BINDING_KEY, binding_digest, check_binding
 
@@ -126,7 +126,7 @@ def _now() -> str:
 
 class RunInfo:
     """``run.json`` through a run's life: ``running`` (with ``started``, and ``resumed`` times),
-    then ``finished`` or ``failed`` (with the error). ``write=False`` (the other ranks of a
+    then ``finished``, ``failed`` (with the error) or a hook's status (``pruned``). ``write=False`` (the other ranks of a
     multi-process run) keeps the record without writing it."""
 
     def __init__(self, out: Path, facts: dict[str, Any], previous: dict[str, Any] | None = None, *, write: bool = True):
@@ -142,10 +142,13 @@ class RunInfo:
             write_json(self.path, self.data)
 
     def failed(self, exc: BaseException, seconds: float) -> None:
-        """The run stopped on ``exc``: status ``interrupted`` (Ctrl-C) or ``failed``; either resumes with --resume.
+        """The run stopped on ``exc``: status ``interrupted`` (Ctrl-C), ``failed``, or the status of a
+        :class:`~multiturbo.errors.RunStopped` (e.g. ``pruned``, with its ``reason``); each resumes with --resume.
         Never raises (a full disk must not hide ``exc``)."""
         if isinstance(exc, KeyboardInterrupt):
             self.data.update(status="interrupted", error="KeyboardInterrupt: stopped by the user (Ctrl-C)", seconds=seconds)
+        elif isinstance(exc, RunStopped):  # stopped on purpose by an on_epoch hook (a pruned trial)
+            self.data.update(status=exc.status, reason=str(exc), seconds=seconds)
         else:
             self.data.update(status="failed", error=f"{type(exc).__name__}: {exc}", seconds=seconds)
         try:

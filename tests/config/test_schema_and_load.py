@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from multiturbo.config import ExperimentConfig, apply_overrides, check_config, load_config, validate_config
+from multiturbo.config import ExperimentConfig, SearchRange, apply_overrides, apply_values, check_config, config_differences, load_config, validate_config
 from multiturbo.errors import ConfigError
 
 BASE = {
@@ -150,5 +150,28 @@ def test_yaml_is_read_safely(tmp_path):
 
 def test_json_schema_covers_the_sections():
     schema = ExperimentConfig.model_json_schema()
-    assert set(schema["properties"]) >= {"method", "data", "modalities", "model", "turbo", "train", "seed"}
+    assert set(schema["properties"]) >= {"method", "data", "modalities", "model", "turbo", "train", "seed", "tune"}
+    assert "space" in schema["$defs"]["TuneConfig"]["required"] and "choices" in schema["$defs"]["SearchRange"]["properties"]
     assert schema["additionalProperties"] is False
+
+
+def test_apply_values_sets_dotted_paths_like_set(tiny_raw):
+    out = apply_values(tiny_raw, {"turbo.temperature": 0.1, "modalities.audio.options.channels": 6})
+    assert out["turbo"] == {"temperature": 0.1} and out["modalities"]["audio"]["options"]["channels"] == 6
+    assert "turbo" not in tiny_raw  # a copy
+    with pytest.raises(ConfigError, match="tune.space.train.epochs.x: train.epochs is 2, not a section"):
+        apply_values(tiny_raw, {"train.epochs.x": 1})
+
+
+def test_search_range_kinds():
+    assert SearchRange(low=2, high=4).is_int and not SearchRange(low=2.0, high=4.0).is_int
+    assert not SearchRange(low=2, high=4, type="float").is_int
+    with pytest.raises(ValueError, match="type int needs integer"):
+        SearchRange(low=0.5, high=4, type="int")
+
+
+def test_the_tune_section_does_not_make_configs_differ(tiny_raw):
+    tuned = {**tiny_raw, "tune": {"space": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}}}
+    a, b = (validate_config(r).model_dump(mode="json") for r in (tiny_raw, tuned))
+    assert a["tune"] is None and b["tune"] is not None and config_differences(a, b) == []
+    assert config_differences(a, {**b, "seed": 1}) == [("seed", 0, 1)]
