@@ -366,7 +366,10 @@ class Objective:
             raise MultiturboError(f"The trial directory {out} already exists: OUT holds trials of another study. Use another --out, "
                                   f"or the study that made them (--storage / --study-name).")
         label = f"trial {trial.number}{'' if out.name.startswith('trial-') else ' ' + out.name}: "
-        metrics = run_experiment(cfg, out, progress=self.progress, label=label, on_epoch=on_epoch)
+        tags = {"command": "tune", "study": self.plan.study_name, "trial": str(trial.number),
+                "mlflow.runName": label.removesuffix(": ")}  # with train.tracking: mlflow (one store: OUT/mlflow.db)
+        metrics = run_experiment(cfg, out, progress=self.progress, label=label, on_epoch=on_epoch, tags=tags,
+                                 tracking_root=self.plan.out)
         trial.set_user_attr("best_epoch", metrics["best_epoch"])
         return seen[metrics["best_epoch"]], {k: metrics[k] for k in TABLE_METRICS if isinstance(metrics.get(k), float)}
 

@@ -250,3 +250,16 @@ def test_the_demo_config_search_space_plans(tmp_path):
     plan = plan_tuning(demo, out=tmp_path / "out")
     assert set(plan.tune.space) >= {"turbo.ce_weight", "turbo.temperature", "turbo.passes", "model.dropout", "train.lr"}
     assert plan.tune.space["turbo.temperature"].log and plan.direction == "maximize"
+
+
+def test_with_mlflow_tracking_every_trial_is_a_tagged_run_in_one_store(tmp_path, tiny_raw):
+    mlflow = pytest.importorskip("mlflow")
+    tiny_raw["train"].update(epochs=1, tracking="mlflow")
+    out = tmp_path / "out"
+    run_study(plan_tuning(_config(tmp_path, tiny_raw), out=out), trials=1)
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve().as_posix()}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {k: run.data.tags[k] for k in ("command", "trial", "study")} == {"command": "tune", "trial": "0", "study": "tiny"}
+    assert run.info.run_name == "trial 0" and run.info.status == "FINISHED"
+    sampled = yaml.safe_load((trial_dir(out, 0) / "config.yaml").read_text())["turbo"]["temperature"]
+    assert float(run.data.params["turbo.temperature"]) == pytest.approx(sampled)  # the trial's resolved config
