@@ -31,6 +31,9 @@ class _Group(click.Group):
             ctx.exit(2)
         except KeyboardInterrupt:
             err_console.print("Interrupted.", markup=False)
+            import gc  # noqa: PLC0415
+
+            gc.freeze()  # the interpreter's final collection would walk every object (seconds after a run): the user asked to stop now
             ctx.exit(130)
         except SystemExit as exc:  # multiturbo never calls sys.exit inside a command (click's own exits are click.exceptions.Exit)
             err_console.print(
