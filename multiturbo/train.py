@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from . import rundir
 from .checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import EpochSampler, LabelledBatch
+from .data import LabelledBatch, loader_batch_size, loader_padding, set_loader_epoch
 from .diagnostics import collapse_warnings, representation_diagnostics
 from .distributed import all_ranks, average_gradients, current_world, gather_rows
 from .errors import MultiturboError
@@ -223,11 +223,12 @@ class TrainState:
 
     @classmethod
     def create(cls, model: TurboModel, cfg: TrainConfig, device: torch.device, runner: torch.nn.Module | None = None,
-               steps_per_epoch: int | None = None) -> "TrainState":
+               steps_per_epoch: int | None = None, total_steps: int | None = None) -> "TrainState":
         """``runner``: the module whose forward runs a step (DDP around ``model``, or None);
-        ``steps_per_epoch``: the schedule's unit (None: no schedule, as for ``multiturbo bench``)."""
+        ``steps_per_epoch``: the schedule's unit (None: no schedule, as for ``multiturbo bench``);
+        ``total_steps``: the whole training's steps when epochs differ in length (dynamic batches)."""
         optimizer = make_optimizer(model, cfg)
-        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch) if steps_per_epoch is not None else None
+        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, total_steps) if steps_per_epoch is not None else None
         return cls(model, optimizer, StepRunner(model, cfg, device, runner=runner), cfg, scheduler)
 
 
@@ -292,7 +293,7 @@ class _EpochLoop:
         s.loop = st = LoopState.from_json(restore_checkpoint(load_checkpoint(self.ckpt_path), s.model, s.optimizer, scheduler=s.scheduler, scaler=s.runner.scaler))
         if rank_seed is not None:
             torch.manual_seed(rank_seed + st.step)
-        if st.batch and not isinstance(getattr(train_loader, "sampler", None), EpochSampler):
+        if st.batch and not set_loader_epoch(train_loader, st.epoch, st.batch):
             raise MultiturboError("Resuming in the middle of an epoch needs a loader made by multiturbo.data.make_loader.")
         if st.pending is not None:  # the checkpoint was written at an epoch end: redo that epoch's outputs
             if self.is_main:
@@ -331,9 +332,7 @@ class _EpochLoop:
         """The batches of epoch ``loop.epoch`` from batch ``loop.batch`` on (a resume starts mid-epoch)."""
         s, st, cfg = self.state, self.state.loop, self.state.cfg
         s.model.train()
-        sampler = getattr(train_loader, "sampler", None)
-        if isinstance(sampler, EpochSampler):
-            sampler.set_epoch(st.epoch, st.batch * (train_loader.batch_size or 1))
+        set_loader_epoch(train_loader, st.epoch, st.batch)
         n_batches = st.batch + len(train_loader)
         self.progress.start(f"{self.label}epoch {st.epoch}/{cfg.epochs}", total=n_batches, completed=st.batch)
         for batch in train_loader:
@@ -403,8 +402,7 @@ class _EpochLoop:
 
     def padding(self, epoch: int) -> dict[str, float] | None:
         """The padding share per modality of the epoch's training batches, when the loader knows item lengths."""
-        sampler = getattr(self.train_loader, "sampler", None)
-        return sampler.padding(epoch) if isinstance(sampler, EpochSampler) else None
+        return loader_padding(self.train_loader, epoch)
 
     def diagnose(self, passed: EvalPass, terms: dict, epoch: int) -> tuple[dict, list[str]]:
         """The epoch's collapse diagnostics from the validation pass (:mod:`multiturbo.diagnostics`), for
@@ -434,7 +432,7 @@ class _EpochLoop:
     def run(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
         st, cfg = self.state.loop, self.state.cfg
         self.train_loader = train_loader
-        self.batch_size = train_loader.batch_size or 1  # the contrastive batch of the diagnostics' log(B)
+        self.batch_size = max(1, round(loader_batch_size(train_loader)))  # the contrastive batch of the diagnostics' log(B)
         self.progress.start_epochs(f"{self.label}epochs", total=cfg.epochs, completed=st.epoch - 1)
         while not st.done and st.epoch <= cfg.epochs:
             start = time.perf_counter() - st.epoch_seconds

@@ -147,6 +147,14 @@ class TrainConfig(StrictModel):
         "random",
         description="How training items are grouped into batches: random, or bucket (items of similar length together: audio seconds, text words; the batches in random order, deterministic from seed and epoch, resumable), which cuts the padding; needs item lengths from the data set (else random, with a warning).",
     )
+    max_batch_seconds: float | None = Field(
+        None, gt=0.0,
+        description="Dynamic batch size: each training batch holds as many items as fit a budget of padded length, items x the longest item's length in the first modality, as the data set reports it (audio seconds for audio files, samples for plain arrays, words for text), grouped by length as bucket and deterministic from seed and epoch, resumable; overrides batching and batch_size for training (eval_batch_size still applies). Needs item lengths from the data set. None = fixed batch_size.",
+    )
+    min_batch_size: int = Field(
+        8, ge=2,
+        description="With max_batch_seconds: every batch holds at least this many items, even when that exceeds the budget (an item longer than max_batch_seconds / min_batch_size), so every InfoNCE term keeps negatives; such batches are counted in a warning.",
+    )
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     epochs: int = Field(10, ge=1)
