@@ -19,7 +19,7 @@ from .checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import LabelledBatch, loader_batch_size, loader_padding, set_loader_epoch
 from .diagnostics import collapse_warnings, representation_diagnostics
-from .distributed import all_ranks, average_gradients, current_world, gather_rows
+from .distributed import all_ranks, average_gradients, current_world, gather_rows, rank_weight
 from .errors import MultiturboError
 from .metrics import METRICS, TABLE_METRICS, classification_metrics
 from .gradcache import cached_backward
@@ -128,6 +128,10 @@ class StepRunner:
       :func:`multiturbo.gradcache.cached_backward` (dropout masks replayed).
     - ``runner``: the module called for the step (DDP around the model, or the model itself),
       whose forward(inputs, labels) returns the StepOutput.
+    - Under torchrun with unequal batch sizes b_r (``train.max_batch_seconds``), the loss backpropagated
+      is the rank's loss x b_r W / sum b (:func:`multiturbo.distributed.rank_weight`), so that the
+      gradients averaged over ranks are those of one process on the concatenated batch; the returned
+      ``StepOutput`` (logged) holds the rank's unweighted loss.
     """
 
     def __init__(self, model: TurboModel, cfg: TrainConfig, device: torch.device, runner: torch.nn.Module | None = None):
@@ -151,16 +155,17 @@ class StepRunner:
         """Forward, then (when the loss is finite on every rank) backward; gradients end in the
         parameters. Returns the step's output and whether it was backpropagated."""
         chunk = self.cfg.grad_cache_chunk
+        weight = rank_weight(len(batch), self.device)  # ranks' batch sizes may differ (train.max_batch_seconds); 1.0 if equal
         if chunk is not None and (len(batch) > chunk or self.world.distributed):
-            return self._cached(batch, chunk)
+            return self._cached(batch, chunk, weight)
         with self.autocast():
             out = self.runner(batch.inputs, batch.labels)
         ok = self.finite(out.loss)
         if ok:
-            self.scaler.scale(out.loss).backward()
+            self.scaler.scale(out.loss if weight == 1.0 else out.loss * weight).backward()
         return out, ok
 
-    def _cached(self, batch: LabelledBatch, chunk: int) -> StepOutput:
+    def _cached(self, batch: LabelledBatch, chunk: int, weight: float = 1.0) -> StepOutput:
         model, present = self.model, TurboModel.presence(batch.inputs)
         if present is not None:
             raise MultiturboError("train.grad_cache_chunk does not support items with missing modalities yet (a chunk of a "
@@ -175,7 +180,7 @@ class StepRunner:
             with self.autocast():
                 result["out"] = model.objective(views, batch.labels, present)
             loss = result["out"].loss
-            return self.scaler.scale(loss)
+            return self.scaler.scale(loss if weight == 1.0 else loss * weight)
 
         loss = cached_backward(encode, objective, batch.inputs, chunk, self.device, finite=self.finite)
         ok = bool(torch.isfinite(loss)) if not self.world.distributed else self.finite(loss)
