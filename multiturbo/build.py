@@ -108,5 +108,5 @@ def build_experiment(cfg: ExperimentConfig, registries: Registries | None = None
         check_schedule(cfg.train, steps_per_epoch(n, bs, cfg.turbo.any_term), f"{n} training items / batch_size {bs}")
     model = build_model(cfg, len(dataset.classes), registries, weights)
     param_groups(model, cfg.train)  # checks train.layer_decay against the encoders
-    check_frozen_features(cfg.train.frozen_features, model.encoders)
+    check_frozen_features(cfg.train.frozen_features, model.encoders, cfg.train.frozen_part_dropout)
     return Experiment(cfg, dataset, splits, model)

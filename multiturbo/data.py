@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from .dataset import LazySplit, Sample
 from .encoder import Batch, Encoder
 from .errors import DataError
-from .feature_cache import FEATURES_KEY, FrozenFeature
+from .feature_cache import FEATURES_KEY, FROZEN_PART_KEY, FrozenFeature, FrozenPart
 from .model import PRESENT_KEY
 
 
@@ -46,6 +46,7 @@ class Collator:
 
     def __init__(self, encoders: Mapping[str, Encoder], num_classes: int):
         self.collates = {m: enc.collate for m, enc in encoders.items()}
+        self.encoders = dict(encoders)
         self.num_classes = num_classes
 
     def __call__(self, samples: Sequence[Sample]) -> LabelledBatch:
@@ -63,6 +64,8 @@ class Collator:
                     raw.append(s.inputs[m])
             if raw and isinstance(raw[0], FrozenFeature):  # train.frozen_features: cache
                 batch = {FEATURES_KEY: torch.stack([r.vector for r in raw])}  # [n, dim]
+            elif raw and isinstance(raw[0], FrozenPart):  # train.frozen_features: cache, a partly frozen encoder
+                batch = {**self.encoders[m].collate_frozen([r.tensors for r in raw]), FROZEN_PART_KEY: torch.ones(len(raw), dtype=torch.bool)}
             else:
                 batch = collate(raw) if raw else {}
             if len(raw) < len(samples):

@@ -214,7 +214,7 @@ class _Loaders:
         self.eval_bs = t.eval_batch_size or t.batch_size
         splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
         self.splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, self.eval_bs, progress, label,
-                                            store=t.frozen_features_store, directory=t.frozen_features_dir)
+                                            store=t.frozen_features_store, directory=t.frozen_features_dir, part_dropout=t.frozen_part_dropout)
         weights = sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None
         lengths = None
         if t.batching == "bucket" or t.max_batch_seconds is not None:

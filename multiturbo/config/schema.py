@@ -188,7 +188,11 @@ class TrainConfig(StrictModel):
     )
     frozen_features: Literal["recompute", "cache"] = Field(
         "recompute",
-        description="Modalities whose encoder is fully frozen (freeze: all): recompute runs the encoder on every pass (its own dropout acts, so the K views differ inside the encoder too); cache computes each item's encoder output once before training, with the encoder in eval mode, and the K views then differ by the dropout before the projection only (the frozen-encoder protocol of SUPERB; many times faster).",
+        description="Modalities whose encoder is fully frozen (freeze: all): recompute runs the encoder on every pass (its own dropout acts, so the K views differ inside the encoder too); cache computes each item's encoder output once before training, with the encoder in eval mode, and the K views then differ by the dropout before the projection only (the frozen-encoder protocol of SUPERB; many times faster). Partly frozen encoders that split off their frozen lower part (hf_audio with a frozen feature encoder: freeze: feature_encoder or freeze_layers) get that part cached once per item and run only their trainable part on the K passes: the same results when no dropout acts in the frozen part (see frozen_part_dropout).",
+    )
+    frozen_part_dropout: Literal["refuse", "eval"] = Field(
+        "refuse",
+        description="With frozen_features=cache, for an encoder whose cached frozen lower part has dropout inside (the encoder says so): refuse (a config error) or eval (the frozen part runs once in eval mode, so Turbo's K views differ only by the dropout of the trainable part above it and after the encoder).",
     )
     frozen_features_store: Literal["memory", "disk"] = Field(
         "memory",
