@@ -300,7 +300,7 @@ def compute_parts(encoder: nn.Module, split: Sequence[Sample], modality: str, de
     return rows, reused
 
 
-_MEMO: dict[str, dict[str, Tensor]] = {}  # encoder digest -> {raw input digest: features [dim]}; this process only
+_MEMO: dict[str, dict[str, Tensor | dict[str, Tensor]]] = {}  # encoder digest -> {raw input digest: features [dim], or a frozen part's tensors}; this process only
 _MEMO_ENCODERS = 8  # encoders remembered (the oldest is forgotten first)
 
 

@@ -251,6 +251,12 @@ def budget_warning(loader, t, progress: ProgressReporter, label: str) -> int | N
     if not isinstance(sampler, BudgetBatchSampler):
         return None
     over, total, longest = sampler.over_budget(1)
+    if not sampler.steps(1):
+        raise ConfigError([
+            f"train.max_batch_seconds: {t.max_batch_seconds:g} cuts the {sampler.n} training items into fewer batches than the "
+            f"{sampler.world} processes, so there is no training step (every process needs a batch per step). Lower "
+            "max_batch_seconds or min_batch_size, or use fewer processes."
+        ])
     if over:
         progress.log(f"{label}warning: train.max_batch_seconds: {over} of epoch 1's {total} batches exceed the budget of "
                      f"{t.max_batch_seconds:g} (padded length: items x longest item; the longest item is {longest:g}), because each "

@@ -118,6 +118,10 @@ def test_max_batch_seconds_warns_of_batches_over_the_budget_and_needs_lengths(ti
     fits = make_loader(list(range(42)), list, batch_size=8, shuffle=True, lengths=lengths, max_batch_seconds=2000.0, min_batch_size=2)
     assert multiturbo.run.budget_warning(fits, cfg.train, lines.reporter, "") == 21 * cfg.train.epochs and len(lines.lines) == 1
 
+    few = make_loader(list(range(3)), list, batch_size=8, shuffle=True, lengths=lengths[:3], max_batch_seconds=5000.0, min_batch_size=2, shard=(0, 2))
+    with pytest.raises(ConfigError, match="cuts the 3 training items into fewer batches than the 2 processes"):
+        multiturbo.run.budget_warning(few, cfg.train, lines.reporter, "")
+
     monkeypatch.setattr(multiturbo.run, "item_lengths", lambda split: None)
     with pytest.raises(ConfigError, match="train.max_batch_seconds: 1500.0 needs each item's length"):
         run_experiment(cfg, tmp_path / "unknown", progress=_Lines().reporter)
