@@ -1,15 +1,17 @@
-"""Training throughput on speech-like lengths: padding and items/s with random vs bucketed batches;
-epoch time with and without the frozen-feature cache (``freeze: all``).
+"""Training throughput on speech-like lengths: padding and items/s with random, bucketed and budgeted batches;
+epoch time with and without the frozen-feature cache (``freeze: all`` and ``freeze: feature_encoder``).
 
 Lengths: utterance durations drawn from a lognormal fitted to IEMOCAP's published summary (median
 about 3.4 s, mean about 4.5 s, range 0.6-34 s: log-mean ln 3.4, log-sd 0.7, clipped to 0.6-34 s),
 and transcripts of about 2.6 words per second (conversational speech rate). A fit, not the real
 set's lengths: give ``--lengths FILE`` (one duration in seconds per line) to use a real set's.
 
-1. Padding share of an epoch's batches (random order vs ``train.batching: bucket``), audio and text.
+1. Padding share of an epoch's batches (random order vs ``train.batching: bucket`` vs
+   ``train.max_batch_seconds``), audio and text. The budget defaults to batch size x the mean
+   duration (``--max-batch-seconds``), so a step holds about as much audio as a random batch.
 2. Turbo (K = 2) training steps on the tiny test config (logmel_cnn at 4 kHz + hashed_transformer,
-   dim 16): items/s over the same items with random and with bucketed batches, measured in
-   interleaved rounds (random, bucket, random, bucket...) so both see the same machine load.
+   dim 16): items/s over the same items with random, bucketed and budgeted batches, measured in
+   interleaved rounds (random, bucket, budget, random...) so all see the same machine load.
    Collation is included (num_workers 0), as in a run.
 3. ``freeze: all`` on a tiny wav2vec2 with wav2vec2-base's conv front end (group norm; hf_audio, random weights built from a config, 16 kHz) plus a
    trainable hashed_transformer: the time of each training epoch with ``frozen_features:
@@ -17,6 +19,16 @@ set's lengths: give ``--lengths FILE`` (one duration in seconds per line) to use
 4. ``predict`` over a manifest of wav files with these lengths (a tiny trained run): batches in
    input order read in the main process (the code before length sorting, kept here) against
    length-sorted batches, without and with DataLoader workers; the probabilities are compared.
+
+5. Base-sized encoders: wav2vec2-base shapes (transformers' ``Wav2Vec2Config()`` defaults: 7 conv
+   layers of 512 channels with group norm, hidden 768, 12 layers) and BERT-base shapes
+   (``BertConfig()`` defaults: hidden 768, 12 layers, vocabulary 30522), random weights built from
+   the configs (no download), hf_audio + hf_text, Turbo K = 2. (a) ``freeze: feature_encoder``:
+   padding, mean batch size and items/s for random vs bucket vs max_batch_seconds over
+   ``--base-batches`` batches each; (b) the time of one epoch over ``--base-items`` items with
+   ``frozen_features`` recompute vs cache, for ``freeze: feature_encoder`` (the conv stack cached)
+   and ``freeze: all`` (the whole wav2vec2 cached), the cache's one-off pass on its own. Slow on a
+   CPU (seconds per step): keep the counts small there (``--skip 5`` leaves it out).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py
     OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py --items 1024 --steps 16 --rounds 3 --cache-items 96 --cache-epochs 3
@@ -91,7 +103,7 @@ def steps_per_second(state, loader, steps: int) -> tuple[float, int]:
 def part_padding_and_speed(args) -> None:
     import torch
 
-    from multiturbo.data import Collator, EpochSampler, item_lengths, make_loader, padding_fraction
+    from multiturbo.data import BudgetBatchSampler, Collator, EpochSampler, item_lengths, make_loader, padding_fraction, set_loader_epoch
     from multiturbo.train import TrainState
 
     seconds = durations(args.items, args.seed, args.lengths)
@@ -100,25 +112,31 @@ def part_padding_and_speed(args) -> None:
     bs = args.batch_size
     pad_random = padding_fraction(EpochSampler(len(items), shuffle=True, seed=0).order(1), lengths, bs)
     pad_bucket = EpochSampler(len(items), shuffle=True, seed=0, lengths=lengths, batch_size=bs).padding(1)
+    budget = args.max_batch_seconds or bs * float(seconds.mean())  # seconds; the items are arrays, so the loader counts samples
+    sampler = BudgetBatchSampler(lengths, budget * 4000, args.min_batch_size, seed=0)
+    pad_budget, mean_budget = sampler.padding(1), sampler.mean_batch_size(1)
     print(f"\n1. padding share of one epoch: {len(items)} items, batch {bs}; durations {seconds.min():.1f}-{seconds.max():.1f} s, "
           f"median {np.median(seconds):.1f} s, mean {seconds.mean():.1f} s ({'from ' + args.lengths if args.lengths else 'lognormal IEMOCAP-like fit'})")
-    print("| batching | audio padding | text padding |\n|---|---|---|")
-    print(f"| random | {pad_random['audio']:.1%} | {pad_random['text']:.1%} |")
-    print(f"| bucket | {pad_bucket['audio']:.1%} | {pad_bucket['text']:.1%} |")
+    print("| batching | audio padding | text padding | mean batch |\n|---|---|---|---|")
+    print(f"| random | {pad_random['audio']:.1%} | {pad_random['text']:.1%} | {bs} |")
+    print(f"| bucket | {pad_bucket['audio']:.1%} | {pad_bucket['text']:.1%} | {bs} |")
+    print(f"| budget | {pad_budget['audio']:.1%} | {pad_budget['text']:.1%} | {mean_budget:.1f} |  (max_batch_seconds {budget:.0f}, min_batch_size {args.min_batch_size})")
 
     exp = build(tiny_config(batch_size=bs))
     collator = Collator(exp.model.encoders, num_classes=3)
     states, loaders = {}, {}
-    for name in ("random", "bucket"):
+    names = ("random", "bucket", "budget")
+    for name in names:
         torch.manual_seed(0)
-        model = build(tiny_config(batch_size=bs)).model  # the same initial weights for both
+        model = build(tiny_config(batch_size=bs)).model  # the same initial weights for all
         states[name] = TrainState.create(model, exp.config.train, torch.device("cpu"))
         loaders[name] = make_loader(items, collator, batch_size=bs, shuffle=True, seed=0, drop_singleton=True,
-                                    lengths=lengths if name == "bucket" else None)
+                                    lengths=lengths if name != "random" else None,
+                                    max_batch_seconds=budget * 4000 if name == "budget" else None, min_batch_size=args.min_batch_size)
     totals = {name: [0.0, 0] for name in states}
     for r in range(args.rounds):
-        for name in ("random", "bucket"):
-            loaders[name].sampler.set_epoch(r + 1)
+        for name in names:
+            set_loader_epoch(loaders[name], r + 1)
             s, n = steps_per_second(states[name], loaders[name], args.steps)
             totals[name][0] += s
             totals[name][1] += n
@@ -129,6 +147,7 @@ def part_padding_and_speed(args) -> None:
     print("| batching | items/s | ratio |\n|---|---|---|")
     print(f"| random | {rate['random']:.1f} | 1.00 |")
     print(f"| bucket | {rate['bucket']:.1f} | {rate['bucket'] / rate['random']:.2f} |")
+    print(f"| budget | {rate['budget']:.1f} | {rate['budget'] / rate['random']:.2f} |")
 
 
 def part_feature_cache(args) -> None:
@@ -237,6 +256,93 @@ def part_inference(args) -> None:
         print(f"| {name} | {len(items) * args.rounds_predict / t:.1f} | {base / t:.2f} | {diff:.1e} |")
 
 
+def save_base_models(root: Path) -> tuple[str, str]:
+    """wav2vec2-base and BERT-base shapes from transformers' default configs, random weights, saved under ``root``."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    w2v, bert = root / "wav2vec2-base", root / "bert-base"
+    transformers.Wav2Vec2Model(transformers.Wav2Vec2Config()).save_pretrained(w2v)
+    transformers.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                          return_attention_mask=False).save_pretrained(w2v)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(bert)
+    transformers.BertModel(transformers.BertConfig()).save_pretrained(bert)
+    return str(w2v), str(bert)
+
+
+def part_base_models(args) -> None:
+    import torch
+
+    from multiturbo.data import Collator, batches_padding, item_lengths, make_loader, set_loader_epoch
+    from multiturbo.dataset import Splits
+    from multiturbo.feature_cache import _MEMO, cache_frozen_features
+    from multiturbo.progress import ProgressReporter
+    from multiturbo.train import TrainState, train_step
+
+    bs, cpu = args.base_batch_size, torch.device("cpu")
+    seconds = np.minimum(durations(max(args.base_items, bs * args.base_batches * 4), args.seed + 3, args.lengths), args.base_max_seconds)
+    items = speech_items(seconds, 16000, args.seed + 3)
+    lengths = item_lengths(items)
+    budget = args.max_batch_seconds or bs * float(seconds.mean())
+
+    def raw(w2v: str, bert: str, freeze: str, mode: str) -> dict:
+        r = tiny_config(batch_size=bs, frozen_features=mode)
+        r["modalities"] = {"audio": {"encoder": "hf_audio", "options": {"model": w2v, "freeze": freeze, "local_files_only": True}},
+                           "text": {"encoder": "hf_text", "options": {"model": bert, "local_files_only": True}}}
+        return r
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w2v, bert = save_base_models(Path(tmp))
+        torch.manual_seed(0)
+        exp = build(raw(w2v, bert, "feature_encoder", "recompute"))
+        state = TrainState.create(exp.model, exp.config.train, cpu)
+        collator = Collator(exp.model.encoders, num_classes=3)
+        rows = []
+        for name in ("random", "bucket", "budget"):
+            loader = make_loader(items, collator, batch_size=bs, shuffle=True, seed=0, drop_singleton=True, lengths=None if name == "random" else lengths,
+                                 max_batch_seconds=budget * 16000 if name == "budget" else None, min_batch_size=args.min_batch_size)
+            set_loader_epoch(loader, 1)
+            batches = list(loader.batch_sampler)[: args.base_batches]
+            pad = batches_padding(batches, lengths)
+            exp.model.train()
+            start, n = time.perf_counter(), 0
+            for b in batches:
+                batch = collator([items[i] for i in b])
+                train_step(state, batch)
+                n += len(b)
+            rows.append((name, pad, n / len(batches), n / (time.perf_counter() - start)))
+        print(f"\n5a. wav2vec2-base + BERT-base shapes (random weights), freeze: feature_encoder, Turbo K=2, {torch.get_num_threads()} thread(s), "
+              f"{args.base_batches} batches each; durations clipped at {args.base_max_seconds:g} s; budget {budget:.1f} s, min_batch_size {args.min_batch_size}")
+        print("| batching | audio padding | text padding | mean batch | items/s | ratio |\n|---|---|---|---|---|---|")
+        for name, pad, mean, rate in rows:
+            print(f"| {name} | {pad['audio']:.1%} | {pad['text']:.1%} | {mean:.1f} | {rate:.2f} | {rate / rows[0][3]:.2f} |")
+
+        few = items[: args.base_items]
+        times = {}
+        for freeze in ("feature_encoder", "all"):
+            for mode in ("recompute", "cache"):
+                _MEMO.clear()
+                torch.manual_seed(0)
+                exp = build(raw(w2v, bert, freeze, mode))
+                start = time.perf_counter()
+                splits = cache_frozen_features(Splits(few, [], []), exp.model.encoders, mode, cpu, bs, ProgressReporter(quiet=True))
+                prepare = time.perf_counter() - start
+                loader = make_loader(splits.train, Collator(exp.model.encoders, num_classes=3), batch_size=bs, shuffle=True, seed=0, drop_singleton=True)
+                state = TrainState.create(exp.model, exp.config.train, cpu)
+                exp.model.train()
+                start = time.perf_counter()
+                for batch in loader:
+                    train_step(state, batch)
+                times[(freeze, mode)] = (prepare, time.perf_counter() - start)
+    print(f"\n5b. one epoch of {len(few)} items (batch {bs}), wav2vec2-base + BERT-base shapes, Turbo K=2: seconds")
+    print("| freeze | frozen_features | one-off pass | epoch | epoch speed-up |\n|---|---|---|---|---|")
+    for (freeze, mode), (prepare, epoch) in times.items():
+        print(f"| {freeze} | {mode} | {prepare:.1f} | {epoch:.1f} | {times[(freeze, 'recompute')][1] / epoch:.2f}x |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=512, help="items for parts 1 and 2")
@@ -250,7 +356,13 @@ def main() -> None:
     p.add_argument("--predict-items", type=int, default=1000, help="items for part 4")
     p.add_argument("--rounds-predict", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers in part 4")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: 2,3,4")
+    p.add_argument("--max-batch-seconds", type=float, default=None, help="budget of train.max_batch_seconds (default: batch size x mean duration)")
+    p.add_argument("--min-batch-size", type=int, default=4, help="train.min_batch_size for the budgeted batches")
+    p.add_argument("--base-items", type=int, default=16, help="items of part 5b's epoch")
+    p.add_argument("--base-batch-size", type=int, default=4)
+    p.add_argument("--base-batches", type=int, default=3, help="batches timed per batching in part 5a")
+    p.add_argument("--base-max-seconds", type=float, default=34.0, help="clip part 5's durations (CPU time)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: 2,3,4,5")
     args = p.parse_args()
 
     import torch
@@ -264,6 +376,8 @@ def main() -> None:
         part_feature_cache(args)
     if "4" not in skip:
         part_inference(args)
+    if "5" not in skip:
+        part_base_models(args)
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ def build_experiment(cfg: ExperimentConfig, registries: Registries | None = None
     labels = split_labels(splits.train) if cfg.train.class_weights == "balanced" or cfg.train.sampler == "balanced" else []
     weights = class_weights(cfg.train.class_weights, labels, dataset.classes)
     n, bs = len(splits.train), cfg.train.batch_size
-    check_schedule(cfg.train, steps_per_epoch(n, bs, cfg.turbo.any_term), f"{n} training items / batch_size {bs}")
+    if cfg.train.max_batch_seconds is None:  # dynamic batches: checked when the loader knows its batches (make_scheduler)
+        check_schedule(cfg.train, steps_per_epoch(n, bs, cfg.turbo.any_term), f"{n} training items / batch_size {bs}")
     model = build_model(cfg, len(dataset.classes), registries, weights)
     param_groups(model, cfg.train)  # checks train.layer_decay against the encoders
-    check_frozen_features(cfg.train.frozen_features, model.encoders)
+    check_frozen_features(cfg.train.frozen_features, model.encoders, cfg.train.frozen_part_dropout)
     return Experiment(cfg, dataset, splits, model)

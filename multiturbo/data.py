@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from .dataset import LazySplit, Sample
 from .encoder import Batch, Encoder
 from .errors import DataError
-from .feature_cache import FEATURES_KEY, FrozenFeature
+from .feature_cache import FEATURES_KEY, FROZEN_PART_KEY, FrozenFeature, FrozenPart
 from .model import PRESENT_KEY
 
 
@@ -46,6 +46,7 @@ class Collator:
 
     def __init__(self, encoders: Mapping[str, Encoder], num_classes: int):
         self.collates = {m: enc.collate for m, enc in encoders.items()}
+        self.encoders = dict(encoders)
         self.num_classes = num_classes
 
     def __call__(self, samples: Sequence[Sample]) -> LabelledBatch:
@@ -63,6 +64,8 @@ class Collator:
                     raw.append(s.inputs[m])
             if raw and isinstance(raw[0], FrozenFeature):  # train.frozen_features: cache
                 batch = {FEATURES_KEY: torch.stack([r.vector for r in raw])}  # [n, dim]
+            elif raw and isinstance(raw[0], FrozenPart):  # train.frozen_features: cache, a partly frozen encoder
+                batch = {**self.encoders[m].collate_frozen([r.tensors for r in raw]), FROZEN_PART_KEY: torch.ones(len(raw), dtype=torch.bool)}
             else:
                 batch = collate(raw) if raw else {}
             if len(raw) < len(samples):
@@ -123,12 +126,18 @@ def sort_keys(lengths: Sequence[Mapping[str, float]]) -> list[tuple[float, ...]]
 def padding_fraction(order: Sequence[int], lengths: Sequence[Mapping[str, float]], batch_size: int) -> dict[str, float]:
     """Per modality, the share of padding in batches of ``batch_size`` consecutive items of ``order``
     (each padded to its longest item): 1 - sum of lengths / (batch size x longest), over all batches."""
+    return batches_padding([order[s:s + batch_size] for s in range(0, len(order), batch_size)], lengths)
+
+
+def batches_padding(batches: Sequence[Sequence[int]], lengths: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per modality, the share of padding in ``batches`` (lists of item indices, each batch padded to its
+    longest item): 1 - sum of lengths / sum over batches of (items x longest)."""
     out = {}
     modalities = sorted({m for d in lengths for m in d})
     for m in modalities:
         real = padded = 0.0
-        for start in range(0, len(order), batch_size):
-            values = [lengths[i].get(m) for i in order[start:start + batch_size]]
+        for batch in batches:
+            values = [lengths[i].get(m) for i in batch]
             values = [v for v in values if v is not None]
             if values:
                 real += sum(values)
@@ -153,6 +162,20 @@ def bucket_order(order: Sequence[int], keys: Sequence, batch: int, g: torch.Gene
     full = [b for b in batches if len(b) == batch]
     rest = [i for b in batches if len(b) < batch for i in b]
     return [i for k in torch.randperm(len(full), generator=g).tolist() for i in full[k]] + rest
+
+
+def epoch_draw(n: int, seed: int, epoch: int, shuffle: bool, weights: Tensor | None) -> tuple[list[int], torch.Generator]:
+    """Epoch ``epoch``'s item order from a generator seeded by ``seed`` and the epoch alone: n weighted
+    draws with replacement (``weights``), a permutation (``shuffle``) or 0..n-1; and the generator, for
+    the draws that follow (the batches' order)."""
+    g = torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + epoch) % 2**63)
+    if weights is not None:
+        order = torch.multinomial(weights, n, replacement=True, generator=g).tolist()
+    elif not shuffle:
+        order = list(range(n))
+    else:
+        order = torch.randperm(n, generator=g).tolist()
+    return order, g
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -201,13 +224,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         """This rank's items of epoch ``epoch``: the epoch's order, then every world-th item from
         position rank (a multi-process run; with ``equal_shards`` the tail that would give ranks
         unequal counts is left out, as DistributedSampler's drop_last)."""
-        g = torch.Generator().manual_seed((self.seed * 0x9E3779B97F4A7C15 + epoch) % 2**63)
-        if self.weights is not None:
-            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
-        elif not self.shuffle:
-            order = list(range(self.n))
-        else:
-            order = torch.randperm(self.n, generator=g).tolist()
+        order, g = epoch_draw(self.n, self.seed, epoch, self.shuffle, self.weights)
         if self.keys is not None and (self.shuffle or self.weights is not None):
             order = bucket_order(order, self.keys, self.batch_size * self.world, g)
         if self.world == 1:
@@ -237,6 +254,158 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return max(size - self.start, 0)
 
 
+def cut_to_budget(items: Sequence[int], cost: Sequence[float], budget: float, min_size: int) -> list[list[int]]:
+    """``items`` (sorted by ``cost``, ascending) cut into runs of consecutive items whose padded cost, the
+    number of items x the largest cost among them, stays within ``budget``; a batch takes at least
+    ``min_size`` items even beyond the budget (every InfoNCE term keeps negatives). The last batch may
+    hold fewer than ``min_size`` items: the caller decides what to do with it."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0.0
+    for i in items:
+        grown = max(longest, cost[i])
+        if len(current) >= min_size and (len(current) + 1) * grown > budget:
+            batches.append(current)
+            current, grown = [], cost[i]
+        current.append(i)
+        longest = grown
+    if current:
+        batches.append(current)
+    return batches
+
+
+class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of a dynamic size under a budget of padded length (``train.max_batch_seconds``).
+
+    Each epoch's random order (from ``seed`` and the epoch, as :class:`EpochSampler`; ``weights``: draws
+    with replacement) is cut into pools of about POOL_BATCHES batches; each pool is sorted by length
+    (:func:`sort_keys`: the first modality, then the next) and cut by :func:`cut_to_budget`: a batch
+    grows while its item count x its longest item's length in the FIRST modality (audio seconds in
+    the audio + text data sets; the padded length, not the sum of the lengths) stays within
+    ``max_cost``, and holds at least ``min_size`` items whatever their length. A pool's last batch
+    with fewer than ``min_size`` items joins the epoch's other such leftovers, which are cut the same
+    way at the end (a final short remainder joins the batch before it, or the batch of the longest items). Batches over the budget (an
+    item longer than the budget / ``min_size``) are counted by :meth:`over_budget`.
+
+    ``shard = (rank, world)``: consecutive groups of ``world`` batches (neighbours in length) form one
+    step, rank r taking the r-th; the steps are shuffled, and a last group of fewer than ``world``
+    batches is left out of the epoch. The ranks' batches then differ in size: the gathered loss pads
+    and masks them (multiturbo.distributed). ``set_epoch(e, start)`` skips the first ``start``
+    batches (a resume); everything is deterministic from (seed, epoch).
+    """
+
+    def __init__(self, lengths: Sequence[Mapping[str, float]], max_cost: float, min_size: int, *, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1), weights: Sequence[float] | None = None):
+        if min_size < 1:
+            raise ValueError(f"BudgetBatchSampler: min_size {min_size} < 1")
+        if weights is not None and len(weights) != len(lengths):
+            raise ValueError(f"BudgetBatchSampler: {len(weights)} weights for {len(lengths)} items")
+        self.lengths = list(lengths)
+        self.keys = sort_keys(self.lengths)
+        self.cost = [k[0] if k else 0.0 for k in self.keys]  # the first modality's length: what the budget counts
+        self.n, self.max_cost, self.min_size, self.seed = len(self.lengths), float(max_cost), min_size, seed
+        self.rank, self.world = shard
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        positive = [c for c in self.cost if c > 0]
+        typical = max(float(min_size), self.max_cost / (sum(positive) / len(positive))) if positive else float(min_size)
+        self.pool = max(1, int(POOL_BATCHES * typical))
+        self.epoch, self.start = 1, 0
+        self._cache: tuple[int, list[list[list[int]]]] | None = None
+
+    def steps(self, epoch: int) -> list[list[list[int]]]:
+        """Epoch ``epoch``'s steps in training order: each a list of ``world`` batches (rank r's is the r-th)."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        order, g = epoch_draw(self.n, self.seed, epoch, True, self.weights)
+        batches: list[list[int]] = []
+        leftover: list[int] = []
+        by_key = self.keys.__getitem__
+        for start in range(0, len(order), self.pool):
+            cut = cut_to_budget(sorted(order[start:start + self.pool], key=by_key), self.cost, self.max_cost, self.min_size)
+            if len(cut[-1]) < self.min_size:
+                leftover += cut.pop()
+            batches += cut
+        if leftover:
+            cut = cut_to_budget(sorted(leftover, key=by_key), self.cost, self.max_cost, self.min_size)
+            if len(cut[-1]) < self.min_size and len(cut) > 1:
+                cut[-2] += cut.pop()
+            elif len(cut[-1]) < self.min_size and batches:  # into the batch of the longest items: least padding added
+                max(batches, key=lambda b: max(self.cost[i] for i in b)).extend(cut.pop())
+            batches += cut
+        W = self.world
+        steps = [batches[k:k + W] for k in range(0, len(batches) - W + 1, W)]
+        steps = [steps[k] for k in torch.randperm(len(steps), generator=g).tolist()]
+        self._cache = (epoch, steps)
+        return steps
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of epoch ``epoch``, in order."""
+        return [step[self.rank] for step in self.steps(epoch)]
+
+    def over_budget(self, epoch: int) -> tuple[int, int, float]:
+        """(batches over the budget, all batches, the longest item's cost) of epoch ``epoch``, over every rank."""
+        every = [b for step in self.steps(epoch) for b in step]
+        over = sum(1 for b in every if len(b) * max(self.cost[i] for i in b) > self.max_cost)
+        return over, len(every), max(self.cost, default=0.0)
+
+    def padding(self, epoch: int) -> dict[str, float]:
+        """Per modality, the padding share of this rank's batches in epoch ``epoch``."""
+        return batches_padding(self.batches(epoch), self.lengths)
+
+    def mean_batch_size(self, epoch: int = 1) -> float:
+        """The mean items per batch on this rank in epoch ``epoch``."""
+        batches = self.batches(epoch)
+        return sum(map(len, batches)) / max(len(batches), 1)
+
+    def total_batches(self, epochs: int) -> int:
+        """Batches (optimiser steps) of epochs 1..``epochs`` together: the learning-rate schedule's length."""
+        return sum(len(self.steps(e)) for e in range(1, epochs + 1))
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch ``epoch``, from its batch ``start`` on."""
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        batches = self.batches(self.epoch)[self.start:]
+        self.epoch, self.start = self.epoch + 1, 0
+        return iter(batches)
+
+    def __len__(self) -> int:
+        """Batches left in this epoch."""
+        return max(len(self.steps(self.epoch)) - self.start, 0)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, batches_done: int = 0) -> bool:
+    """Point a training loader made by :func:`make_loader` at epoch ``epoch``, after its first
+    ``batches_done`` batches (a resume). False when the loader's order is not ours (not resumable)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(batch_sampler, BudgetBatchSampler):
+        batch_sampler.set_epoch(epoch, batches_done)
+        return True
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, EpochSampler):
+        sampler.set_epoch(epoch, batches_done * (loader.batch_size or 1))
+        return True
+    return False
+
+
+def loader_padding(loader: DataLoader, epoch: int) -> dict[str, float] | None:
+    """The padding share per modality of a training loader's batches in epoch ``epoch``, when it knows item lengths."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(batch_sampler, BudgetBatchSampler):
+        return batch_sampler.padding(epoch)
+    sampler = getattr(loader, "sampler", None)
+    return sampler.padding(epoch) if isinstance(sampler, EpochSampler) else None
+
+
+def loader_batch_size(loader: DataLoader) -> float:
+    """A loader's items per batch: its fixed batch size, or the mean of a dynamic one (epoch 1)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(batch_sampler, BudgetBatchSampler):
+        return batch_sampler.mean_batch_size(1)
+    return float(loader.batch_size or 1)
+
+
 # Its keyword parameters are DataLoader's own options (workers, pinning, prefetch) plus the
 # sampler's (seed, shard); bundling them would only rename DataLoader's documented arguments.
 def make_loader(
@@ -253,6 +422,8 @@ def make_loader(
     prefetch_factor: int | None = None,
     weights: Sequence[float] | None = None,
     lengths: Sequence[Mapping[str, float]] | None = None,
+    max_batch_seconds: float | None = None,
+    min_batch_size: int = 2,
 ) -> DataLoader:
     """A DataLoader over a split. ``drop_singleton`` drops a last batch of one item
     (InfoNCE needs at least two items); only that batch, and only when it would occur.
@@ -266,14 +437,24 @@ def make_loader(
     ``weights``: per-item sampling weights (draws with replacement; see :class:`EpochSampler`).
     ``lengths``: per-item {modality: length} (:func:`item_lengths`) for length-aware batches in a
     shuffled loader (``train.batching: bucket``); ignored without ``shuffle``.
+    ``max_batch_seconds`` (with ``lengths`` and ``shuffle``; ``train.max_batch_seconds``): batches of a
+    dynamic size under that padded-length budget, at least ``min_batch_size`` items each
+    (:class:`BudgetBatchSampler`); ``batch_size`` is then unused, and ranks' batches may differ in size.
     """
     generator = torch.Generator().manual_seed(seed)  # worker seeds; the order comes from the sampler
     distributed = shard[1] > 1
+    extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor is not None else {}
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    if max_batch_seconds is not None and shuffle:
+        if lengths is None:
+            raise ValueError("make_loader: max_batch_seconds needs the items' lengths")
+        batch_sampler = BudgetBatchSampler(lengths, max_batch_seconds, min_batch_size, seed=seed, shard=shard, weights=weights)
+        return DataLoader(split, batch_sampler=batch_sampler, collate_fn=collator, num_workers=num_workers,  # type: ignore[arg-type]
+                          generator=generator, pin_memory=pin, persistent_workers=num_workers > 0, **extra)
     sampler = EpochSampler(len(split), shuffle=shuffle, seed=seed, shard=shard, equal_shards=distributed and shuffle, weights=weights,
                            lengths=lengths if shuffle else None, batch_size=batch_size)
     n_items = len(sampler)
     drop_last = (distributed and shuffle) or (drop_singleton and n_items % batch_size == 1)
-    extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor is not None else {}
     return DataLoader(
         split,  # type: ignore[arg-type]
         batch_size=batch_size,
@@ -282,7 +463,7 @@ def make_loader(
         num_workers=num_workers,
         generator=generator,
         drop_last=drop_last,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        pin_memory=pin,
         persistent_workers=num_workers > 0,
         **extra,
     )

@@ -6,7 +6,11 @@ the global batch: every rank all-gathers the views of all ranks WITH gradient
 with positives at column ``rank * B + i`` (open_clip's "local loss"). DistributedDataParallel
 averages the parameter gradients over ranks, and the all-gather's backward sums the column
 gradients of every rank back to their owner, so the step equals one process on the concatenated
-batch (tests/test_distributed.py checks loss and gradients with 2 gloo processes).
+batch (tests/test_distributed.py checks loss and gradients with 2 gloo processes). Ranks may hold
+different batch sizes b_r (``train.max_batch_seconds``): the views are padded for the all-gather and
+the padding dropped before the logits, positives sit at the earlier ranks' b summed + i, and each
+rank's loss is weighted by b_r x W / sum b (:func:`rank_weight`), so the step still equals one process
+on the concatenated batch.
 """
 
 from __future__ import annotations
@@ -74,21 +78,49 @@ def init_from_env(device_type: str) -> World:
     return world
 
 
-def gather_with_grad(x: Tensor, dim: int = 0) -> Tensor:
-    """All ranks' ``x`` concatenated along ``dim`` (rank order), differentiable: [.., B, ..] -> [.., W*B, ..].
+def gather_sizes(n: int, device: torch.device | str) -> list[int]:
+    """Every rank's ``n`` in rank order (one all-gather; ``[n]`` for one process)."""
+    world = current_world()
+    if not world.distributed:
+        return [n]
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world.size)]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(s) for s in sizes]
 
-    Every rank must pass the same shape (equal per-rank batches: use drop_last in the sampler)."""
+
+def gather_with_grad(x: Tensor, dim: int = 0, sizes: Sequence[int] | None = None) -> Tensor:
+    """All ranks' ``x`` concatenated along ``dim`` (rank order), differentiable: [.., b_r, ..] -> [.., sum b_r, ..].
+
+    Ranks may hold different sizes b_r along ``dim`` (dynamic batches, ``train.max_batch_seconds``): each
+    rank's ``x`` is padded with zeros to the largest b, all-gathered with gradient, and the padding is cut
+    off again before anything reads it, so no padded column ever enters a logit (its gradient is zero).
+    ``sizes``: every rank's b_r when known (:func:`gather_sizes`), else gathered here."""
     world = current_world()
     if not world.distributed:
         return x
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world.size)]
-    dist.all_gather(sizes, torch.tensor([x.shape[dim]], device=x.device))
-    if len({int(s) for s in sizes}) > 1:
-        raise MultiturboError(f"Ranks hold different batch sizes {[int(s) for s in sizes]} for the gathered contrastive loss. "
-                              "Use drop_last=True for the training sampler and loader so every rank has the same batch size.")
+    sizes = list(sizes) if sizes is not None else gather_sizes(x.shape[dim], x.device)
     from torch.distributed.nn.functional import all_gather  # only in a multi-process run: torch builds without distributed support lack it
 
-    return torch.cat(all_gather(x.contiguous()), dim=dim)
+    longest = max(sizes)
+    if x.shape[dim] < longest:
+        pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, longest - x.shape[dim]]  # F.pad counts from the last dim
+        x = F.pad(x, pad)
+    parts = all_gather(x.contiguous())
+    if len(set(sizes)) == 1:
+        return torch.cat(parts, dim=dim)
+    return torch.cat([p.narrow(dim, 0, b) for p, b in zip(parts, sizes)], dim=dim)
+
+
+def rank_weight(n: int, device: torch.device | str = "cpu") -> float:
+    """The factor for this rank's loss, a mean over its ``n`` items, so that DDP's average of the ranks'
+    gradients (their sum / W) is the gradient of the mean over all ranks' items: n x W / sum of n.
+    With unequal batch sizes a plain mean of per-rank means would weight the items of a small batch more.
+    1.0 for one process and for equal sizes (exactly)."""
+    world = current_world()
+    if not world.distributed:
+        return 1.0
+    sizes = gather_sizes(n, device)
+    return n * world.size / sum(sizes)
 
 
 def gathered_turbo_loss(
@@ -100,22 +132,27 @@ def gathered_turbo_loss(
 ) -> Tensor:
     """Per-pair InfoNCE of this rank's rows against every rank's columns: [P] (local means).
 
-    views: modality -> [K, B, d] local views (not normalised); pairs: (i, j) indices into the
-    (modality, pass)-ordered list of V = M*K views, in the order of :func:`multiturbo.loss.pair_names`.
-    Term (i, j): x = view i, y = view j; x->y is mean over local rows a of
-    CE(x_a . Y_all / tau, rank*B + a); y->x likewise; symmetric averages the two. With one process
-    this equals :func:`multiturbo.loss.turbo_loss`'s per-pair values. Float32 at least.
+    views: modality -> [K, b, d] local views (not normalised; b may differ between ranks); pairs: (i, j)
+    indices into the (modality, pass)-ordered list of V = M*K views, in the order of
+    :func:`multiturbo.loss.pair_names`. Term (i, j): x = view i, y = view j; x->y is mean over local rows a
+    of CE(x_a . Y_all / tau, offset + a), offset = the earlier ranks' b summed; y->x likewise; symmetric
+    averages the two. Y_all: every rank's views, padded to the largest b for the all-gather and the padding
+    dropped again (:func:`gather_with_grad`). With one process this equals
+    :func:`multiturbo.loss.turbo_loss`'s per-pair values. With unequal b, weight the rank's loss by
+    :func:`rank_weight` (the training step does). Float32 at least.
     """
-    z = torch.cat(list(views.values()))  # [V, B, d]
+    z = torch.cat(list(views.values()))  # [V, b, d]
     with torch.autocast(z.device.type, enabled=False):  # logits and losses in float32 whatever train.amp says
         z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
-        zg = gather_with_grad(z, dim=1)  # [V, W*B, d]
         B = z.shape[1]
-        target = torch.arange(B, device=z.device) + current_world().rank * B  # [B] positives' global columns
+        sizes = gather_sizes(B, z.device)
+        zg = gather_with_grad(z, dim=1, sizes=sizes)  # [V, sum b, d]
+        offset = sum(sizes[: current_world().rank])
+        target = torch.arange(B, device=z.device) + offset  # [b] positives' global columns
         inv_tau = 1.0 / tau
         losses = []
         for i, j in pairs:
-            loss = F.cross_entropy(z[i] @ zg[j].T * inv_tau, target)  # x->y: [B, W*B]
+            loss = F.cross_entropy(z[i] @ zg[j].T * inv_tau, target)  # x->y: [b, sum b]
             if symmetric:
                 loss = 0.5 * (loss + F.cross_entropy(z[j] @ zg[i].T * inv_tau, target))  # y->x
             losses.append(loss)

@@ -58,6 +58,33 @@ class Encoder(nn.Module):
         """Map a collated batch to pooled vectors [B, output_dim]."""
         raise NotImplementedError
 
+    #: Whether dropout (or other training-time noise) acts inside :meth:`frozen_part` in training
+    #: mode. Caching the frozen part computes it once in eval mode, so such noise would be lost: the
+    #: core then refuses the partial cache unless ``train.frozen_part_dropout: eval`` opts in.
+    frozen_part_dropout: bool = False
+
+    # -- optional: a frozen lower part, cached by train.frozen_features: cache (multiturbo.feature_cache)
+    def has_frozen_part(self) -> bool:
+        """True when this encoder, as configured, splits into a frozen lower part and a trainable
+        upper part (e.g. ``freeze: feature_encoder``: a frozen convolutional front end under trainable
+        transformer layers), so that ``forward(batch) == trainable_part(collate_frozen(frozen_part(batch)))``
+        in eval mode. The default: no split (then a partly frozen encoder is not cached)."""
+        return False
+
+    def frozen_part(self, batch: Batch) -> list[dict[str, Tensor]]:
+        """The frozen lower part's output for each item of a collated batch, unpadded: one
+        {name: tensor} per item (e.g. {"conv": [frames_i, channels]}). Called in eval mode without
+        gradient, once per item; the result must not depend on the other items of the batch."""
+        raise NotImplementedError
+
+    def collate_frozen(self, items: Sequence[dict[str, Tensor]]) -> Batch:
+        """Items' :meth:`frozen_part` outputs -> a padded batch (every tensor [B, ...])."""
+        raise NotImplementedError
+
+    def trainable_part(self, batch: Batch) -> Tensor:
+        """A :meth:`collate_frozen` batch -> pooled vectors [B, output_dim], through the trainable part only."""
+        raise NotImplementedError
+
     def layer_id(self, name: str) -> int | None:
         """Where the parameter ``name`` (relative to this encoder) sits in the stack of
         :attr:`num_layers` layers: 0 for the embeddings / front end, i for layer i (1-based), None

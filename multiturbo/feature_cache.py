@@ -50,6 +50,7 @@ from .errors import ConfigError
 from .progress import ProgressReporter
 
 FEATURES_KEY = "_features"  # in a modality's collated batch: precomputed encoder outputs [B, dim]
+FROZEN_PART_KEY = "_frozen_part"  # in a modality's collated batch: it holds cached frozen-part outputs (bool [B])
 
 
 @dataclass(frozen=True)
@@ -59,46 +60,82 @@ class FrozenFeature:
     vector: Tensor
 
 
+@dataclass(frozen=True)
+class FrozenPart:
+    """An item's cached output of its encoder's frozen lower part ({name: tensor}, unpadded; see
+    :meth:`multiturbo.encoder.Encoder.frozen_part`)."""
+
+    tensors: dict[str, Tensor]
+
+
 def frozen_modalities(encoders: Mapping[str, nn.Module]) -> list[str]:
     """The modalities whose encoder has parameters and none of them trainable."""
     return [m for m, enc in encoders.items()
             if any(True for _ in enc.parameters()) and not any(p.requires_grad for p in enc.parameters())]
 
 
-def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module]) -> list[str]:
-    """The frozen modalities; with ``mode`` ``cache`` and none of them, a ConfigError (found when the
-    experiment is built, before any training)."""
+def partial_modalities(encoders: Mapping[str, nn.Module]) -> list[str]:
+    """The modalities whose encoder trains but splits off a frozen lower part (``has_frozen_part()``)."""
+    frozen = set(frozen_modalities(encoders))
+    return [m for m, enc in encoders.items() if m not in frozen and callable(getattr(enc, "has_frozen_part", None)) and enc.has_frozen_part()]
+
+
+def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module], part_dropout: str = "refuse") -> list[str]:
+    """The fully frozen modalities. With ``mode`` ``cache``, a ConfigError (found when the experiment is
+    built, before any training) when no encoder is fully frozen nor splits off a frozen part, or when a
+    frozen part has dropout inside and ``part_dropout`` (``train.frozen_part_dropout``) is not ``eval``."""
     frozen = frozen_modalities(encoders)
-    if mode == "cache" and not frozen:
+    if mode != "cache":
+        return frozen
+    partial = partial_modalities(encoders)
+    if not frozen and not partial:
         raise ConfigError([
-            "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter), "
-            f"but every encoder of {list(encoders)} trains. Set `freeze: all` in an encoder's options, or set "
+            "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter) or "
+            f"splits off a frozen lower part (e.g. hf_audio with freeze: feature_encoder), but every encoder of {list(encoders)} "
+            "trains throughout. Set `freeze: all` (or `freeze: feature_encoder` for hf_audio) in an encoder's options, or set "
             "train.frozen_features: recompute."
+        ])
+    noisy = [m for m in partial if getattr(encoders[m], "frozen_part_dropout", False)]
+    if noisy and part_dropout != "eval":
+        raise ConfigError([
+            f"train.frozen_features: cache: the frozen part of the {', '.join(noisy)} encoder has dropout inside, which the "
+            "cache would compute once in eval mode, so Turbo's K views would no longer differ there (only in the trainable "
+            "part above it). Opt in with train.frozen_part_dropout: eval, or set train.frozen_features: recompute."
         ])
     return frozen
 
 
 class FeatureSplit(Sequence[Sample]):
     """``split`` with modality inputs replaced by their precomputed features ({m: [N, dim]}, row i =
-    item i; rows of items that lack m are unused). When every modality is precomputed and the split
-    knows its labels and metadata without loading (LazySplit), nothing is read from disk."""
+    item i; rows of items that lack m are unused) or by their encoder's cached frozen part
+    (``parts``: {m: one {name: tensor} per item, None where the item lacks m}). When every modality is
+    precomputed and the split knows its labels and metadata without loading (LazySplit), nothing is
+    read from disk."""
 
-    def __init__(self, split: Sequence[Sample], features: Mapping[str, Tensor], present: Mapping[str, Tensor], all_modalities: bool):
+    def __init__(self, split: Sequence[Sample], features: Mapping[str, Tensor], present: Mapping[str, Tensor], all_modalities: bool,
+                 parts: Mapping[str, Sequence[dict[str, Tensor] | None]] | None = None):
         self.split, self.features, self.present = split, dict(features), dict(present)
+        self.parts = dict(parts or {})
         self._light = all_modalities and hasattr(split, "labels") and hasattr(split, "meta")
 
     def __len__(self) -> int:
         return len(self.split)
 
+    def _cached(self, m: str, i: int) -> FrozenFeature | FrozenPart | None:
+        if m in self.parts:
+            part = self.parts[m][i]
+            return None if part is None else FrozenPart(part)
+        return FrozenFeature(self.features[m][i]) if bool(self.present[m][i]) else None
+
     def __getitem__(self, i: int) -> Sample:
         if self._light:
-            inputs = {m: FrozenFeature(f[i]) if bool(self.present[m][i]) else None for m, f in self.features.items()}
+            inputs = {m: self._cached(m, i) for m in [*self.features, *self.parts]}
             return Sample(inputs=inputs, label=self.split.labels[i], meta=self.split.meta[i])
         s = self.split[i]
         inputs = dict(s.inputs)
-        for m, f in self.features.items():
+        for m in [*self.features, *self.parts]:
             if inputs.get(m) is not None:
-                inputs[m] = FrozenFeature(f[i])
+                inputs[m] = self._cached(m, i)
         return Sample(inputs=inputs, label=s.label, meta=s.meta)
 
 
@@ -137,7 +174,31 @@ class DiskStore:
             self.recomputed.append(f"{path} ({type(exc).__name__}: {exc})")
             return None
 
+    def get_part(self, encoder: str, key: str) -> dict[str, Tensor] | None:
+        """A frozen part's tensors ({name: float32 tensor}), or None (missing, or unusable: recorded)."""
+        path = self.path(encoder, key)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+            if header.get("encoder") != encoder or header.get("input") != key or header.get("kind") != "part":
+                raise ValueError("its header names another encoder, input or kind")
+            if not tensors:
+                raise ValueError("it holds no tensor")
+            return tensors
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds for a damaged file
+            self.recomputed.append(f"{path} ({type(exc).__name__}: {exc})")
+            return None
+
     def put(self, encoder: str, key: str, vector: Tensor) -> None:
+        self._write(encoder, key, {"features": vector}, {})
+
+    def put_part(self, encoder: str, key: str, tensors: Mapping[str, Tensor]) -> None:
+        self._write(encoder, key, tensors, {"kind": "part"})
+
+    def _write(self, encoder: str, key: str, tensors: Mapping[str, Tensor], header: dict[str, str]) -> None:
         if self.write_failed:
             return
         path, tmp = self.path(encoder, key), None
@@ -145,7 +206,7 @@ class DiskStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp")
             os.close(fd)
-            save_file({"features": vector.contiguous()}, tmp, metadata={"encoder": encoder, "input": key})
+            save_file({k: t.contiguous() for k, t in tensors.items()}, tmp, metadata={"encoder": encoder, "input": key, **header})
             os.replace(tmp, path)
         except OSError as exc:
             self.write_failed = True
@@ -197,17 +258,62 @@ def compute_features(encoder: nn.Module, split: Sequence[Sample], modality: str,
     return features, present, reused
 
 
-_MEMO: dict[str, dict[str, Tensor]] = {}  # encoder digest -> {raw input digest: features [dim]}; this process only
+@torch.no_grad()
+def compute_parts(encoder: nn.Module, split: Sequence[Sample], modality: str, device: torch.device,
+                  batch_size: int, progress: ProgressReporter, store: DiskStore | None = None) -> tuple[list[dict[str, Tensor] | None], int]:
+    """The encoder's frozen lower part (``frozen_part``, eval mode) for every item of ``split``: (one
+    {name: tensor} on the CPU per item, None where it lacks the modality; how many were reused from
+    this process or from ``store``). Keyed by the encoder's class, options and FROZEN weights (the
+    trainable ones change in training and do not enter the frozen part) and the item's input."""
+    was_training = encoder.training
+    encoder.eval()
+    encoder_digest = "part-" + _digest_module(encoder, frozen_only=True)
+    memo = _MEMO.setdefault(encoder_digest, {})
+    while len(_MEMO) > _MEMO_ENCODERS:
+        _MEMO.pop(next(iter(_MEMO)))
+    rows: list[dict[str, Tensor] | None] = []
+    reused = 0
+    try:
+        for start in range(0, len(split), batch_size):
+            raw = [split[i].inputs.get(modality) for i in range(start, min(start + batch_size, len(split)))]
+            keys = [_digest_input(r) if r is not None else None for r in raw]
+            if store is not None:
+                for k in keys:
+                    if k is not None and k not in memo and (part := store.get_part(encoder_digest, k)) is not None:
+                        memo[k] = part
+            todo = [j for j, (r, k) in enumerate(zip(raw, keys)) if r is not None and (k is None or k not in memo)]
+            done: dict[int, dict[str, Tensor]] = {}
+            if todo:
+                batch = {k: t.to(device) for k, t in encoder.collate([raw[j] for j in todo]).items()}
+                parts = encoder.frozen_part(batch)
+                done = {j: {name: t.float().cpu().contiguous() for name, t in part.items()} for j, part in zip(todo, parts)}
+                memo.update({keys[j]: v for j, v in done.items() if keys[j] is not None})
+                if store is not None:
+                    for j, v in done.items():
+                        if keys[j] is not None:
+                            store.put_part(encoder_digest, keys[j], v)
+            reused += sum(1 for r in raw if r is not None) - len(todo)
+            rows += [None if r is None else done[j] if j in done else memo[keys[j]] for j, r in enumerate(raw)]
+            progress.advance()
+    finally:
+        encoder.train(was_training)
+    return rows, reused
+
+
+_MEMO: dict[str, dict[str, Tensor | dict[str, Tensor]]] = {}  # encoder digest -> {raw input digest: features [dim], or a frozen part's tensors}; this process only
 _MEMO_ENCODERS = 8  # encoders remembered (the oldest is forgotten first)
 
 
-def _digest_module(module: nn.Module) -> str:
-    """The encoder's class, options and weights, digested."""
+def _digest_module(module: nn.Module, frozen_only: bool = False) -> str:
+    """The encoder's class, options and weights (``frozen_only``: its buffers and frozen parameters), digested."""
     h = hashlib.sha256(type(module).__qualname__.encode())
     options = getattr(module, "options", None)
     if options is not None and hasattr(options, "model_dump_json"):
         h.update(options.model_dump_json().encode())
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad} if frozen_only else set()
     for name, t in module.state_dict().items():
+        if name in trainable:
+            continue
         h.update(name.encode())
         if t.numel():
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -232,30 +338,37 @@ def _digest_input(raw: object) -> str | None:
 
 def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mode: str, device: torch.device,
                           batch_size: int, progress: ProgressReporter, label: str = "", *,
-                          store: str = "memory", directory: str | Path | None = None) -> Splits:
-    """``splits`` with the frozen modalities' inputs replaced by their features (mode ``cache``), or
-    unchanged (``recompute``). A ConfigError, before any training, when ``cache`` finds no frozen encoder.
-    ``store``: ``memory`` (this process) or ``disk`` (also under ``directory``, shared by processes)."""
+                          store: str = "memory", directory: str | Path | None = None, part_dropout: str = "refuse") -> Splits:
+    """``splits`` with the frozen modalities' inputs replaced by their features, and the inputs of
+    encoders that split off a frozen lower part replaced by that part's output (mode ``cache``), or
+    unchanged (``recompute``). A ConfigError, before any training, when ``cache`` finds nothing to cache
+    (:func:`check_frozen_features`). ``store``: ``memory`` (this process) or ``disk`` (also under
+    ``directory``, shared by processes)."""
     if mode != "cache":
         return splits
-    frozen = check_frozen_features(mode, encoders)
-    everything = len(frozen) == len(encoders)
+    frozen = check_frozen_features(mode, encoders, part_dropout)
+    partial = partial_modalities(encoders)
+    everything = len(frozen) + len(partial) == len(encoders)
     disk = DiskStore(Path(directory) if directory else default_features_dir()) if store == "disk" else None
+    where = "earlier in this process or the disk cache" if disk is not None else "earlier in this process"
     out = {}
     for name in ("train", "val", "test"):
         split = getattr(splits, name)
-        features, present = {}, {}
-        for m in frozen:
+        features, present, parts = {}, {}, {}
+        for m in [*frozen, *partial]:
             start = time.perf_counter()
-            progress.start(f"{label}{m}: frozen features of {name}", total=(len(split) + batch_size - 1) // batch_size)
-            features[m], present[m], reused = compute_features(encoders[m], split, m, device, batch_size, progress, disk)
-            where = "earlier in this process or the disk cache" if disk is not None else "earlier in this process"
-            progress.log(f"{label}{m}: frozen encoder features of {len(split)} {name} items ready "
+            what = "frozen features" if m in frozen else "frozen-part outputs"
+            progress.start(f"{label}{m}: {what} of {name}", total=(len(split) + batch_size - 1) // batch_size)
+            if m in frozen:
+                features[m], present[m], reused = compute_features(encoders[m], split, m, device, batch_size, progress, disk)
+            else:
+                parts[m], reused = compute_parts(encoders[m], split, m, device, batch_size, progress, disk)
+            progress.log(f"{label}{m}: {what} of {len(split)} {name} items ready "
                          f"({reused} reused from {where}; {time.perf_counter() - start:.1f} s)")
             if disk is not None and disk.recomputed:
                 progress.log(f"{label}warning: train.frozen_features_store=disk: {len(disk.recomputed)} cache entr"
                              f"{'y' if len(disk.recomputed) == 1 else 'ies'} could not be used and were computed again, e.g. "
                              f"{disk.recomputed[0]}. Nothing to do unless this repeats (then delete {disk.directory}).")
                 disk.recomputed.clear()
-        out[name] = FeatureSplit(split, features, present, everything)
+        out[name] = FeatureSplit(split, features, present, everything, parts)
     return Splits(**out)

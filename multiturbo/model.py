@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from .encoder import Batch, Encoder
 from .distributed import GlobalBatchNorm1d, current_world
 from .errors import DataError
-from .feature_cache import FEATURES_KEY
+from .feature_cache import FEATURES_KEY, FROZEN_PART_KEY
 from .head import Head
 from .loss import TurboLoss
 
@@ -134,7 +134,7 @@ class TurboModel(nn.Module):
             b, mask = batch[m], batch[m].get(PRESENT_KEY)
             if mask is not None:
                 b = {key: t for key, t in b.items() if key != PRESENT_KEY}  # n present items
-            encode = lambda b, m=m: self.project(m, b[FEATURES_KEY] if FEATURES_KEY in b else self.encoders[m](b))  # [n, d]  # noqa: E731
+            encode = lambda b, m=m: self.project(m, self.encode(m, b))  # [n, d]  # noqa: E731
             if mask is not None and not bool(mask.any()):  # nobody has m: nothing to encode
                 w = self.projections[m][-1].weight
                 out[m] = w.new_zeros(K, mask.numel(), w.shape[0])
@@ -149,6 +149,16 @@ class TurboModel(nn.Module):
                 h = h.new_zeros(K, mask.numel(), h.shape[-1]).index_copy(1, idx, h)
             out[m] = h
         return out
+
+    def encode(self, m: str, b: Batch) -> Tensor:
+        """Modality m's pooled encoder output [n, dim_m]: the encoder on a collated batch, or precomputed
+        (train.frozen_features: cache): the features themselves, or the encoder's trainable part on its
+        cached frozen part's outputs."""
+        if FEATURES_KEY in b:
+            return b[FEATURES_KEY]
+        if FROZEN_PART_KEY in b:
+            return self.encoders[m].trainable_part({k: t for k, t in b.items() if k != FROZEN_PART_KEY})
+        return self.encoders[m](b)
 
     def project(self, m: str, features: Tensor) -> Tensor:
         """Modality m's pooled encoder output [n, dim_m] -> its view h_m [n, d] (feature norm, dropout, linear)."""

@@ -164,13 +164,14 @@ def check_schedule(cfg: TrainConfig, per_epoch: int, how: str) -> None:
         ])
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, per_epoch: int) -> LRScheduler | None:
-    """The configured schedule over ``train.epochs * per_epoch`` steps (None without
-    ``train.schedule``). Call ``scheduler.step()`` once per training batch."""
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, per_epoch: int, total_steps: int | None = None) -> LRScheduler | None:
+    """The configured schedule over ``train.epochs * per_epoch`` steps, or ``total_steps`` when the epochs
+    differ in length (``train.max_batch_seconds``); None without ``train.schedule``. Call
+    ``scheduler.step()`` once per training batch."""
     if cfg.schedule is None:
         return None
     check_schedule(cfg, per_epoch, f"{per_epoch} batches per epoch")
-    total = cfg.epochs * per_epoch
+    total = cfg.epochs * per_epoch if total_steps is None else total_steps
     warm = warmup_steps(cfg, total)
     rest = total - warm  # >= 1 (check_schedule)
     if cfg.schedule.decay == "constant":

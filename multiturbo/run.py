@@ -22,9 +22,9 @@ from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
 from .composition import best_epoch_warning, composition_warnings, split_composition, split_membership
 from .config import ExperimentConfig
-from .data import Collator, item_lengths, make_loader
+from .data import BudgetBatchSampler, Collator, item_lengths, make_loader
 from .distributed import World, barrier, init_from_env
-from .errors import MultiturboError
+from .errors import ConfigError, MultiturboError
 from .feature_cache import cache_frozen_features
 from .progress import ProgressReporter
 from .report import write_run_report
@@ -110,7 +110,7 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
     clock.lap("loaders")
     start = time.perf_counter()
     try:
-        state = TrainState.create(model, cfg.train, device, runner, steps_per_epoch=len(loaders.train))
+        state = TrainState.create(model, cfg.train, device, runner, steps_per_epoch=len(loaders.train), total_steps=loaders.total_steps)
         result = fit(state, loaders.train, loaders.val, out, progress, label=label, resume=resume, rank_seed=rank_seed,
                      on_epoch=_epoch_hook(tracker, on_epoch))
         clock.lap("train")
@@ -269,17 +269,25 @@ class _Loaders:
         self.eval_bs = t.eval_batch_size or t.batch_size
         splits = cache_splits(exp.splits, model.encoders, t.audio_cache, t.audio_cache_dir)  # train.audio_cache (off: unchanged)
         self.splits = cache_frozen_features(splits, model.encoders, t.frozen_features, device, self.eval_bs, progress, label,
-                                            store=t.frozen_features_store, directory=t.frozen_features_dir)
+                                            store=t.frozen_features_store, directory=t.frozen_features_dir, part_dropout=t.frozen_part_dropout)
         weights = sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None
         lengths = None
-        if t.batching == "bucket":
+        if t.batching == "bucket" or t.max_batch_seconds is not None:
             lengths = item_lengths(self.splits.train)
             if lengths is None or not any(lengths):
                 lengths = None
+                if t.max_batch_seconds is not None:
+                    raise ConfigError([
+                        f"train.max_batch_seconds: {t.max_batch_seconds} needs each item's length, but the data set {cfg.data.name!r} gives "
+                        "none (its splits are not held in memory and define no `length`). Remove train.max_batch_seconds and set "
+                        "train.batch_size, or give the data set's LazySplit a `length` function."
+                    ])
                 progress.log(f"{label}warning: train.batching: bucket needs item lengths, but the data set {cfg.data.name!r} gives none "
                              "(its splits are not held in memory and define no `length`); batches are random.")
         self.train = make_loader(self.splits.train, self.collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
-                                 drop_singleton=model.contrastive is not None, weights=weights, lengths=lengths, **options)
+                                 drop_singleton=model.contrastive is not None, weights=weights, lengths=lengths,
+                                 max_batch_seconds=t.max_batch_seconds, min_batch_size=t.min_batch_size, **options)
+        self.total_steps = budget_warning(self.train, t, progress, label)
         self.val = make_loader(self.splits.val, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
         self.test = make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
 
@@ -288,6 +296,28 @@ class _Loaders:
         if not self.world.distributed:
             return self.test
         return make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, num_workers=self.num_workers)
+
+
+def budget_warning(loader, t, progress: ProgressReporter, label: str) -> int | None:
+    """With train.max_batch_seconds: a warning when some of epoch 1's batches exceed the budget (items
+    longer than max_batch_seconds / min_batch_size); returns the whole training's steps (the schedule's
+    length, epochs differing in length). None for fixed batches."""
+    sampler = loader.batch_sampler
+    if not isinstance(sampler, BudgetBatchSampler):
+        return None
+    over, total, longest = sampler.over_budget(1)
+    if not sampler.steps(1):
+        raise ConfigError([
+            f"train.max_batch_seconds: {t.max_batch_seconds:g} cuts the {sampler.n} training items into fewer batches than the "
+            f"{sampler.world} processes, so there is no training step (every process needs a batch per step). Lower "
+            "max_batch_seconds or min_batch_size, or use fewer processes."
+        ])
+    if over:
+        progress.log(f"{label}warning: train.max_batch_seconds: {over} of epoch 1's {total} batches exceed the budget of "
+                     f"{t.max_batch_seconds:g} (padded length: items x longest item; the longest item is {longest:g}), because each "
+                     f"batch holds at least train.min_batch_size = {t.min_batch_size} items. Raise max_batch_seconds to at least "
+                     f"{t.min_batch_size * longest:g} or lower min_batch_size to keep every batch within it.")
+    return sampler.total_batches(t.epochs)
 
 
 def _throughput(out: Path) -> dict:

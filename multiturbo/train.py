@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 from . import rundir
 from .checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import EpochSampler, LabelledBatch
+from .data import LabelledBatch, loader_batch_size, loader_padding, set_loader_epoch
 from .diagnostics import collapse_warnings, representation_diagnostics
-from .distributed import all_ranks, average_gradients, current_world, gather_rows
+from .distributed import all_ranks, average_gradients, current_world, gather_rows, rank_weight
 from .errors import MultiturboError
 from .metrics import METRICS, TABLE_METRICS, classification_metrics
 from .gradcache import cached_backward
@@ -128,6 +128,10 @@ class StepRunner:
       :func:`multiturbo.gradcache.cached_backward` (dropout masks replayed).
     - ``runner``: the module called for the step (DDP around the model, or the model itself),
       whose forward(inputs, labels) returns the StepOutput.
+    - Under torchrun with unequal batch sizes b_r (``train.max_batch_seconds``), the loss backpropagated
+      is the rank's loss x b_r W / sum b (:func:`multiturbo.distributed.rank_weight`), so that the
+      gradients averaged over ranks are those of one process on the concatenated batch; the returned
+      ``StepOutput`` (logged) holds the rank's unweighted loss.
     """
 
     def __init__(self, model: TurboModel, cfg: TrainConfig, device: torch.device, runner: torch.nn.Module | None = None):
@@ -151,16 +155,17 @@ class StepRunner:
         """Forward, then (when the loss is finite on every rank) backward; gradients end in the
         parameters. Returns the step's output and whether it was backpropagated."""
         chunk = self.cfg.grad_cache_chunk
+        weight = rank_weight(len(batch), self.device)  # ranks' batch sizes may differ (train.max_batch_seconds); 1.0 if equal
         if chunk is not None and (len(batch) > chunk or self.world.distributed):
-            return self._cached(batch, chunk)
+            return self._cached(batch, chunk, weight)
         with self.autocast():
             out = self.runner(batch.inputs, batch.labels)
         ok = self.finite(out.loss)
         if ok:
-            self.scaler.scale(out.loss).backward()
+            self.scaler.scale(out.loss if weight == 1.0 else out.loss * weight).backward()
         return out, ok
 
-    def _cached(self, batch: LabelledBatch, chunk: int) -> StepOutput:
+    def _cached(self, batch: LabelledBatch, chunk: int, weight: float = 1.0) -> StepOutput:
         model, present = self.model, TurboModel.presence(batch.inputs)
         if present is not None:
             raise MultiturboError("train.grad_cache_chunk does not support items with missing modalities yet (a chunk of a "
@@ -175,7 +180,7 @@ class StepRunner:
             with self.autocast():
                 result["out"] = model.objective(views, batch.labels, present)
             loss = result["out"].loss
-            return self.scaler.scale(loss)
+            return self.scaler.scale(loss if weight == 1.0 else loss * weight)
 
         loss = cached_backward(encode, objective, batch.inputs, chunk, self.device, finite=self.finite)
         ok = bool(torch.isfinite(loss)) if not self.world.distributed else self.finite(loss)
@@ -223,11 +228,12 @@ class TrainState:
 
     @classmethod
     def create(cls, model: TurboModel, cfg: TrainConfig, device: torch.device, runner: torch.nn.Module | None = None,
-               steps_per_epoch: int | None = None) -> "TrainState":
+               steps_per_epoch: int | None = None, total_steps: int | None = None) -> "TrainState":
         """``runner``: the module whose forward runs a step (DDP around ``model``, or None);
-        ``steps_per_epoch``: the schedule's unit (None: no schedule, as for ``multiturbo bench``)."""
+        ``steps_per_epoch``: the schedule's unit (None: no schedule, as for ``multiturbo bench``);
+        ``total_steps``: the whole training's steps when epochs differ in length (dynamic batches)."""
         optimizer = make_optimizer(model, cfg)
-        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch) if steps_per_epoch is not None else None
+        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, total_steps) if steps_per_epoch is not None else None
         return cls(model, optimizer, StepRunner(model, cfg, device, runner=runner), cfg, scheduler)
 
 
@@ -292,7 +298,7 @@ class _EpochLoop:
         s.loop = st = LoopState.from_json(restore_checkpoint(load_checkpoint(self.ckpt_path), s.model, s.optimizer, scheduler=s.scheduler, scaler=s.runner.scaler))
         if rank_seed is not None:
             torch.manual_seed(rank_seed + st.step)
-        if st.batch and not isinstance(getattr(train_loader, "sampler", None), EpochSampler):
+        if st.batch and not set_loader_epoch(train_loader, st.epoch, st.batch):
             raise MultiturboError("Resuming in the middle of an epoch needs a loader made by multiturbo.data.make_loader.")
         if st.pending is not None:  # the checkpoint was written at an epoch end: redo that epoch's outputs
             if self.is_main:
@@ -331,9 +337,7 @@ class _EpochLoop:
         """The batches of epoch ``loop.epoch`` from batch ``loop.batch`` on (a resume starts mid-epoch)."""
         s, st, cfg = self.state, self.state.loop, self.state.cfg
         s.model.train()
-        sampler = getattr(train_loader, "sampler", None)
-        if isinstance(sampler, EpochSampler):
-            sampler.set_epoch(st.epoch, st.batch * (train_loader.batch_size or 1))
+        set_loader_epoch(train_loader, st.epoch, st.batch)
         n_batches = st.batch + len(train_loader)
         self.progress.start(f"{self.label}epoch {st.epoch}/{cfg.epochs}", total=n_batches, completed=st.batch)
         for batch in train_loader:
@@ -403,8 +407,7 @@ class _EpochLoop:
 
     def padding(self, epoch: int) -> dict[str, float] | None:
         """The padding share per modality of the epoch's training batches, when the loader knows item lengths."""
-        sampler = getattr(self.train_loader, "sampler", None)
-        return sampler.padding(epoch) if isinstance(sampler, EpochSampler) else None
+        return loader_padding(self.train_loader, epoch)
 
     def diagnose(self, passed: EvalPass, terms: dict, epoch: int) -> tuple[dict, list[str]]:
         """The epoch's collapse diagnostics from the validation pass (:mod:`multiturbo.diagnostics`), for
@@ -434,7 +437,7 @@ class _EpochLoop:
     def run(self, train_loader: DataLoader, val_loader: DataLoader) -> FitResult:
         st, cfg = self.state.loop, self.state.cfg
         self.train_loader = train_loader
-        self.batch_size = train_loader.batch_size or 1  # the contrastive batch of the diagnostics' log(B)
+        self.batch_size = max(1, round(loader_batch_size(train_loader)))  # the contrastive batch of the diagnostics' log(B)
         self.progress.start_epochs(f"{self.label}epochs", total=cfg.epochs, completed=st.epoch - 1)
         while not st.done and st.epoch <= cfg.epochs:
             start = time.perf_counter() - st.epoch_seconds

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from multiturbo.audio import Waveform
-from multiturbo.data import EpochSampler, bucket_order, item_lengths, padding_fraction, sort_keys
+from multiturbo.data import BudgetBatchSampler, EpochSampler, bucket_order, item_lengths, padding_fraction, sort_keys
 from multiturbo.dataset import LazySplit, Sample
 
 
@@ -82,3 +82,62 @@ def test_sort_keys_order_by_the_first_modality_then_the_next():
     keys = sort_keys([{"audio": 2.0, "text": 10.0}, {"audio": 2.0, "text": 3.0}, {"text": 5.0}, {"audio": 1.0}])
     assert keys == [(2.0, 10.0), (2.0, 3.0), (0.0, 5.0), (1.0, 0.0)]
     assert sorted(range(4), key=keys.__getitem__) == [2, 3, 1, 0]
+
+
+# -- train.max_batch_seconds: dynamic batch sizes under a padded-length budget -------------------------
+def _padded(batch: list[int], lengths) -> float:
+    return len(batch) * max(lengths[i]["audio"] for i in batch)
+
+
+def test_budget_batches_fit_the_padded_budget_and_vary_in_size():
+    lengths = _speech_lengths(1000)
+    sampler = BudgetBatchSampler(lengths, 60.0, 4, seed=3)
+    batches = sampler.batches(1)
+    assert sorted(i for b in batches for i in b) == list(range(1000))  # every item once
+    within = [b for b in batches if _padded(b, lengths) <= 60.0]
+    over = [b for b in batches if _padded(b, lengths) > 60.0]
+    # only batches of the longest items exceed it: min_batch_size items over 15 s, or those plus a short remainder
+    assert over and all(len(b) < 2 * 4 and max(lengths[i]["audio"] for i in b) > 15.0 for b in over)
+    assert sampler.over_budget(1) == (len(over), len(batches), max(d["audio"] for d in lengths))
+    assert min(map(len, within)) >= 4 and max(map(len, within)) > 4 * min(map(len, within))  # short items: bigger batches
+    # greedy: a batch within the budget could not take the next item of its pool (most batches are close to full)
+    fill = sorted(_padded(b, lengths) / 60.0 for b in within)
+    assert fill[len(fill) // 2] > 0.8
+    # less padding than random batches of the same mean size
+    mean = round(sampler.mean_batch_size(1))
+    assert sampler.padding(1)["audio"] < 0.5 * padding_fraction(EpochSampler(1000, shuffle=True, seed=3).order(1), lengths, mean)["audio"]
+
+
+def test_budget_batches_are_deterministic_shuffled_and_resumable():
+    lengths = _speech_lengths(300)
+    make = lambda seed: BudgetBatchSampler(lengths, 40.0, 2, seed=seed)  # noqa: E731
+    sampler = make(0)
+    first = sampler.batches(1)
+    assert first == make(0).batches(1) and first != sampler.batches(2) and first != make(1).batches(1)
+    means = [np.mean([lengths[i]["audio"] for i in b]) for b in first]
+    assert means != sorted(means) and means != sorted(means, reverse=True)  # batches in random order
+    sampler.set_epoch(2, 5)
+    assert len(sampler) == len(sampler.batches(2)) - 5 and list(iter(sampler)) == sampler.batches(2)[5:]
+    assert list(iter(sampler)) == sampler.batches(3)  # then the next epoch from its start
+    assert make(0).total_batches(3) == sum(len(make(0).batches(e)) for e in (1, 2, 3))
+
+
+def test_budget_ranks_get_neighbouring_batches_of_unequal_sizes():
+    lengths = _speech_lengths(400)
+    one = BudgetBatchSampler(lengths, 40.0, 2, seed=1, shard=(0, 1))
+    ranks = [BudgetBatchSampler(lengths, 40.0, 2, seed=1, shard=(r, 2)) for r in range(2)]
+    b0, b1 = ranks[0].batches(1), ranks[1].batches(1)
+    assert len(b0) == len(b1) == len(one.batches(1)) // 2  # a last odd batch is left out
+    assert not set(i for b in b0 for i in b) & set(i for b in b1 for i in b)
+    assert any(len(x) != len(y) for x, y in zip(b0, b1))  # unequal sizes: the gathered loss pads and masks
+    ratio = [max(lengths[i]["audio"] for i in x) / max(lengths[i]["audio"] for i in y) for x, y in zip(b0, b1)]
+    assert np.median(np.abs(np.log(ratio))) < 0.2  # one step's batches hold similar lengths
+
+
+def test_budget_shorter_than_an_item_gives_min_batch_size_and_no_short_batch():
+    lengths = [{"audio": float(s)} for s in (1, 1, 1, 2, 2, 9, 9, 9, 9, 9, 9)]
+    sampler = BudgetBatchSampler(lengths, 8.0, 3, seed=0)
+    batches = sampler.batches(1)
+    assert sorted(i for b in batches for i in b) == list(range(11)) and min(map(len, batches)) >= 3
+    over, total, longest = sampler.over_budget(1)
+    assert over >= 2 and total == len(batches) and longest == 9.0

@@ -112,6 +112,51 @@ def test_ddp_training_step_equals_one_process_on_the_whole_batch(tmp_path, tiny_
     assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # the ranks saw different items
 
 
+def test_unequal_rank_batches_equal_one_process_on_the_concatenated_batch(tmp_path, tiny_raw):
+    """Dynamic batches (train.max_batch_seconds) give ranks unequal batches: 3 and 5 items. The padded
+    all-gather drops the padding, positives sit at the right global columns, and each rank's loss is
+    weighted by b_r W / sum b: in float64, the views' per-pair losses and gradients to 1e-12, the real
+    step's loss (CE + Turbo) and every parameter gradient (TurboModel under DDP, and with gradient
+    caching) to 1e-9."""
+    plain = _no_dropout(tiny_raw)
+    cached = copy.deepcopy(plain)
+    cached["train"]["grad_cache_chunk"] = 2
+    cached["model"]["feature_norm"] = "layer"
+    raws = {"ddp": plain, "cache": cached}
+    _torchrun(str(WORKER.parent / "unequal_worker.py"), json.dumps(raws), str(tmp_path))
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from unequal_worker import SIZES, double_batch
+    finally:
+        sys.path.pop(0)
+    assert SIZES == (3, 5)
+
+    views = {m: v.clone().requires_grad_() for m, v in _global_views().items()}
+    out = turbo_loss(views, temperature=0.1)
+    out.total.backward()
+    reference = torch.stack(list(out.terms.values()))
+    torch.testing.assert_close((ranks[0]["views/per_pair"] + ranks[1]["views/per_pair"]) / 2, reference, atol=1e-12, rtol=0)
+    for m, v in views.items():
+        torch.testing.assert_close(torch.cat([ranks[0][f"views/grad/{m}"], ranks[1][f"views/grad/{m}"]], dim=1), v.grad, atol=1e-12, rtol=0)
+    # a plain mean of the ranks' means is NOT the global mean with 3 and 5 items: the weights matter
+    unweighted = ranks[0]["views/per_pair"] / (3 * 2 / 8) + ranks[1]["views/per_pair"] / (5 * 2 / 8)
+    assert not torch.allclose(unweighted / 2, reference, atol=1e-3)
+
+    for key, raw in raws.items():
+        model, batch = double_batch(raw)
+        one = model.train().step(batch.inputs, batch.labels)
+        one.loss.backward()
+        assert [float(r[f"{key}/weight"]) for r in ranks] == [3 * 2 / 8, 5 * 2 / 8]
+        mean = (ranks[0][f"{key}/loss"] * ranks[0][f"{key}/weight"] + ranks[1][f"{key}/loss"] * ranks[1][f"{key}/weight"]) / 2
+        torch.testing.assert_close(mean, one.loss.detach().reshape(1), rtol=0, atol=1e-9, msg=key)
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert {k.removeprefix(f"{key}/grad/") for k in ranks[0] if k.startswith(f"{key}/grad/")} == set(grads), key
+        for name, g in grads.items():
+            torch.testing.assert_close(ranks[0][f"{key}/grad/{name}"], g, rtol=0, atol=1e-9, msg=f"{key}: {name}")
+        assert not torch.allclose(ranks[0][f"{key}/loss"], ranks[1][f"{key}/loss"])  # the ranks saw different items
+
+
 @pytest.mark.parametrize("batching", ["random", "bucket"])
 def test_torchrun_multiturbo_run_writes_one_complete_run_directory(tmp_path, tiny_raw, batching):
     tiny_raw["train"]["batching"] = batching  # bucket: every rank's batch from one global bucket, equal sizes

@@ -169,6 +169,37 @@ def test_resume_after_a_crash_between_checkpoint_and_epoch_outputs(resume_config
     _same_results(ref, run)
 
 
+def test_dynamic_batches_resume_mid_epoch_to_the_uninterrupted_result(tmp_path, tiny_raw, monkeypatch):
+    """train.max_batch_seconds (batches from a batch sampler, the schedule over the planned steps; the
+    synthetic clips are arrays, so their length is in samples):
+    a run stopped mid-epoch 2 resumes from its checkpoint to the uninterrupted run's files, bit for bit."""
+    tiny_raw["train"].update(epochs=2, checkpoint_every=3, device="cpu", max_batch_seconds=4000.0, min_batch_size=2,
+                             schedule={"decay": "cosine", "warmup_fraction": 0.2})
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw))
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _run(path, ref)
+    real, calls = multiturbo.train.train_step, []
+
+    def stop_at_step_17(state, batch):
+        calls.append(len(batch))
+        if len(calls) == 17:  # epoch 1: 11 batches (42 items, 4 clips of 1000 samples per batch, then 2): mid-epoch 2
+            raise KeyboardInterrupt
+        return real(state, batch)
+
+    monkeypatch.setattr(multiturbo.train, "train_step", stop_at_step_17)
+    with pytest.raises(KeyboardInterrupt):
+        _run(path, run)
+    monkeypatch.setattr(multiturbo.train, "train_step", real)
+    assert sorted(calls[:11]) == [2] + [4] * 10  # the batches in random order
+    state = read_checkpoint_loop_state(run / CHECKPOINT_NAME)
+    assert (state["epoch"], state["batch"], state["step"]) == (2, 4, 15)
+    _run(path, run, resume=True)
+    _same_results(ref, run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all(set(r["padding"]) == {"audio", "text"} for r in records)
+
+
 def test_resume_refuses_finished_runs_other_configs_and_missing_checkpoints(resume_config, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(MultiturboError, match="There is no run to resume"):

@@ -102,6 +102,31 @@ def test_bucket_batching_records_the_padding_and_falls_back_to_random_without_le
     assert "padding" not in json.loads((tmp_path / "unknown" / "metrics.jsonl").read_text().splitlines()[0])
 
 
+def test_max_batch_seconds_warns_of_batches_over_the_budget_and_needs_lengths(tiny_raw, tmp_path, monkeypatch):
+    import multiturbo.run
+    from multiturbo.data import make_loader
+    from multiturbo.errors import ConfigError
+
+    tiny_raw["train"].update(max_batch_seconds=1500.0, min_batch_size=2)
+    cfg = check_config(validate_config(copy.deepcopy(tiny_raw)))
+    lengths = [{"audio": 1000.0, "text": float(3 + i % 5)} for i in range(42)]  # as the synthetic clips: 1000 samples
+    loader = make_loader(list(range(42)), list, batch_size=8, shuffle=True, lengths=lengths, max_batch_seconds=1500.0, min_batch_size=2)
+    lines = _Lines()
+    total = multiturbo.run.budget_warning(loader, cfg.train, lines.reporter, "")
+    assert total == loader.batch_sampler.total_batches(cfg.train.epochs) == 21 * cfg.train.epochs  # pairs: 2 x 1000 > 1500
+    assert len(lines.lines) == 1 and "21 of epoch 1's 21 batches exceed the budget of 1500" in lines.lines[0] and "at least 2000" in lines.lines[0]
+    fits = make_loader(list(range(42)), list, batch_size=8, shuffle=True, lengths=lengths, max_batch_seconds=2000.0, min_batch_size=2)
+    assert multiturbo.run.budget_warning(fits, cfg.train, lines.reporter, "") == 21 * cfg.train.epochs and len(lines.lines) == 1
+
+    few = make_loader(list(range(3)), list, batch_size=8, shuffle=True, lengths=lengths[:3], max_batch_seconds=5000.0, min_batch_size=2, shard=(0, 2))
+    with pytest.raises(ConfigError, match="cuts the 3 training items into fewer batches than the 2 processes"):
+        multiturbo.run.budget_warning(few, cfg.train, lines.reporter, "")
+
+    monkeypatch.setattr(multiturbo.run, "item_lengths", lambda split: None)
+    with pytest.raises(ConfigError, match="train.max_batch_seconds: 1500.0 needs each item's length"):
+        run_experiment(cfg, tmp_path / "unknown", progress=_Lines().reporter)
+
+
 def test_on_epoch_sees_each_epoch_record_after_it_is_written_and_may_stop_the_run(tiny_raw, tmp_path):
     """The hook trackers and tuners use: called after metrics.jsonl has the epoch; an exception
     raised from it ends the run with run.json marked failed and the epoch's outputs kept."""

@@ -147,6 +147,14 @@ class TrainConfig(StrictModel):
         "random",
         description="How training items are grouped into batches: random, or bucket (items of similar length together: audio seconds, text words; the batches in random order, deterministic from seed and epoch, resumable), which cuts the padding; needs item lengths from the data set (else random, with a warning).",
     )
+    max_batch_seconds: float | None = Field(
+        None, gt=0.0,
+        description="Dynamic batch size: each training batch holds as many items as fit a budget of padded length, items x the longest item's length in the first modality, as the data set reports it (audio seconds for audio files, samples for plain arrays, words for text), grouped by length as bucket and deterministic from seed and epoch, resumable; overrides batching and batch_size for training (eval_batch_size still applies). Needs item lengths from the data set. None = fixed batch_size.",
+    )
+    min_batch_size: int = Field(
+        8, ge=2,
+        description="With max_batch_seconds: every batch holds at least this many items, even when that exceeds the budget (an item longer than max_batch_seconds / min_batch_size), so every InfoNCE term keeps negatives; such batches are counted in a warning.",
+    )
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     epochs: int = Field(10, ge=1)
@@ -180,7 +188,11 @@ class TrainConfig(StrictModel):
     )
     frozen_features: Literal["recompute", "cache"] = Field(
         "recompute",
-        description="Modalities whose encoder is fully frozen (freeze: all): recompute runs the encoder on every pass (its own dropout acts, so the K views differ inside the encoder too); cache computes each item's encoder output once before training, with the encoder in eval mode, and the K views then differ by the dropout before the projection only (the frozen-encoder protocol of SUPERB; many times faster).",
+        description="Modalities whose encoder is fully frozen (freeze: all): recompute runs the encoder on every pass (its own dropout acts, so the K views differ inside the encoder too); cache computes each item's encoder output once before training, with the encoder in eval mode, and the K views then differ by the dropout before the projection only (the frozen-encoder protocol of SUPERB; many times faster). Partly frozen encoders that split off their frozen lower part (hf_audio with a frozen feature encoder: freeze: feature_encoder or freeze_layers) get that part cached once per item and run only their trainable part on the K passes: the same results when no dropout acts in the frozen part (see frozen_part_dropout).",
+    )
+    frozen_part_dropout: Literal["refuse", "eval"] = Field(
+        "refuse",
+        description="With frozen_features=cache, for an encoder whose cached frozen lower part has dropout inside (the encoder says so): refuse (a config error) or eval (the frozen part runs once in eval mode, so Turbo's K views differ only by the dropout of the trainable part above it and after the encoder).",
     )
     frozen_features_store: Literal["memory", "disk"] = Field(
         "memory",

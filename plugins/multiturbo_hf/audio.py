@@ -200,6 +200,49 @@ class HFAudio(_AudioBase):
         frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]  # [B, F]
         return pool(hidden, frame_mask, self.options.pooling)
 
+    # -- train.frozen_features: cache with a frozen feature encoder (the conv stack): its output per item
+    def has_frozen_part(self) -> bool:
+        """The conv feature encoder is frozen (freeze: feature_encoder, or freeze_layers) while layers above train."""
+        fe = getattr(self.model, "feature_extractor", None)
+        params = list(fe.parameters()) if fe is not None else []
+        return bool(params) and not any(p.requires_grad for p in params) and any(p.requires_grad for p in self.parameters())
+
+    def frozen_part(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        """Each item alone through the conv feature encoder (no dropout there): {"conv": [frames_i, channels],
+        "samples": [] its sample count}. An item alone equals its valid frames in a padded batch (see the
+        module docstring), so the trainable part on these gives what forward gives."""
+        values, lengths = batch["input_values"], batch["attention_mask"].sum(1)
+        out = []
+        for i, n in enumerate(lengths.tolist()):
+            conv = self.model.feature_extractor(values[i : i + 1, : int(n)])  # [1, C, F_i]
+            out.append({"conv": conv[0].transpose(0, 1), "samples": lengths[i].reshape(())})
+        return out
+
+    def collate_frozen(self, items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """{"conv": [B, C, F] zero-padded to the longest item, "samples": [B] sample counts}."""
+        frames = max(int(it["conv"].shape[0]) for it in items)
+        conv = torch.zeros(len(items), items[0]["conv"].shape[1], frames, dtype=items[0]["conv"].dtype)
+        for i, it in enumerate(items):
+            conv[i, :, : it["conv"].shape[0]] = it["conv"].transpose(0, 1)
+        return {"conv": conv, "samples": torch.stack([it["samples"].long() for it in items])}
+
+    def trainable_part(self, batch: dict[str, Tensor]) -> Tensor:
+        """The model above its feature encoder (projection, SpecAugment, transformer), then the pooling: [B, hidden].
+        The feature encoder's forward is replaced by the cached frames for the call; the sample mask
+        (bool, [B, longest]) gives the model each item's valid frames, as in :meth:`forward`."""
+        conv, lengths = batch["conv"], batch["samples"]
+        mask = torch.arange(int(lengths.max()), device=conv.device)[None] < lengths[:, None]  # [B, T]
+        encoder = self.model.feature_extractor
+        encoder.forward = lambda input_values: conv  # an instance attribute, removed below
+        try:
+            out = self.model(conv.new_zeros(conv.shape[0], 1), attention_mask=mask, output_hidden_states=self.hidden.wants_all)
+        finally:
+            del encoder.forward
+        hidden = self.hidden.select(out.last_hidden_state, out.hidden_states)  # [B, F, hidden]
+        frames = self.model._get_feat_extract_output_lengths(lengths).long()  # [B]
+        frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]  # [B, F]
+        return pool(hidden, frame_mask, self.options.pooling)
+
     @contextmanager
     def _first_conv_per_item(self, lengths: Tensor) -> Iterator[None]:
         """For "group" models, let the model's feature encoder run its first layer per item while inside."""

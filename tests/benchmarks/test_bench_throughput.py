@@ -29,9 +29,11 @@ def test_durations_follow_the_stated_fit_or_a_given_file(bench, tmp_path):
     assert [len(s.inputs["audio"]) for s in items] == [4000, 8000]
 
 
-def test_the_padding_table_shows_less_padding_with_buckets(bench, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["bench", "--items", "1600", "--skip", "2,3,4"])
+def test_the_padding_table_shows_less_padding_with_buckets_and_budgets(bench, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench", "--items", "1600", "--skip", "2,3,4,5"])
     bench.main()
-    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith(("| random", "| bucket"))}
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith(("| random", "| bucket", "| budget"))}
     share = lambda name: float(rows[name].split("|")[2].strip().rstrip("%"))  # noqa: E731
-    assert share("bucket") < 10.0 < 30.0 < share("random")
+    assert share("bucket") < 10.0 < 30.0 < share("random") and share("budget") < 10.0
+    mean_batch = float(rows["budget"].split("|")[4])
+    assert 8.0 < mean_batch < 24.0  # the default budget (16 x mean duration) keeps about batch 16's audio per step

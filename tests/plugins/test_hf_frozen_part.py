@@ -1,0 +1,147 @@
+"""train.frozen_features: cache for a partly frozen encoder: hf_audio with a frozen feature encoder
+(freeze: feature_encoder) caches the conv stack's output per item and runs only the layers above it
+on the K passes. Tiny wav2vec2 (GroupNorm front end, as wav2vec2-base) built from a config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import multiturbo.feature_cache as fc  # noqa: E402
+from multiturbo.build import build_experiment  # noqa: E402
+from multiturbo.config import check_config, validate_config  # noqa: E402
+from multiturbo.data import Collator, make_loader  # noqa: E402
+from multiturbo.encoder import Encoder  # noqa: E402
+from multiturbo.errors import ConfigError  # noqa: E402
+from multiturbo.feature_cache import FROZEN_PART_KEY, cache_frozen_features, check_frozen_features  # noqa: E402
+from multiturbo.progress import ProgressReporter  # noqa: E402
+
+from tiny_hf import build_group_norm_models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def wav2vec2(tmp_path_factory) -> str:
+    return build_group_norm_models(tmp_path_factory.mktemp("hf"))["wav2vec2_group"]
+
+
+def _experiment(tiny_raw, model: str, freeze: str = "feature_encoder", **audio):
+    tiny_raw["data"]["options"].update(sample_rate=16000, seconds=0.25, size=24)
+    tiny_raw["modalities"]["audio"] = {"encoder": "hf_audio", "options": {"model": model, "freeze": freeze, "local_files_only": True, **audio}}
+    tiny_raw["train"].update(frozen_features="cache")
+    return build_experiment(check_config(validate_config(tiny_raw)))
+
+
+class _Lines(ProgressReporter):
+    def __init__(self):
+        super().__init__(quiet=True)
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def _same_rng(fn):
+    torch.manual_seed(5)
+    np.random.seed(5)  # SpecAugment's masks come from numpy
+    return fn()
+
+
+def test_the_cached_step_equals_the_uncached_one_with_dropout_on(tiny_raw, wav2vec2):
+    """Training mode, K = 2, dropout inside the trainable layers: the loss and every trainable gradient
+    of a step on cached frozen-part outputs equal those of the full encoder (no dropout in the conv stack).
+    The synthetic clips all have one length; the padding path is checked below with unequal items."""
+    fc._MEMO.clear()
+    exp = _experiment(tiny_raw, wav2vec2)
+    model, cpu = exp.model, torch.device("cpu")
+    assert fc.partial_modalities(model.encoders) == ["audio"] and fc.frozen_modalities(model.encoders) == []
+    splits = cache_frozen_features(exp.splits, model.encoders, "cache", cpu, 5, ProgressReporter(quiet=True))
+    collator = Collator(model.encoders, num_classes=3)
+    cached = next(iter(make_loader(splits.train, collator, batch_size=8, shuffle=False)))
+    raw = next(iter(make_loader(exp.splits.train, collator, batch_size=8, shuffle=False)))
+    assert FROZEN_PART_KEY in cached.inputs["audio"] and "input_values" not in cached.inputs["audio"]
+    model.train()
+    results = []
+    for batch in (raw, cached):
+        model.zero_grad(set_to_none=True)
+        out = _same_rng(lambda b=batch: model.step(b.inputs, b.labels))
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_raw, grads_raw), (loss_cached, grads_cached) = results
+    torch.testing.assert_close(loss_cached, loss_raw, rtol=1e-5, atol=1e-6)
+    assert set(grads_cached) == set(grads_raw) and not any("feature_extractor" in n for n in grads_raw)
+    scale = max(float(g.abs().max()) for g in grads_raw.values())  # float32 rounding, amplified by 1 / temperature
+    for name, g in grads_raw.items():
+        torch.testing.assert_close(grads_cached[name], g, rtol=1e-4, atol=1e-4 * scale, msg=name)
+    views = _same_rng(lambda: model.views(cached.inputs))["audio"]
+    assert not torch.allclose(views[0], views[1])  # the K views still differ (dropout above the conv stack)
+
+
+def test_unequal_lengths_give_the_encoders_own_output(tiny_raw, wav2vec2):
+    exp = _experiment(tiny_raw, wav2vec2, pooling="mean")
+    enc = exp.model.encoders["audio"].train()
+    rng = np.random.default_rng(0)
+    batch = enc.collate([rng.standard_normal(n).astype(np.float32) for n in (4003, 16000, 9000)])
+    with torch.no_grad():
+        enc.eval()
+        parts = enc.frozen_part(batch)
+        enc.train()
+    assert [p["conv"].shape[0] for p in parts] == [int(enc.model._get_feat_extract_output_lengths(torch.tensor(n))) for n in (4003, 16000, 9000)]
+    a = _same_rng(lambda: enc(batch))
+    b = _same_rng(lambda: enc.trainable_part(enc.collate_frozen(parts)))
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert "forward" not in vars(enc.model.feature_extractor)  # the stand-in for the conv stack is gone
+
+
+def test_disk_entries_are_recomputed_when_corrupt_and_never_shared_across_models(tiny_raw, wav2vec2, tmp_path):
+    fc._MEMO.clear()
+    exp = _experiment(tiny_raw, wav2vec2)
+    cpu, store = torch.device("cpu"), tmp_path / "parts"
+    first = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, _Lines(), store="disk", directory=store)
+    files = sorted(store.rglob("*.safetensors"))
+    assert len(files) == 24 and len({f.parent for f in files}) == 1  # one per item, one directory per encoder
+    fc._MEMO.clear()
+    files[0].write_bytes(b"damaged")
+    lines = _Lines()
+    again = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, lines, store="disk", directory=store)
+    assert any("1 cache entry could not be used and were computed again" in line for line in lines.lines)
+    for name in ("train", "val", "test"):
+        for a, b in zip(getattr(again, name).parts["audio"], getattr(first, name).parts["audio"]):
+            torch.testing.assert_close(a["conv"], b["conv"], rtol=0, atol=1e-6)
+    # another front end (other frozen weights), or other options: another key, nothing reused
+    fc._MEMO.clear()
+    other = _experiment(tiny_raw, wav2vec2, pooling="last")
+    with torch.no_grad():
+        other.model.encoders["audio"].model.feature_extractor.conv_layers[0].conv.weight.add_(0.1)
+    rows, reused = fc.compute_parts(other.model.encoders["audio"], other.splits.train, "audio", cpu, 8, ProgressReporter(quiet=True), fc.DiskStore(store))
+    assert reused == 0 and not torch.allclose(rows[0]["conv"], first.train.parts["audio"][0]["conv"])
+    # the trainable weights do not enter the key: a trained encoder reuses its cached front end
+    fc._MEMO.clear()
+    with torch.no_grad():
+        next(p for p in exp.model.encoders["audio"].parameters() if p.requires_grad).add_(1.0)
+    _, reused = fc.compute_parts(exp.model.encoders["audio"], exp.splits.train, "audio", cpu, 8, ProgressReporter(quiet=True), fc.DiskStore(store))
+    assert reused == len(exp.splits.train)
+
+
+class _NoisyFront(Encoder):
+    """A fake encoder whose frozen part would have dropout inside."""
+
+    frozen_part_dropout = True
+
+    def __init__(self):
+        super().__init__(Encoder.Options())
+        self.front, self.top = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        self.front.requires_grad_(False)
+
+    def has_frozen_part(self) -> bool:
+        return True
+
+
+def test_a_frozen_part_with_dropout_needs_the_opt_in():
+    encoders = {"audio": _NoisyFront()}
+    with pytest.raises(ConfigError, match="frozen part of the audio encoder has dropout inside.*train.frozen_part_dropout: eval"):
+        check_frozen_features("cache", encoders)
+    assert check_frozen_features("cache", encoders, "eval") == []  # opted in: cached, nothing fully frozen
+    assert check_frozen_features("recompute", encoders) == []
