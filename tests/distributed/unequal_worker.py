@@ -15,14 +15,13 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 
 from ddp_worker import fixed_batch  # tests/distributed, the script's directory
 from gather_worker import global_views
 from multiturbo.config import check_config, validate_config
 from multiturbo.data import LabelledBatch
-from multiturbo.distributed import gathered_turbo_loss, init_from_env, rank_weight
+from multiturbo.distributed import gathered_turbo_loss, init_from_env, rank_weight, shutdown
 from multiturbo.train import StepRunner
 
 SIZES = (3, 5)
@@ -71,8 +70,7 @@ def main(raws_json: str, out_dir: str) -> None:
     for key, raw in json.loads(raws_json).items():
         tensors.update(model_step(raw, world.rank, key))
     save_file({k: t.contiguous() for k, t in tensors.items()}, f"{out_dir}/rank{world.rank}.safetensors")
-    dist.barrier()  # no rank leaves while another still talks to it (gloo aborts a peer whose partner exited)
-    dist.destroy_process_group()
+    shutdown()  # a barrier, then the group destroyed before the interpreter finalises
 
 
 if __name__ == "__main__":
