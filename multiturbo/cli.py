@@ -227,10 +227,12 @@ def plugins() -> None:
 
 @cli.command()
 def schema() -> None:
-    """Print the JSON Schema of experiment configs (for editor validation)."""
-    from .config import ExperimentConfig
+    """Print the JSON Schema of experiment configs (for editor validation), with the options of every
+    installed data set, encoder and head plugin attached where the config names the plugin."""
+    from .config.plugin_schema import config_schema
+    from .plugins import get_registries
 
-    click.echo(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
+    click.echo(json.dumps(config_schema(get_registries()), indent=2))
 
 
 @cli.command("config")
