@@ -11,7 +11,11 @@ as they are: there is nothing to decode or resample.
 
 ``memory``
     Samples are kept in a dict of the process that reads them. With ``train.num_workers`` 0 that
-    is the main process and every item is decoded once per run. With DataLoader workers each
+    is the main process and every item is decoded once per process: items of a
+    :class:`~multiturbo.dataset.LazySplit` whose records can be keyed (as for ``disk`` below) go
+    into one process-wide dict under their entry key, so the runs of one ``compare`` / ``cv`` /
+    ``tune`` process (each builds its data set again) share them; other splits keep a dict of their
+    own. :func:`clear_memory_cache` empties the process-wide dict. With DataLoader workers each
     worker (they persist across epochs) keeps its own copy of the items it was given: a shuffled
     training split reaches full hit rate only after every worker has seen every item, and memory
     use is up to num_workers copies of the decoded audio (float32: 4 bytes per sample, 230 MB per
@@ -156,6 +160,14 @@ def _is_json_value(v: Any) -> bool:
     return v is None or isinstance(v, (str, bool, int)) or (isinstance(v, float) and np.isfinite(v))
 
 
+_PROCESS_MEMORY: dict[str, Sample] = {}  # memory mode, keyed items: shared by every run of the process (compare, cv, tune)
+
+
+def clear_memory_cache() -> None:
+    """Forget every item of the process-wide memory cache (``train.audio_cache: memory``)."""
+    _PROCESS_MEMORY.clear()
+
+
 class CachedAudioSplit(Sequence[Sample]):
     """A split whose audio inputs come back already at their encoders' rates, cached in
     memory or on disk (see the module docstring). ``rates``: {modality: encoder rate}.
@@ -175,12 +187,13 @@ class CachedAudioSplit(Sequence[Sample]):
         self._records: dict[int, tuple[str | None, list[Path]]] = {}  # disk: item -> (record JSON, its paths)
         self._write_failed = self._warned_unkeyable = False
         self.stats = {"hits": 0, "partial_hits": 0, "misses": 0, "recomputed": 0}
-        self._prefix: str | None = None
-        if mode == "disk" and isinstance(split, LazySplit):  # a split in memory has nothing to decode: memory cache
+        self._prefix: str | None = None  # with it, items have keys: disk entries, or the process-wide memory cache
+        if isinstance(split, LazySplit):  # a split in memory has nothing to decode: per-split memory cache
             try:
                 self._prefix = json.dumps([FORMAT_VERSION, _library_versions(), _canon(split._load), sorted(self.rates.items())])
             except _Unkeyable as exc:
-                warnings.warn(f"train.audio_cache=disk: the split's load function cannot be keyed ({exc}); using the memory cache for it.", stacklevel=2)
+                if mode == "disk":
+                    warnings.warn(f"train.audio_cache=disk: the split's load function cannot be keyed ({exc}); using the memory cache for it.", stacklevel=2)
 
     # passthroughs that loaders and samplers may use
     @property
@@ -204,11 +217,13 @@ class CachedAudioSplit(Sequence[Sample]):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         i = range(len(self))[i]  # negative indices, IndexError
-        if self._prefix is not None:
+        if self._prefix is not None and self.mode == "disk":
             return self._disk_item(i)
-        sample = self._memory.get(i)
+        key = self._key(i) if self._prefix is not None else None
+        memory, slot = (_PROCESS_MEMORY, key) if key is not None else (self._memory, i)
+        sample = memory.get(slot)
         if sample is None:
-            sample = self._memory[i] = self._convert(self.split[i])
+            sample = memory[slot] = self._convert(self.split[i])
             self.stats["misses"] += 1
         else:
             self.stats["hits"] += 1

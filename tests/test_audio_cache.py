@@ -17,11 +17,19 @@ import soundfile as sf
 from multiturbo_iemocap import IemocapDataset, IemocapOptions, write_mini_iemocap
 
 from multiturbo.audio import Waveform, to_rate
-from multiturbo.audio_cache import CachedAudioSplit, cache_splits, encoder_rates
+from multiturbo.audio_cache import CachedAudioSplit, cache_splits, clear_memory_cache, encoder_rates
 from multiturbo.config.schema import TrainConfig
 from multiturbo.dataset import Sample, Splits
 
 FILE_RATE, RATE = 44100, 16000
+
+
+@pytest.fixture(autouse=True)
+def _empty_process_memory():
+    """Each test starts with an empty process-wide memory cache (it outlives the runs of a process)."""
+    clear_memory_cache()
+    yield
+    clear_memory_cache()
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +81,23 @@ def test_cached_items_equal_uncached_and_second_pass_reads_no_file(root, tmp_pat
         np.testing.assert_array_equal(s.inputs["audio"].samples, reference[i])
         assert s.inputs["text"] == first[i].inputs["text"] and s.label == first[i].label
     assert cached.stats["hits"] == len(split)
+
+
+def test_the_memory_cache_is_shared_by_the_runs_of_one_process(root, tmp_path, monkeypatch):
+    """compare / cv / tune build the data set again for every run: keyed items are decoded once per process."""
+    split = split_of(root)
+    first = CachedAudioSplit(split, rates={"audio": RATE}, mode="memory")
+    _ = [first[i] for i in range(len(first))]
+    forbid_reading(monkeypatch)
+    again = CachedAudioSplit(split_of(root), rates={"audio": RATE}, mode="memory")  # another run's data set
+    for i in range(len(again)):
+        item = again[i]
+        np.testing.assert_array_equal(item.inputs["audio"].samples, first[i].inputs["audio"].samples)
+        assert item.label == split.labels[i] and dict(item.meta) == dict(split.meta[i])
+    assert again.stats == {"hits": len(split), "partial_hits": 0, "misses": 0, "recomputed": 0}
+    other_rate = CachedAudioSplit(split_of(root), rates={"audio": 8000}, mode="memory")
+    with pytest.raises(AssertionError, match="an audio file was read"):
+        other_rate[0]  # another rate is another item: decoded again (here: forbidden)
 
 
 def test_disk_cache_survives_a_new_instance_and_a_new_process(root, tmp_path, monkeypatch):
