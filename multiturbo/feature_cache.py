@@ -35,9 +35,10 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -215,43 +216,63 @@ class DiskStore:
                 os.unlink(tmp)
 
 
+def _memo_for(digest: str) -> dict:
+    """This process's entries of the encoder with ``digest`` (the oldest encoders' dropped past _MEMO_ENCODERS)."""
+    memo = _MEMO.setdefault(digest, {})
+    while len(_MEMO) > _MEMO_ENCODERS:
+        _MEMO.pop(next(iter(_MEMO)))
+    return memo
+
+
+def _per_item(encoder: nn.Module, split: Sequence[Sample], modality: str, batch_size: int, progress: ProgressReporter,
+              memo: dict, compute: Callable[[list[Any]], list[Any]], load: Callable[[str], Any] | None,
+              save: Callable[[str, Any], None] | None) -> tuple[list[Any], int]:
+    """One value per item of ``split`` (None where it lacks ``modality``), in eval mode: from ``memo``
+    (then ``load``, the disk) by the input's digest, else ``compute`` on a batch of raw inputs (kept
+    in ``memo`` and given to ``save``); and how many were reused."""
+    was_training = encoder.training
+    encoder.eval()
+    rows: list[Any] = []
+    reused = 0
+    try:
+        for start in range(0, len(split), batch_size):
+            raw = [split[i].inputs.get(modality) for i in range(start, min(start + batch_size, len(split)))]
+            keys = [_digest_input(r) if r is not None else None for r in raw]
+            if load is not None:  # the disk's entries join the memo
+                for k in keys:
+                    if k is not None and k not in memo and (value := load(k)) is not None:
+                        memo[k] = value
+            todo = [j for j, (r, k) in enumerate(zip(raw, keys)) if r is not None and (k is None or k not in memo)]
+            done: dict[int, Any] = {}
+            if todo:
+                done = dict(zip(todo, compute([raw[j] for j in todo])))
+                memo.update({keys[j]: v for j, v in done.items() if keys[j] is not None})
+                if save is not None:
+                    for j, v in done.items():
+                        if keys[j] is not None:
+                            save(keys[j], v)
+            reused += sum(1 for r in raw if r is not None) - len(todo)
+            rows += [None if r is None else done[j] if j in done else memo[keys[j]] for j, r in enumerate(raw)]
+            progress.advance()
+    finally:
+        encoder.train(was_training)
+    return rows, reused
+
+
 @torch.no_grad()
 def compute_features(encoder: nn.Module, split: Sequence[Sample], modality: str, device: torch.device,
                      batch_size: int, progress: ProgressReporter, store: DiskStore | None = None) -> tuple[Tensor, Tensor, int]:
     """The encoder's eval-mode output for every item of ``split``: ([N, dim] on the CPU, present bool [N],
     how many items were reused from an earlier call of this process, or from ``store`` on disk, with
     the same encoder and input)."""
-    was_training = encoder.training
-    encoder.eval()
-    encoder_digest = _digest_module(encoder)
-    memo = _MEMO.setdefault(encoder_digest, {})
-    while len(_MEMO) > _MEMO_ENCODERS:
-        _MEMO.pop(next(iter(_MEMO)))
-    rows: list[Tensor | None] = []
-    reused = 0
-    try:
-        for start in range(0, len(split), batch_size):
-            raw = [split[i].inputs.get(modality) for i in range(start, min(start + batch_size, len(split)))]
-            keys = [_digest_input(r) if r is not None else None for r in raw]
-            if store is not None:  # the disk's entries join the memo
-                for k in keys:
-                    if k is not None and k not in memo and (vector := store.get(encoder_digest, k)) is not None:
-                        memo[k] = vector
-            todo = [j for j, (r, k) in enumerate(zip(raw, keys)) if r is not None and (k is None or k not in memo)]
-            done: dict[int, Tensor] = {}
-            if todo:
-                batch = {k: t.to(device) for k, t in encoder.collate([raw[j] for j in todo]).items()}
-                done = dict(zip(todo, encoder(batch).float().cpu()))
-                memo.update({keys[j]: v for j, v in done.items() if keys[j] is not None})
-                if store is not None:
-                    for j, v in done.items():
-                        if keys[j] is not None:
-                            store.put(encoder_digest, keys[j], v)
-            reused += sum(1 for r in raw if r is not None) - len(todo)
-            rows += [None if r is None else done[j] if j in done else memo[keys[j]] for j, r in enumerate(raw)]
-            progress.advance()
-    finally:
-        encoder.train(was_training)
+    digest = _digest_module(encoder)
+
+    def compute(raw: list[Any]) -> list[Tensor]:
+        return list(encoder({k: t.to(device) for k, t in encoder.collate(raw).items()}).float().cpu())
+
+    rows, reused = _per_item(encoder, split, modality, batch_size, progress, _memo_for(digest), compute,
+                             (lambda k: store.get(digest, k)) if store is not None else None,
+                             (lambda k, v: store.put(digest, k, v)) if store is not None else None)
     dim = next((r.shape[0] for r in rows if r is not None), 1)
     present = torch.tensor([r is not None for r in rows], dtype=torch.bool)
     features = torch.stack([r if r is not None else torch.zeros(dim) for r in rows]) if rows else torch.zeros(0, dim)
@@ -265,39 +286,15 @@ def compute_parts(encoder: nn.Module, split: Sequence[Sample], modality: str, de
     {name: tensor} on the CPU per item, None where it lacks the modality; how many were reused from
     this process or from ``store``). Keyed by the encoder's class, options and FROZEN weights (the
     trainable ones change in training and do not enter the frozen part) and the item's input."""
-    was_training = encoder.training
-    encoder.eval()
-    encoder_digest = "part-" + _digest_module(encoder, frozen_only=True)
-    memo = _MEMO.setdefault(encoder_digest, {})
-    while len(_MEMO) > _MEMO_ENCODERS:
-        _MEMO.pop(next(iter(_MEMO)))
-    rows: list[dict[str, Tensor] | None] = []
-    reused = 0
-    try:
-        for start in range(0, len(split), batch_size):
-            raw = [split[i].inputs.get(modality) for i in range(start, min(start + batch_size, len(split)))]
-            keys = [_digest_input(r) if r is not None else None for r in raw]
-            if store is not None:
-                for k in keys:
-                    if k is not None and k not in memo and (part := store.get_part(encoder_digest, k)) is not None:
-                        memo[k] = part
-            todo = [j for j, (r, k) in enumerate(zip(raw, keys)) if r is not None and (k is None or k not in memo)]
-            done: dict[int, dict[str, Tensor]] = {}
-            if todo:
-                batch = {k: t.to(device) for k, t in encoder.collate([raw[j] for j in todo]).items()}
-                parts = encoder.frozen_part(batch)
-                done = {j: {name: t.float().cpu().contiguous() for name, t in part.items()} for j, part in zip(todo, parts)}
-                memo.update({keys[j]: v for j, v in done.items() if keys[j] is not None})
-                if store is not None:
-                    for j, v in done.items():
-                        if keys[j] is not None:
-                            store.put_part(encoder_digest, keys[j], v)
-            reused += sum(1 for r in raw if r is not None) - len(todo)
-            rows += [None if r is None else done[j] if j in done else memo[keys[j]] for j, r in enumerate(raw)]
-            progress.advance()
-    finally:
-        encoder.train(was_training)
-    return rows, reused
+    digest = "part-" + _digest_module(encoder, frozen_only=True)
+
+    def compute(raw: list[Any]) -> list[dict[str, Tensor]]:
+        parts = encoder.frozen_part({k: t.to(device) for k, t in encoder.collate(raw).items()})
+        return [{name: t.float().cpu().contiguous() for name, t in part.items()} for part in parts]
+
+    return _per_item(encoder, split, modality, batch_size, progress, _memo_for(digest), compute,
+                     (lambda k: store.get_part(digest, k)) if store is not None else None,
+                     (lambda k, v: store.put_part(digest, k, v)) if store is not None else None)
 
 
 _MEMO: dict[str, dict[str, Tensor | dict[str, Tensor]]] = {}  # encoder digest -> {raw input digest: features [dim], or a frozen part's tensors}; this process only
