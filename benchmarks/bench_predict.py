@@ -22,6 +22,10 @@ are compared (same ids in the same order, largest probability difference).
     python benchmarks/bench_predict.py                          # 10,000 items, 2 rounds
     python benchmarks/bench_predict.py --items 2000 --rounds 3  # quicker
     OMP_NUM_THREADS=1 python benchmarks/bench_predict.py        # one thread per process
+    python benchmarks/bench_predict.py --items 2000 --profile   # where today's pass spends its CPU time
+
+``--profile``: today's pass in this process (no workers, so every step is seen) under cProfile with
+CPU time as its clock: the share of reading, resampling, collating and each encoder's forward.
 """
 
 from __future__ import annotations
@@ -117,6 +121,47 @@ def read_preds(path: Path) -> tuple[list[str], np.ndarray]:
     return [r["id"] for r in rows], np.array([[float(r[c]) for c in cols] for r in rows])
 
 
+STEPS = {  # (file suffix, function) -> step; cumulative CPU time of each
+    ("multiturbo/audio.py", "load_audio"): "read the files (libsndfile)",
+    ("multiturbo/audio.py", "resample"): "resample 16 -> 8 kHz (soxr)",
+    ("multiturbo/data.py", "__call__"): "collate (padding, tokenising; resampling included)",
+    ("multiturbo_basic_encoders/audio.py", "forward"): "forward: logmel_cnn (STFT, log-mel, CNN)",
+    ("multiturbo_basic_encoders/text.py", "forward"): "forward: hashed_transformer",
+    ("multiturbo/model.py", "eval_pass"): "the pass (all of the above, heads, softmax)",
+}
+
+
+def profile(run_dir: Path, manifest: Path) -> None:
+    """Today's pass over ``manifest`` in this process (workers=0) under cProfile (CPU time): each step's share."""
+    import cProfile
+    import pstats
+
+    from multiturbo.inference import read_inputs, run_inputs
+    from multiturbo.rundir import load_run
+
+    run = load_run(run_dir)
+    inputs = read_inputs(run, manifest)
+    prof = cProfile.Profile(time.process_time)
+    prof.enable()
+    start = time.process_time()
+    run_inputs(run, inputs, workers=0)
+    total = time.process_time() - start
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, function): (calls, primitive calls, own time, cumulative time, callers)}
+    print(f"\nprofile of today's pass in one process (workers 0, {torch_threads()} thread(s)), {len(inputs)} items, "
+          f"{total / len(inputs) * 1e3:.2f} ms CPU per item under cProfile")
+    print("| step | CPU ms per item | share of the pass |\n|---|---|---|")
+    for (suffix, function), name in STEPS.items():
+        t = sum(v[3] for (f, _, fn), v in stats.items() if f.endswith(suffix) and fn == function)
+        print(f"| {name} | {t / len(inputs) * 1e3:.3f} | {t / total:.0%} |")
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=10000)
@@ -127,10 +172,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baseline", default="c324cca^", help="git revision of the code to compare against")
     p.add_argument("--new-args", default="", help="extra predict options for today's code, e.g. '--workers 2'")
+    p.add_argument("--profile", action="store_true", help="profile today's pass in this process instead of comparing")
     args = p.parse_args()
 
     data = args.data / f"{args.items}-{args.rate}-{args.seed}"
     manifest = prepare(data, args.items, args.rate, args.seed, args.lengths)
+    if args.profile:
+        return profile(data / "run", manifest)
     versions = {"before (baseline)": extract(args.baseline, args.data), "today": ROOT}
     extra = {"before (baseline)": [], "today": args.new_args.split()}
     times: dict[str, list[dict]] = {name: [] for name in versions}
