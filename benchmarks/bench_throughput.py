@@ -238,7 +238,7 @@ def part_inference(args) -> None:
             return eval_pass(run.model, batches(), run.device).probs
 
         cases = {"input order, this process (before)": before,
-                 "length-sorted, this process": lambda: run_inputs(run, inputs, batch_size=bs).probs,
+                 "length-sorted, this process": lambda: run_inputs(run, inputs, batch_size=bs, workers=0).probs,
                  f"length-sorted, {args.workers} workers": lambda: run_inputs(run, inputs, batch_size=bs, workers=args.workers).probs}
         seconds_taken = {name: 0.0 for name in cases}
         results = {}

@@ -43,10 +43,11 @@ class TrainedRun:
 
     def __init__(
         self, loaded: LoadedRun, *, batch_size: int | None = None, kinds: Mapping[str, str] | None = None,
-        transcript_cache: str | Path | None = None,
+        transcript_cache: str | Path | None = None, workers: int | None = None,
     ):
         self.loaded = loaded
         self.batch_size = batch_size
+        self.workers = workers
         self.kinds = dict(kinds or {})
         self.transcript_cache = Path(transcript_cache) if transcript_cache is not None else default_cache_path(loaded)
         self._transcribers: dict[str, Transcriber] = {}
@@ -111,7 +112,7 @@ class TrainedRun:
     def outputs(self, data: Any, *, labels: str = "optional", split: str = "test", transcribe: str | Path | Transcriber | None = None) -> Outputs:
         """One pass over ``data``: probabilities, views, presence masks, ids and labels."""
         inputs = self.transcribed(self.inputs(data, labels=labels, split=split, optional=self.fillable(transcribe)), transcribe)
-        return run_inputs(self.loaded, inputs, batch_size=self.batch_size, kinds=self.kinds)
+        return run_inputs(self.loaded, inputs, batch_size=self.batch_size, kinds=self.kinds, workers=self.workers)
 
     def predict(self, data: Any, *, transcribe: str | Path | Transcriber | None = None) -> list[dict[str, Any]]:
         """Per item: ``{"id", "class", "probabilities": {class: p}}`` (plus ``"label"`` when the input has one).
@@ -137,10 +138,10 @@ class TrainedRun:
         text) and ``transcription`` (``wer`` against the gold text, the model, counts)."""
         inputs = self.inputs(data, labels="required", split=split, optional=self.fillable(transcribe))
         if transcribe is None:
-            return evaluate_outputs(self.loaded, run_inputs(self.loaded, inputs, batch_size=self.batch_size, kinds=self.kinds), ks)
+            return evaluate_outputs(self.loaded, run_inputs(self.loaded, inputs, batch_size=self.batch_size, kinds=self.kinds, workers=self.workers), ks)
         return evaluate_transcribed(
             self.loaded, inputs, self.transcriber(transcribe), batch_size=self.batch_size, kinds=self.kinds,
-            cache=TranscriptCache(self.transcript_cache), ks=ks,
+            cache=TranscriptCache(self.transcript_cache), ks=ks, workers=self.workers,
         )
 
     def retrieval(self, data: Any, *, ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[str, float]]:
@@ -156,6 +157,7 @@ def load(
     batch_size: int | None = None,
     kinds: Mapping[str, str] | None = None,
     transcript_cache: str | Path | None = None,
+    workers: int | None = None,
 ) -> TrainedRun:
     """Load a finished run directory for inference (``device``: cpu, cuda, cuda:N or auto).
 
@@ -163,7 +165,10 @@ def load(
     modalities whose kind cannot be told from the training manifest or the modality's name.
     ``transcript_cache``: the JSON file caching ``transcribe=`` transcripts (default:
     ``transcripts.json`` in the run directory).
+    ``workers``: DataLoader worker processes that read and collate the inputs of each pass (0: this
+    process; None: :func:`multiturbo.inference.auto_workers`, by the CPU cores and the device).
     Raises :class:`multiturbo.rundir.RunDirError` for a missing, incomplete, unfinished or
     incompatible run directory.
     """
-    return TrainedRun(load_run(run_dir, device=resolve_device(device)), batch_size=batch_size, kinds=kinds, transcript_cache=transcript_cache)
+    return TrainedRun(load_run(run_dir, device=resolve_device(device)), batch_size=batch_size, kinds=kinds, transcript_cache=transcript_cache,
+                      workers=workers)

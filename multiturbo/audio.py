@@ -54,12 +54,29 @@ def load_audio(source: AudioSource, name: str | None = None) -> Waveform:
         if not source.is_file():
             raise DataError(f"{what} does not exist. Check the path (relative paths are resolved against the data set's root or manifest).")
     try:
-        samples, rate = sf.read(_soundfile_arg(source), dtype="float32", always_2d=True)  # [T, C]
+        samples, rate = _read_float32(source)  # [T, C]
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError for bad files
         raise DataError(f"{what} cannot be read ({type(exc).__name__}: {exc}). Replace it with a valid WAV/FLAC/OGG file or remove the item.") from None
     if samples.shape[0] == 0:
         raise DataError(f"{what} has no samples. Remove the item or replace the file.")
-    return Waveform(samples.mean(axis=1), int(rate))
+    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)  # one channel: its samples, as the mean of one value is
+    return Waveform(mono, int(rate))
+
+
+_INT16_SCALE = np.float32(1 / 32768)  # libsndfile's 16-bit PCM -> float normalisation (exact: a power of two)
+
+
+def _read_float32(source: AudioSource) -> tuple[np.ndarray, int]:
+    """The samples [T, C] as float32 in [-1, 1) and the rate, as ``sf.read(dtype="float32")`` gives
+    them. 16-bit PCM (the usual WAV / FLAC of speech) is read as int16 and scaled here: the same
+    values (x / 32768 is exact in float32), about 3x faster than libsndfile's own conversion."""
+    with sf.SoundFile(_soundfile_arg(source)) as f:
+        if f.subtype == "PCM_16":
+            samples = f.read(dtype="int16", always_2d=True).astype(np.float32)
+            samples *= _INT16_SCALE
+        else:
+            samples = f.read(dtype="float32", always_2d=True)
+        return samples, f.samplerate
 
 
 def audio_problem(source: AudioSource) -> str | None:

@@ -335,7 +335,9 @@ inference_options = [
     click.option("--column", "columns", multiple=True, metavar="MODALITY=COLUMN", help="The manifest column of a modality (default: the training manifest's, else the modality's name)."),
     click.option("--kind", "kinds", multiple=True, metavar="MODALITY=KIND", help="How to read a modality's values: audio / image (file paths) or text."),
     click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines."),
-    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes reading and collating the inputs (0: this process)."),
+    click.option("--workers", type=click.IntRange(min=0), default=None,
+                 help="DataLoader worker processes reading and collating the inputs (0: this process). Default: half the CPU cores "
+                      "on the CPU, all but one with a GPU, at most 8; none for a single batch."),
 ]
 transcribe_options = [
     click.option("--transcribe", default=None, metavar="MODEL", help="Fill a missing text modality by transcribing the audio with this Whisper model (a local directory or a cached hub id; offline)."),
@@ -356,7 +358,7 @@ def _with_inference_options(fn):
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Write the predictions to a .csv or .jsonl file.")
 @_with_inference_options
 def predict(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path | None, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...],
-            transcribe: str | None, transcript_cache: Path | None, quiet: bool = False, workers: int = 0) -> None:
+            transcribe: str | None, transcript_cache: Path | None, quiet: bool = False, workers: int | None = None) -> None:
     """Predict the class of every item of DATA (a CSV / JSONL manifest; labels optional) with RUN_DIR.
 
     Writes one row per item: id, predicted class, one probability per class (prob_<class>).
@@ -409,7 +411,7 @@ def _metrics_table(metrics: dict, title: str) -> Table:
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]), help="With a data set config as DATA: the split to evaluate.")
 @_with_inference_options
 def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...],
-                     transcribe: str | None, transcript_cache: Path | None, quiet: bool = False, workers: int = 0) -> None:
+                     transcribe: str | None, transcript_cache: Path | None, quiet: bool = False, workers: int | None = None) -> None:
     """Test RUN_DIR on DATA: a labelled manifest (labels are class names) or a data set config (.yaml).
 
     The metrics of training's evaluation (wa, ua, f1, eer for two classes, confusion) and
@@ -428,7 +430,7 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
         metrics = evaluate_outputs(run.loaded, outputs)
     else:
         metrics = evaluate_transcribed(run.loaded, inputs, run.transcriber(transcribe), batch_size=batch_size, kinds=run.kinds,
-                                       cache=TranscriptCache(run.transcript_cache))
+                                       cache=TranscriptCache(run.transcript_cache), workers=workers)
     if output is not None:
         write_json(output, metrics)
     out_console.print(_metrics_table(metrics, f"{run_dir.name} on {data.name}"))
@@ -448,7 +450,7 @@ def evaluate_command(run_dir: Path, data: Path, output: Path | None, split: str,
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="A .safetensors, .npz or .npy file (.npy: one file per array).")
 @_with_inference_options
 def embed(run_dir: Path, data: Path | None, items: tuple[str, ...], output: Path, device: str, batch_size: int | None, columns: tuple[str, ...], kinds: tuple[str, ...],
-          transcribe: str | None, transcript_cache: Path | None, quiet: bool = False, workers: int = 0) -> None:
+          transcribe: str | None, transcript_cache: Path | None, quiet: bool = False, workers: int | None = None) -> None:
     """Export the projected views of every item of DATA (one eval pass) per modality.
 
     Each modality m is written L2-normalised as m and before normalisation as m.raw,

@@ -35,6 +35,7 @@ import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,18 +336,55 @@ def length_sorted_batches(inputs: Inputs, readers: Mapping[str, InputReader | No
     return [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
 
 
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+MAX_AUTO_WORKERS = 8  # past this, reading is seldom the bottleneck and each worker costs memory
+
+
+def auto_workers(device: torch.device, batches: int, cpus: int | None = None) -> int:
+    """The default number of DataLoader workers for an inference pass of ``batches`` batches: none for
+    one batch (nothing to overlap); on a GPU all cores but this process's one; on the CPU half the
+    cores (the other half runs the model's forward in this process); at most MAX_AUTO_WORKERS."""
+    cpus = available_cpus() if cpus is None else cpus
+    if batches < 2:
+        return 0
+    wanted = cpus - 1 if device.type != "cpu" else cpus // 2
+    return max(0, min(wanted, MAX_AUTO_WORKERS, batches))
+
+
+@contextmanager
+def _threads_beside(workers: int, device: torch.device):
+    """While workers read on the CPU, the forward in this process uses the cores they leave
+    (at least 1, never more threads than it had): no oversubscription of a small machine."""
+    before = torch.get_num_threads()
+    wanted = max(1, min(before, available_cpus() - workers)) if workers and device.type == "cpu" else before
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None, kinds: Mapping[str, str] | None = None,
-               progress: ProgressReporter | None = None, description: str = "inference", workers: int = 0) -> Outputs:
+               progress: ProgressReporter | None = None, description: str = "inference", workers: int | None = None) -> Outputs:
     """One eval-mode pass over ``inputs``: probabilities, views and presence masks, rows in input order.
 
     Items are batched by length (file sizes, text lengths: little padding) and read and collated by
-    ``workers`` DataLoader worker processes (0: in this process); ``progress`` shows a bar (or plain
-    lines) with items/s and an ETA."""
+    ``workers`` DataLoader worker processes (0: in this process; None: :func:`auto_workers`) while
+    this process runs the model (``torch.inference_mode``; on the CPU with the threads the workers
+    leave); ``progress`` shows a bar (or plain lines) with items/s and an ETA."""
     check_inputs(run, inputs)
     readers = modality_readers(run, kinds)
     collator = Collator(run.model.encoders, num_classes=len(run.classes))
     bs = batch_size or run.config.train.eval_batch_size or run.config.train.batch_size
     batches = length_sorted_batches(inputs, readers, bs)
+    workers = auto_workers(run.device, len(batches)) if workers is None else workers
     loader = torch.utils.data.DataLoader(_InputItems(inputs, readers, run.modalities), batch_sampler=batches, collate_fn=collator,
                                          num_workers=workers, pin_memory=run.device.type == "cuda")
     advance = None
@@ -354,7 +392,8 @@ def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None,
         progress.start(description, total=len(batches))
         advance = lambda n: progress.advance(items=n)  # noqa: E731
     try:
-        out = eval_pass(run.model, loader, run.device, advance)
+        with _threads_beside(workers, run.device), torch.inference_mode():
+            out = eval_pass(run.model, loader, run.device, advance)
     except MultiturboError as exc:  # raised in a worker: DataLoader prefixes the worker's traceback
         message = str(exc)
         if "Original Traceback" not in message:

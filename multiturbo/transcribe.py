@@ -190,16 +190,18 @@ def evaluate_transcribed(
     kinds: Mapping[str, str] | None = None,
     cache: TranscriptCache | None = None,
     ks: Sequence[int] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``inputs`` with their gold text (the usual metrics, at the top level) and with the
     audio's transcripts in place of the text (``metrics["asr"]``, the same keys), plus
     ``metrics["transcription"]``: the recogniser's model id, the word error rate against the gold
-    text (``wer``; None when no item has gold text) and how many items were transcribed."""
+    text (``wer``; None when no item has gold text) and how many items were transcribed.
+    ``workers``: as for :func:`~multiturbo.inference.run_inputs`."""
     ks = ks or DEFAULT_KS
     _, text_m = transcript_modalities(run, kinds)
-    metrics = evaluate_outputs(run, run_inputs(run, inputs, batch_size=batch_size, kinds=kinds), ks)
+    metrics = evaluate_outputs(run, run_inputs(run, inputs, batch_size=batch_size, kinds=kinds, workers=workers), ks)
     asr_inputs, texts = with_transcripts(run, inputs, transcriber, replace_gold=True, kinds=kinds, cache=cache)
-    metrics["asr"] = evaluate_outputs(run, run_inputs(run, asr_inputs, batch_size=batch_size, kinds=kinds), ks)
+    metrics["asr"] = evaluate_outputs(run, run_inputs(run, asr_inputs, batch_size=batch_size, kinds=kinds, workers=workers), ks)
     gold = [inputs.items[i].get(text_m) for i in sorted(texts)]
     hyp = [texts[i] for i in sorted(texts)]
     metrics["transcription"] = {

@@ -40,3 +40,22 @@ def test_missing_corrupt_and_empty_files_name_the_file(tmp_path):
     sf.write(empty, np.zeros((0, 1)), 8000)
     with pytest.raises(DataError, match="empty.wav has no samples"):
         load_audio(empty)
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_files_read_as_libsndfile_converts_them(tmp_path, fmt, subtype, channels):
+    """16-bit PCM is read as int16 and scaled here (faster): the samples are bit for bit those of
+    sf.read(dtype="float32"), mixed down as before; other subtypes are read by libsndfile."""
+    if fmt == "FLAC" and subtype == "FLOAT":
+        pytest.skip("FLAC has no float subtype")
+    rng = np.random.default_rng(channels)
+    x = np.clip(rng.standard_normal((3000, channels)) * 0.4, -1, 1)
+    x[:3] = [[-1.0] * channels, [32767 / 32768] * channels, [1 / 32768] * channels]  # the extremes and the smallest step
+    path = tmp_path / f"a.{fmt.lower()}"
+    sf.write(path, x, 16000, subtype=subtype, format=fmt)
+    reference, rate = sf.read(path, dtype="float32", always_2d=True)
+    w = load_audio(path)
+    assert w.sample_rate == rate == 16000 and w.samples.dtype == np.float32
+    np.testing.assert_array_equal(w.samples, reference.mean(axis=1))

@@ -259,7 +259,7 @@ def test_a_plugin_adds_an_input_kind(run, tmp_path):
     with plugin_registered(Plugin(), "text-files"):
         assert "text_file" in get_registries().input_readers
         assert modality_kinds(run, {"text": "text_file"})["text"] == "text_file"
-        out = run_inputs(run, read_inputs(run, manifest, kinds={"text": "text_file"}), kinds={"text": "text_file"})
+        out = run_inputs(run, read_inputs(run, manifest, kinds={"text": "text_file"}), kinds={"text": "text_file"}, workers=0)  # read here: `seen` is this process's
     assert sorted(seen) == sorted(tmp_path / f"{i}.txt" for i in range(len(texts)))  # each file read once (in batches by length)
     expected = run_inputs(run, read_inputs(run, write_manifest(run, tmp_path / "plain", labels=False)))
     torch.testing.assert_close(out.probs, expected.probs)
@@ -312,3 +312,58 @@ def test_a_bad_file_read_in_a_worker_is_one_paragraph(tiny_run, tmp_path):
     res = CliRunner().invoke(cli, ["predict", str(tiny_run), str(manifest), "-q", "--workers", "2", "-o", str(tmp_path / "p.csv")])
     assert res.exit_code == 2, res.output
     assert "item3.wav cannot be read" in res.output and "Traceback" not in res.output and "worker" not in res.output
+
+
+def test_auto_workers_by_device_and_cores():
+    from multiturbo.inference import MAX_AUTO_WORKERS, auto_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert auto_workers(cpu, 1, cpus=16) == 0 and auto_workers(gpu, 1, cpus=16) == 0  # one batch: nothing to overlap
+    assert [auto_workers(cpu, 100, cpus=n) for n in (1, 2, 4, 6)] == [0, 1, 2, 3]  # half the cores; the forward has the rest
+    assert [auto_workers(gpu, 100, cpus=n) for n in (1, 2, 4)] == [0, 1, 3]  # all but this process's core
+    assert auto_workers(cpu, 100, cpus=64) == auto_workers(gpu, 100, cpus=64) == MAX_AUTO_WORKERS
+    assert auto_workers(gpu, 3, cpus=16) == 3  # never more workers than batches
+
+
+def test_the_pass_matches_the_former_input_order_pass(run, tmp_path):
+    """run_inputs (length-sorted batches, workers by default and 1 worker, 16-bit files read as int16,
+    inference mode, the forward's threads set beside the workers) gives the probabilities and views of
+    the pass as it was before (input-order batches read here with libsndfile's float conversion), rows
+    in input order, and leaves the thread count as it found it."""
+    from multiturbo.audio import Waveform
+    from multiturbo.data import Collator
+    from multiturbo.dataset import Sample
+    from multiturbo.model import eval_pass
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "w").mkdir()
+    rows = []
+    for i, seconds in enumerate(rng.uniform(0.1, 1.5, 13)):  # lengths in no order, at twice the encoder's rate
+        sf.write(tmp_path / "w" / f"{i}.wav", rng.standard_normal(int(seconds * 2 * RATE)) * 0.1, 2 * RATE, subtype="PCM_16")
+        rows.append({"id": f"u{i}", "audio": f"w/{i}.wav", "text": " ".join(rng.choice(["yes", "no", "well", "so"], 1 + i % 4))})
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "audio", "text"])
+        w.writeheader()
+        w.writerows(rows)
+    inputs = read_inputs(run, manifest)
+
+    collator, bs = Collator(run.model.encoders, num_classes=len(run.classes)), 4
+    def read(row):
+        samples, rate = sf.read(tmp_path / row["audio"], dtype="float32", always_2d=True)
+        return Sample({"audio": Waveform(samples.mean(axis=1), rate), "text": row["text"]}, 0, {})
+    before = eval_pass(run.model, (collator([read(r) for r in rows[j:j + bs]]) for j in range(0, len(rows), bs)), run.device)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # more than the cores a worker leaves on a small machine: set aside during the pass, then back
+    try:
+        outs = {workers: run_inputs(run, inputs, batch_size=bs, workers=workers) for workers in (None, 1)}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    for out in outs.values():
+        assert out.ids == [r["id"] for r in rows]
+        torch.testing.assert_close(out.probs, before.probs, atol=1e-5, rtol=1e-5)
+        for m in ("audio", "text"):
+            torch.testing.assert_close(out.views[m], before.views[m], atol=1e-5, rtol=1e-5)
+    out.probs.add_(0)  # a plain tensor, not an inference-mode one: the caller may change it in place
