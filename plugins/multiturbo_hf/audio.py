@@ -321,19 +321,27 @@ class HFWhisper(_AudioBase):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """{"input_features": [B, n_mels, F], "frame_mask": [B, F]} -> [B, d_model]."""
+        mask = batch["frame_mask"]
+        return self._above_convs(self._convs(batch["input_features"], mask), (mask.sum(1) + 1) // 2)
+
+    def _convs(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The conv front end: [B, n_mels, F] log-mel, [B, F] frame mask -> [B, F/2, d_model] (no dropout here)."""
         enc = self.model
-        x, mask = batch["input_features"], batch["frame_mask"]
         x = x * mask[:, None].to(x.dtype)
         x = nn.functional.gelu(enc.conv1(x))  # [B, D, F]
         x = x * mask[:, None].to(x.dtype)  # so conv2 sees zeros after an item's end, as at a lone item's edge
-        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # [B, F/2, D]
+        return nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # [B, F/2, D]
+
+    def _above_convs(self, x: Tensor, valid_steps: Tensor) -> Tensor:
+        """Positions, dropout, the transformer layers, the layer norm and the pooling: [B, S, D] conv
+        output, [B] valid steps per item -> [B, d_model]."""
+        enc = self.model
         steps = x.shape[1]
-        valid = mask.sum(1)  # [B] frames
-        step_mask = torch.arange(steps, device=x.device)[None] < ((valid + 1) // 2)[:, None]  # [B, F/2]
+        step_mask = torch.arange(steps, device=x.device)[None] < valid_steps[:, None]  # [B, S]
         x = x + enc.embed_positions.weight[:steps]
         x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
         bias = torch.zeros(step_mask.shape, dtype=x.dtype, device=x.device)
-        bias = bias.masked_fill(~step_mask, torch.finfo(x.dtype).min)[:, None, None, :]  # [B, 1, 1, F/2] keys
+        bias = bias.masked_fill(~step_mask, torch.finfo(x.dtype).min)[:, None, None, :]  # [B, 1, 1, S] keys
         bias = bias.expand(-1, 1, steps, -1)
         states = [] if self.hidden.wants_all else None  # as WhisperEncoder's output_hidden_states
         for layer in enc.layers:
@@ -347,3 +355,27 @@ class HFWhisper(_AudioBase):
             states.append(x)
         x = self.hidden.select(x, states)  # options layers, output_dropout
         return pool(x, step_mask, self.options.pooling)
+
+    # -- train.frozen_features: cache with the conv front end frozen (freeze: feature_encoder): its output per item
+    def has_frozen_part(self) -> bool:
+        """conv1 and conv2 are frozen (freeze: feature_encoder) while layers above train."""
+        convs = [*self.model.conv1.parameters(), *self.model.conv2.parameters()]
+        return not any(p.requires_grad for p in convs) and any(p.requires_grad for p in self.parameters())
+
+    def frozen_part(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        """Each item alone through conv1/conv2: {"conv": [(F_i + 1) // 2, d_model]}. Alone, an item's edge
+        is zero padding; in a padded batch :meth:`_convs` zeroes the frames after it: the same values."""
+        x, mask = batch["input_features"], batch["frame_mask"]
+        return [{"conv": self._convs(x[i : i + 1, :, :n], mask[i : i + 1, :n])[0]} for i, n in enumerate(mask.sum(1).tolist())]
+
+    def collate_frozen(self, items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """{"conv": [B, S, d_model] zero-padded to the longest item, "steps": [B] valid steps}."""
+        steps = max(int(it["conv"].shape[0]) for it in items)
+        conv = torch.zeros(len(items), steps, items[0]["conv"].shape[1], dtype=items[0]["conv"].dtype)
+        for i, it in enumerate(items):
+            conv[i, : it["conv"].shape[0]] = it["conv"]
+        return {"conv": conv, "steps": torch.tensor([int(it["conv"].shape[0]) for it in items])}
+
+    def trainable_part(self, batch: dict[str, Tensor]) -> Tensor:
+        """The encoder above its conv front end on cached conv outputs: [B, d_model], as :meth:`forward`."""
+        return self._above_convs(batch["conv"], batch["steps"])

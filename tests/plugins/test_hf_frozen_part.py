@@ -19,7 +19,7 @@ from multiturbo.errors import ConfigError  # noqa: E402
 from multiturbo.feature_cache import FROZEN_PART_KEY, cache_frozen_features, check_frozen_features  # noqa: E402
 from multiturbo.progress import ProgressReporter  # noqa: E402
 
-from tiny_hf import build_group_norm_models  # noqa: E402
+from tiny_hf import _save_whisper, build_group_norm_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,14 @@ def wav2vec2(tmp_path_factory) -> str:
     return build_group_norm_models(tmp_path_factory.mktemp("hf"))["wav2vec2_group"]
 
 
-def _experiment(tiny_raw, model: str, freeze: str = "feature_encoder", **audio):
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory) -> str:
+    return _save_whisper(tmp_path_factory.mktemp("hf") / "whisper")
+
+
+def _experiment(tiny_raw, model: str, freeze: str = "feature_encoder", encoder: str = "hf_audio", **audio):
     tiny_raw["data"]["options"].update(sample_rate=16000, seconds=0.25, size=24)
-    tiny_raw["modalities"]["audio"] = {"encoder": "hf_audio", "options": {"model": model, "freeze": freeze, "local_files_only": True, **audio}}
+    tiny_raw["modalities"]["audio"] = {"encoder": encoder, "options": {"model": model, "freeze": freeze, "local_files_only": True, **audio}}
     tiny_raw["train"].update(frozen_features="cache")
     return build_experiment(check_config(validate_config(tiny_raw)))
 
@@ -93,6 +98,40 @@ def test_unequal_lengths_give_the_encoders_own_output(tiny_raw, wav2vec2):
     b = _same_rng(lambda: enc.trainable_part(enc.collate_frozen(parts)))
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     assert "forward" not in vars(enc.model.feature_extractor)  # the stand-in for the conv stack is gone
+
+
+def test_whisper_caches_its_conv_front_end_and_steps_equal_the_full_encoders(tiny_raw, whisper):
+    """hf_whisper with freeze: feature_encoder: conv1/conv2 per item, cached; a training step (K = 2, output
+    dropout on) on the cached outputs equals the full encoder's, and unequal (odd) lengths agree too."""
+    fc._MEMO.clear()
+    exp = _experiment(tiny_raw, whisper, encoder="hf_whisper", output_dropout=0.1)
+    model, cpu = exp.model, torch.device("cpu")
+    assert fc.partial_modalities(model.encoders) == ["audio"]
+    splits = cache_frozen_features(exp.splits, model.encoders, "cache", cpu, 5, ProgressReporter(quiet=True))
+    collator = Collator(model.encoders, num_classes=3)
+    cached = next(iter(make_loader(splits.train, collator, batch_size=8, shuffle=False)))
+    raw = next(iter(make_loader(exp.splits.train, collator, batch_size=8, shuffle=False)))
+    model.train()
+    results = []
+    for batch in (raw, cached):
+        model.zero_grad(set_to_none=True)
+        out = _same_rng(lambda b=batch: model.step(b.inputs, b.labels))
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_raw, grads_raw), (loss_cached, grads_cached) = results
+    torch.testing.assert_close(loss_cached, loss_raw, rtol=1e-5, atol=1e-6)
+    assert set(grads_cached) == set(grads_raw) and not any(".conv1." in n or ".conv2." in n for n in grads_raw)
+    scale = max(float(g.abs().max()) for g in grads_raw.values())
+    for name, g in grads_raw.items():
+        torch.testing.assert_close(grads_cached[name], g, rtol=1e-4, atol=1e-4 * scale, msg=name)
+    enc = model.encoders["audio"]
+    rng = np.random.default_rng(0)
+    batch = enc.collate([rng.standard_normal(n).astype(np.float32) for n in (1650, 4000, 2890)])  # odd and even frame counts
+    with torch.no_grad():
+        enc.eval()
+        parts = enc.frozen_part(batch)
+        torch.testing.assert_close(enc.trainable_part(enc.collate_frozen(parts)), enc(batch), rtol=1e-5, atol=1e-6)
+    assert [p["conv"].shape[0] for p in parts] == [(int(n) + 1) // 2 for n in batch["frame_mask"].sum(1)]
 
 
 def test_disk_entries_are_recomputed_when_corrupt_and_never_shared_across_models(tiny_raw, wav2vec2, tmp_path):
