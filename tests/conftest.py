@@ -7,6 +7,8 @@ import copy
 import pytest
 import yaml
 
+from multiturbo.progress import ProgressReporter
+
 TINY = {
     "name": "tiny",
     "seed": 0,
@@ -66,3 +68,14 @@ def folds_config(tmp_path, tiny_raw):
     path = tmp_path / "tiny3.yaml"
     path.write_text(yaml.safe_dump(tiny_raw))
     return path
+
+
+class RecordingReporter(ProgressReporter):
+    """A quiet ProgressReporter that keeps the lines logged to it (``lines``), for tests of warnings."""
+
+    def __init__(self):
+        super().__init__(quiet=True)
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)

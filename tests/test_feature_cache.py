@@ -16,6 +16,8 @@ from multiturbo.feature_cache import FEATURES_KEY, FeatureSplit, cache_frozen_fe
 from multiturbo.progress import ProgressReporter
 from multiturbo.run import run_experiment
 
+from conftest import RecordingReporter
+
 
 def _experiment(tiny_raw, **train):
     tiny_raw["train"].update(train)
@@ -100,17 +102,6 @@ def test_features_are_reused_only_for_the_same_encoder_and_input(tiny_raw):
     assert len(fc._MEMO) == 2 and not torch.equal(other.train.features["text"], first.train.features["text"])
 
 
-class _Lines(ProgressReporter):
-    """A quiet reporter that keeps the logged lines."""
-
-    def __init__(self):
-        super().__init__(quiet=True)
-        self.lines: list[str] = []
-
-    def log(self, message: str) -> None:
-        self.lines.append(message)
-
-
 def test_the_disk_store_serves_another_process_and_recomputes_corrupt_or_foreign_entries(tiny_raw, tmp_path):
     import multiturbo.feature_cache as fc
 
@@ -119,7 +110,7 @@ def test_the_disk_store_serves_another_process_and_recomputes_corrupt_or_foreign
     _freeze(exp.model.encoders["text"])
     text = exp.model.encoders["text"]
     cpu, store = torch.device("cpu"), tmp_path / "features"
-    first = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, _Lines(), store="disk", directory=store)
+    first = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, RecordingReporter(), store="disk", directory=store)
     files = sorted(store.rglob("*.safetensors"))
     n_texts = len({s.inputs["text"] for split in (exp.splits.train, exp.splits.val, exp.splits.test) for s in split})
     assert len(files) == n_texts and len({f.parent for f in files}) == 1  # one directory per encoder
@@ -133,7 +124,7 @@ def test_the_disk_store_serves_another_process_and_recomputes_corrupt_or_foreign
     fc._MEMO.clear()
     files[0].write_bytes(b"not a safetensors file")
     files[1].write_bytes(files[2].read_bytes())  # a valid file of another input
-    lines = _Lines()
+    lines = RecordingReporter()
     again = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, lines, store="disk", directory=store)
     for name in ("train", "val", "test"):  # the two recomputed items ran in a smaller batch: equal to float rounding
         torch.testing.assert_close(getattr(again, name).features["text"], getattr(first, name).features["text"], rtol=0, atol=1e-6)
@@ -152,6 +143,6 @@ def test_the_disk_store_serves_another_process_and_recomputes_corrupt_or_foreign
     fc._MEMO.clear()
     with torch.no_grad():  # another model: never served from the first one's entries
         next(text.parameters()).add_(1.0)
-    other = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, _Lines(), store="disk", directory=store)
+    other = cache_frozen_features(exp.splits, exp.model.encoders, "cache", cpu, 8, RecordingReporter(), store="disk", directory=store)
     assert not torch.equal(other.train.features["text"], first.train.features["text"])
     assert len({f.parent for f in store.rglob("*.safetensors")}) == 2
