@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import pathlib
+from types import ModuleType
 
 import pytest
 import yaml
@@ -79,3 +82,12 @@ class RecordingReporter(ProgressReporter):
 
     def log(self, message: str) -> None:
         self.lines.append(message)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script benchmarks/<name>.py imported as a module (benchmarks/ is not a package)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,15 +3,10 @@ at a random step resumes bit-exact, or the resume refuses clearly (issue 15)."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sigkill_resume.py"
+from conftest import load_benchmark
 
 
 def test_a_random_sigkill_resumes_bit_exact_or_is_refused_clearly(capsys):
-    spec = importlib.util.spec_from_file_location("bench_sigkill_resume", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_sigkill_resume")
     counts = bench.main(["--trials", "2", "--seed", "1"])
     assert counts["BAD"] == 0 and counts["exact"] + counts["refused"] == 2, capsys.readouterr().out

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 import sys
 
 import numpy as np
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_throughput.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_throughput")
 
 
 def test_durations_follow_the_stated_fit_or_a_given_file(bench, tmp_path):

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 
 from multiturbo import turbo_loss
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_turbo_loss.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_turbo_loss", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_turbo_loss")
 
 
 @pytest.mark.parametrize(("M", "K"), [(2, 2), (3, 3)])
