@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -22,13 +24,17 @@ PAIRS = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]  # audio1 audio2 text1 
 B = 8
 
 
-def _global_views():
+def _worker(name: str) -> ModuleType:
+    """A script of tests/distributed imported here (its directory on sys.path while it imports)."""
     sys.path.insert(0, str(WORKER.parent))
     try:
-        from gather_worker import global_views
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return global_views(B)
+
+
+def _global_views():
+    return _worker("gather_worker").global_views(B)
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -92,12 +98,7 @@ def test_ddp_training_step_equals_one_process_on_the_whole_batch(tmp_path, tiny_
         raw["model"]["feature_norm"] = "layer"
     _torchrun(str(WORKER.parent / "ddp_worker.py"), json.dumps(raw), str(tmp_path))
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        from ddp_worker import fixed_batch
-    finally:
-        sys.path.pop(0)
-    model, batch = fixed_batch(raw)
+    model, batch = _worker("ddp_worker").fixed_batch(raw)
     out = model.train().step(batch.inputs, batch.labels)
     out.loss.backward()
     # the mean of the ranks' losses is the loss of the whole batch; DDP's averaged gradients are its gradients
@@ -125,12 +126,8 @@ def test_unequal_rank_batches_equal_one_process_on_the_concatenated_batch(tmp_pa
     raws = {"ddp": plain, "cache": cached}
     _torchrun(str(WORKER.parent / "unequal_worker.py"), json.dumps(raws), str(tmp_path))
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        from unequal_worker import SIZES, double_batch
-    finally:
-        sys.path.pop(0)
-    assert SIZES == (3, 5)
+    unequal = _worker("unequal_worker")
+    assert unequal.SIZES == (3, 5)
 
     views = {m: v.clone().requires_grad_() for m, v in _global_views().items()}
     out = turbo_loss(views, temperature=0.1)
@@ -144,7 +141,7 @@ def test_unequal_rank_batches_equal_one_process_on_the_concatenated_batch(tmp_pa
     assert not torch.allclose(unweighted / 2, reference, atol=1e-3)
 
     for key, raw in raws.items():
-        model, batch = double_batch(raw)
+        model, batch = unequal.double_batch(raw)
         one = model.train().step(batch.inputs, batch.labels)
         one.loss.backward()
         assert [float(r[f"{key}/weight"]) for r in ranks] == [3 * 2 / 8, 5 * 2 / 8]
