@@ -219,12 +219,18 @@ class CachedAudioSplit(Sequence[Sample]):
         i = range(len(self))[i]  # negative indices, IndexError
         if self._prefix is not None and self.mode == "disk":
             return self._disk_item(i)
-        key = self._key(i) if self._prefix is not None else None
-        memory, slot = (_PROCESS_MEMORY, key) if key is not None else (self._memory, i)
-        sample = memory.get(slot)
+        sample = self._memory.get(i)  # this split's own: no file is looked at again
         if sample is None:
-            sample = memory[slot] = self._convert(self.split[i])
-            self.stats["misses"] += 1
+            key = self._key(i) if self._prefix is not None else None  # the process-wide entry (the item's files stat'ed once)
+            sample = _PROCESS_MEMORY.get(key) if key is not None else None
+            if sample is None:
+                sample = self._convert(self.split[i])
+                self.stats["misses"] += 1
+                if key is not None:
+                    _PROCESS_MEMORY[key] = sample
+            else:
+                self.stats["hits"] += 1
+            self._memory[i] = sample
         else:
             self.stats["hits"] += 1
         return sample
