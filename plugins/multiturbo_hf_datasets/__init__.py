@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from multiturbo.audio import audio_problem, audio_seconds, load_audio
+from multiturbo.audio import audio_problems, audio_seconds, load_audio
 from multiturbo.dataset import LazySplit, Sample
 from multiturbo.errors import DataError
 from multiturbo.hookspecs import Register, hookimpl
@@ -303,6 +303,7 @@ class HFDatasetsDataset(TableDataset):
         blank: dict[str, list[str]] = {}
         absent, bad_audio, empty = [], [], []
         bad: dict[int, str] = {}  # row position -> why the row cannot be used (bad_items: drop)
+        audio: list[tuple[int, str, str, Path | bytes]] = []  # (row position, modality, "row: column=source", source) to check
         for n, t in tables.items():
             feats = t.features
             scalar = [c for c in t.column_names if c not in inputs_of and c != o.label_column and isinstance(feats[c], (datasets.Value, datasets.ClassLabel))]
@@ -345,17 +346,18 @@ class HFDatasetsDataset(TableDataset):
                                 bad.setdefault(start + k, f"{name}: {spec.column}={str(source)!r} does not exist")
                             value = source  # a Path: the audio cache fingerprints the file
                         if kind == "audio" and source is not None and (isinstance(source, bytes) or source.is_file()):
-                            problem = audio_problem(source)
-                            if problem:
-                                shown = "its bytes" if isinstance(source, bytes) else repr(str(source))
-                                bad_audio.append(f"{name}: {spec.column}={shown} {problem}")
-                                bad.setdefault(start + k, bad_audio[-1])
-                            else:
-                                r["lengths"][m] = audio_seconds(source)
+                            audio.append((start + k, m, f"{name}: {spec.column}=" + ("its bytes" if isinstance(source, bytes) else repr(str(source))), source))
                     if value is None and not spec.optional:
                         blank.setdefault(m, []).append(name)
                         bad.setdefault(start + k, f"{name}: empty cell in the column {spec.column!r} of the required modality {m!r}")
                     r["inputs"][m] = value
+        problem_of = audio_problems([source for *_, source in audio], str(self.path))  # every audio item, progress on stderr
+        for k, (i, m, shown, source) in enumerate(audio):
+            if k in problem_of:
+                bad_audio.append(f"{shown} {problem_of[k]}")
+                bad.setdefault(i, bad_audio[-1])
+            else:
+                rows[i]["lengths"][m] = audio_seconds(source)
         for i, r in enumerate(rows):
             if all(v is None for v in r["inputs"].values()):
                 empty.append(row_name(r["meta"]))
