@@ -169,3 +169,44 @@ def test_torchrun_multiturbo_run_writes_one_complete_run_directory(tmp_path, tin
     metrics = json.loads((out / "metrics.json").read_text())
     assert sum(map(sum, metrics["confusion"])) == info["split_sizes"]["test"]  # every test item, over both shards
     assert (out / "report.md").is_file() and not (out / "checkpoint.safetensors").exists()
+
+
+def test_torchrun_run_with_max_batch_seconds_trains_on_unequal_rank_batches(tmp_path, tiny_raw):
+    """train.max_batch_seconds end to end under torchrun: recordings of 0.1-1.0 s, so a step's two
+    batches (neighbours in length) hold different numbers of items; the padded gather takes them and
+    the run finishes with every test item evaluated."""
+    import numpy as np
+    import soundfile as sf
+
+    from multiturbo.build import build_experiment
+    from multiturbo.config import check_config, validate_config
+    from multiturbo.data import BudgetBatchSampler, item_lengths
+
+    rng = np.random.default_rng(0)
+    rows = ["audio,text,label"]
+    for i in range(48):
+        wav = tmp_path / f"{i}.wav"
+        sf.write(wav, (0.1 * rng.standard_normal(int(4000 * rng.uniform(0.1, 1.0)))).astype(np.float32), 4000, subtype="PCM_16")
+        rows.append(f"{wav.name},word{i % 3} item {i},{'abc'[i % 3]}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    tiny_raw["data"] = {"name": "manifest", "options": {"path": str(tmp_path / "m.csv"), "modalities": {
+        "audio": {"column": "audio", "kind": "audio"}, "text": {"column": "text", "kind": "text"}}}}
+    tiny_raw["train"].update(max_batch_seconds=3.0, min_batch_size=2)
+
+    # the plan the two ranks follow: some step gives them batches of different sizes
+    lengths = item_lengths(build_experiment(check_config(validate_config(copy.deepcopy(tiny_raw)))).splits.train)
+    ranks = [BudgetBatchSampler(lengths, 3.0, 2, seed=0, shard=(r, 2)) for r in (0, 1)]
+    sizes = [[len(b) for b in s.batches(1)] for s in ranks]
+    assert len(sizes[0]) == len(sizes[1]) and sizes[0] != sizes[1], sizes
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_raw))
+    out = tmp_path / "run"
+    _torchrun("-m", "multiturbo", "run", str(config), "--out", str(out), "--quiet")
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["processes"] == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all(np.isfinite(r["train"]["loss"]) for r in records)
+    assert "padding" in records[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(map(sum, metrics["confusion"])) == info["split_sizes"]["test"]
