@@ -57,3 +57,19 @@ def test_files_read_as_libsndfile_converts_them(tmp_path, fmt, subtype, channels
     w = load_audio(path)
     assert w.sample_rate == rate == 16000 and w.samples.dtype == np.float32
     np.testing.assert_array_equal(w.samples, reference.mean(axis=1))
+
+
+def test_audio_problems_names_each_bad_file_and_reports_progress_on_long_checks(tmp_path, monkeypatch, capsys):
+    import multiturbo.audio as audio
+
+    good, empty, junk = tmp_path / "good.wav", tmp_path / "empty.wav", tmp_path / "junk.wav"
+    sf.write(good, np.zeros(800, dtype=np.float32), 8000, subtype="PCM_16")
+    sf.write(empty, np.zeros(0, dtype=np.float32), 8000, subtype="PCM_16")
+    junk.write_bytes(b"not audio at all")
+    clock = iter(range(0, 1000, 3))  # every reading of the clock 3 s later: a line every other file
+    monkeypatch.setattr(audio.time, "monotonic", lambda: float(next(clock)))
+    bad = audio.audio_problems([good, empty, good, junk], "m.csv")
+    assert set(bad) == {1, 3} and "no samples" in bad[1] and "cannot be read" in bad[3]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("multiturbo: checking the audio files of m.csv: ") for line in lines)
+    assert lines[-1].split(": ")[2].startswith("4 of 4")
