@@ -157,18 +157,26 @@ def test_unequal_rank_batches_equal_one_process_on_the_concatenated_batch(tmp_pa
 @pytest.mark.parametrize("batching", ["random", "bucket"])
 def test_torchrun_multiturbo_run_writes_one_complete_run_directory(tmp_path, tiny_raw, batching):
     tiny_raw["train"]["batching"] = batching  # bucket: every rank's batch from one global bucket, equal sizes
+    out, records = _torchrun_run(tmp_path, tiny_raw)
+    assert ("padding" in records[0]) == (batching == "bucket")
+    assert (out / "report.md").is_file() and not (out / "checkpoint.safetensors").exists()
+
+
+def _torchrun_run(tmp_path, raw: dict) -> tuple[Path, list[dict]]:
+    """``torchrun ... -m multiturbo run`` on ``raw`` (2 epochs) with 2 processes: the run directory and its
+    metrics.jsonl records, after checking that it finished, wrote each epoch once (rank 0, not once per
+    process) and evaluated every test item over both shards."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_raw))
+    config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "run"
     _torchrun("-m", "multiturbo", "run", str(config), "--out", str(out), "--quiet")
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "finished" and info["processes"] == 2
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]  # written once (rank 0), not once per process
-    assert ("padding" in records[0]) == (batching == "bucket")
+    assert [r["epoch"] for r in records] == [1, 2]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert sum(map(sum, metrics["confusion"])) == info["split_sizes"]["test"]  # every test item, over both shards
-    assert (out / "report.md").is_file() and not (out / "checkpoint.safetensors").exists()
+    assert sum(map(sum, metrics["confusion"])) == info["split_sizes"]["test"]
+    return out, records
 
 
 def test_torchrun_run_with_max_batch_seconds_trains_on_unequal_rank_batches(tmp_path, tiny_raw):
@@ -199,14 +207,5 @@ def test_torchrun_run_with_max_batch_seconds_trains_on_unequal_rank_batches(tmp_
     sizes = [[len(b) for b in s.batches(1)] for s in ranks]
     assert len(sizes[0]) == len(sizes[1]) and sizes[0] != sizes[1], sizes
 
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_raw))
-    out = tmp_path / "run"
-    _torchrun("-m", "multiturbo", "run", str(config), "--out", str(out), "--quiet")
-    info = json.loads((out / "run.json").read_text())
-    assert info["status"] == "finished" and info["processes"] == 2
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2] and all(np.isfinite(r["train"]["loss"]) for r in records)
-    assert "padding" in records[0]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert sum(map(sum, metrics["confusion"])) == info["split_sizes"]["test"]
+    _, records = _torchrun_run(tmp_path, tiny_raw)
+    assert all(np.isfinite(r["train"]["loss"]) for r in records) and "padding" in records[0]
