@@ -348,6 +348,10 @@ def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mod
     everything = len(frozen) + len(partial) == len(encoders)
     disk = DiskStore(Path(directory) if directory else default_features_dir()) if store == "disk" else None
     where = "earlier in this process or the disk cache" if disk is not None else "earlier in this process"
+    for m in partial:
+        what = getattr(encoders[m], "describe_frozen_part", lambda: "")()
+        if what:
+            progress.log(f"{label}{m}: the frozen part cached: {what}")
     out = {}
     for name in ("train", "val", "test"):
         split = getattr(splits, name)

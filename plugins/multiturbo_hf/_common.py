@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -300,3 +301,53 @@ class LayeredEncoder:
         if name.startswith("model."):
             return self.hidden.layer_id(name[len("model."):])
         return None
+
+
+# -- train.frozen_features: cache with freeze_layers: N (the frozen part is everything up to layer N)
+@contextmanager
+def first_layers(model: nn.Module, path: str, n: int, skip: Sequence[str] = ()) -> Iterator[None]:
+    """Inside, ``model``'s list of layers at ``path`` (:attr:`HiddenStates.path`) holds only its first
+    ``n`` layers (the same modules, nothing copied), and the modules at the paths ``skip`` (a final
+    LayerNorm after the layers) are identities: the model's own forward then returns the hidden state
+    after layer ``n``. Everything is put back on leaving."""
+    swaps = [(path, nn.ModuleList(list(model.get_submodule(path))[:n])), *[(name, nn.Identity()) for name in skip]]
+    saved = []
+    try:
+        for name, stand_in in swaps:
+            owner_path, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_path) if owner_path else model
+            saved.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, stand_in)
+        yield
+    finally:
+        for owner, attr, module in reversed(saved):
+            setattr(owner, attr, module)
+
+
+def run_layers(layers: Sequence[nn.Module], x: Tensor, mask: Any, *, layerdrop: float = 0.0, training: bool = False,
+               states: list[Tensor | None] | None = None) -> Tensor:
+    """x [B, S, D] through ``layers``, each called as ``layer(x, mask)`` (``mask``: the attention mask in
+    the form the layers take) -> [B, S, D]. LayerDrop as transformers does it: in training each layer
+    is skipped with probability ``layerdrop`` (one ``torch.rand([])`` draw per layer). ``states``, when
+    given, gets each layer's input appended (output_hidden_states; a skipped layer's is its input again)."""
+    for layer in layers:
+        if states is not None:
+            states.append(x)
+        if training and layerdrop > 0.0 and torch.rand([]) < layerdrop:
+            continue
+        x = layer(x, mask)
+    return x
+
+
+def pad_items(items: Sequence[dict[str, Tensor]], key: str) -> tuple[Tensor, Tensor]:
+    """Items' ``key`` tensors [S_i, D] -> ([B, S, D] zero-padded to the longest, [B] lengths S_i)."""
+    lengths = [int(it[key].shape[0]) for it in items]
+    out = items[0][key].new_zeros(len(items), max(lengths), *items[0][key].shape[1:])
+    for i, it in enumerate(items):
+        out[i, : lengths[i]] = it[key]
+    return out, torch.tensor(lengths)
+
+
+def noisy_config_keys(config: Any, keys: Sequence[str]) -> list[str]:
+    """The entries of ``keys`` that the model config sets to a non-zero value (dropout, LayerDrop, SpecAugment)."""
+    return [k for k in keys if isinstance(getattr(config, k, None), (int, float)) and getattr(config, k) > 0]

@@ -57,6 +57,7 @@ hf_whisper
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -72,7 +73,19 @@ from multiturbo.encoder import Encoder
 from multiturbo.errors import ConfigError, DataError
 
 from . import assets
-from ._common import HFOptions, HiddenStates, LayeredEncoder, enable_gradient_checkpointing, freeze, load, load_config, pool, warn_cut
+from ._common import (
+    HFOptions, HiddenStates, LayeredEncoder, enable_gradient_checkpointing, first_layers, freeze, load, load_config,
+    noisy_config_keys, pad_items, pool, run_layers, warn_cut,
+)
+
+# training-time noise of the wav2vec2 family at or below a transformer layer: dropout after the feature
+# projection, after the positional conv and in the layers, LayerDrop, and SpecAugment (time and feature masks)
+def _noise_below_layers(config: Any) -> list[str]:
+    """The config keys of the wav2vec2 family that put training-time noise at or below a transformer layer
+    (dropout after the feature projection, after the positional conv and in the layers; LayerDrop; SpecAugment,
+    which masks the projected features before the positional conv), among those set non-zero."""
+    spec = ("mask_time_prob", "mask_feature_prob") if getattr(config, "apply_spec_augment", True) else ()
+    return noisy_config_keys(config, ("feat_proj_dropout", "hidden_dropout", "attention_dropout", "activation_dropout", "layerdrop", *spec))
 
 
 class HFAudioOptions(HFOptions):
@@ -175,6 +188,11 @@ class HFAudio(_AudioBase):
         top = ("encoder.layer_norm.",) if getattr(config, "do_stable_layer_norm", False) else ()
         self.hidden = HiddenStates(self.model, options, "hf_audio", top)
         enable_gradient_checkpointing(self.model, options, "hf_audio")
+        self._final_norm = tuple(t.rstrip(".") for t in top)  # applied after the last layer
+        self.cached_layers, self._part_note = self._plan_frozen_part(options, config)
+        # with layers cached, dropout, LayerDrop and SpecAugment (which acts after the feature projection,
+        # below layer 1) in the frozen part are lost: the core asks for the opt-in
+        self.frozen_part_dropout = bool(self.cached_layers) and bool(_noise_below_layers(config))
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B waveforms -> {"input_values": [B, T] float, "attention_mask": [B, T] long}."""
@@ -195,41 +213,74 @@ class HFAudio(_AudioBase):
         lengths = mask.sum(1)  # [B] samples
         with self._first_conv_per_item(lengths):
             out = self.model(values, attention_mask=mask, output_hidden_states=self.hidden.wants_all)
-        hidden = self.hidden.select(out.last_hidden_state, out.hidden_states)  # [B, F, hidden] (options layers, output_dropout)
-        frames = self.model._get_feat_extract_output_lengths(lengths).long()  # [B]
-        frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]  # [B, F]
-        return pool(hidden, frame_mask, self.options.pooling)
+        return self._pool(out.last_hidden_state, out.hidden_states, lengths)
 
-    # -- train.frozen_features: cache with a frozen feature encoder (the conv stack): its output per item
+    # -- train.frozen_features: cache. The frozen part is the conv feature encoder (freeze: feature_encoder,
+    # or freeze_layers where the first N layers cannot be cached, see _plan_frozen_part), or with
+    # freeze_layers: N everything up to layer N: {"conv": ...} or {"hidden": ...} items.
     def has_frozen_part(self) -> bool:
         """The conv feature encoder is frozen (freeze: feature_encoder, or freeze_layers) while layers above train."""
         fe = getattr(self.model, "feature_extractor", None)
         params = list(fe.parameters()) if fe is not None else []
         return bool(params) and not any(p.requires_grad for p in params) and any(p.requires_grad for p in self.parameters())
 
+    def describe_frozen_part(self) -> str:
+        """What :meth:`frozen_part` caches, and why no more (one log line of the feature cache)."""
+        return self._part_note
+
+    def _plan_frozen_part(self, options: HFAudioOptions, config: Any) -> tuple[int, str]:
+        """(N, note): the frozen part ends after layer N (0: after the conv feature encoder) and what is cached, and why."""
+        n, total = options.freeze_layers or 0, self.hidden.num_layers
+        conv = "the conv feature encoder's output per item; the K passes run the feature projection, SpecAugment and every layer"
+        if n == 0:
+            return 0, conv
+        layers = self.model.get_submodule(self.hidden.path) if self.hidden.path else None
+        why = (
+            "layers: weighted mixes every hidden state, and caching the frozen ones too would multiply the cache's size by N + 1"
+            if options.layers == "weighted"
+            else f"{type(self.model).__name__} passes a relative position bias from layer to layer, which is not rebuilt above a cached layer"
+            if layers is None or "position_bias" in inspect.signature(layers[0].forward).parameters
+            else "the model has an adapter after its layers" if getattr(self.model, "adapter", None) is not None
+            else None
+        )
+        if why is not None:
+            return 0, f"{conv} (not the first {n} layers of freeze_layers: {why})"
+        return n, (f"each item's hidden state after layer {n} of {total} (conv stack, feature projection, positional conv, "
+                   f"layers 1..{n}, in eval mode); the K passes run layers {n + 1}..{total} only")
+
     def frozen_part(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
-        """Each item alone through the conv feature encoder (no dropout there): {"conv": [frames_i, channels],
-        "samples": [] its sample count}. An item alone equals its valid frames in a padded batch (see the
-        module docstring), so the trainable part on these gives what forward gives."""
-        values, lengths = batch["input_values"], batch["attention_mask"].sum(1)
+        """Each item alone through the frozen part (eval mode, no grad), unpadded: {"conv": [frames_i, channels],
+        "samples": [] its sample count} (the conv feature encoder), or with freeze_layers: N {"hidden": [frames_i,
+        hidden]} (the state after layer N). An item alone equals its valid frames in a padded batch (see the
+        module docstring; the model zeroes padded frames before its positional conv and masks them out of
+        attention), so the trainable part on these gives what forward gives."""
+        values, mask = batch["input_values"], batch["attention_mask"]
         out = []
-        for i, n in enumerate(lengths.tolist()):
-            conv = self.model.feature_extractor(values[i : i + 1, : int(n)])  # [1, C, F_i]
-            out.append({"conv": conv[0].transpose(0, 1), "samples": lengths[i].reshape(())})
+        for i, n in enumerate(mask.sum(1).tolist()):
+            item = values[i : i + 1, : int(n)]  # [1, T_i]
+            if self.cached_layers:
+                with first_layers(self.model, self.hidden.path, self.cached_layers, self._final_norm):
+                    out.append({"hidden": self.model(item, attention_mask=mask[i : i + 1, : int(n)]).last_hidden_state[0]})
+            else:
+                out.append({"conv": self.model.feature_extractor(item)[0].transpose(0, 1), "samples": mask[i].sum().reshape(())})
         return out
 
     def collate_frozen(self, items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """{"conv": [B, C, F] zero-padded to the longest item, "samples": [B] sample counts}."""
-        frames = max(int(it["conv"].shape[0]) for it in items)
-        conv = torch.zeros(len(items), items[0]["conv"].shape[1], frames, dtype=items[0]["conv"].dtype)
-        for i, it in enumerate(items):
-            conv[i, :, : it["conv"].shape[0]] = it["conv"].transpose(0, 1)
-        return {"conv": conv, "samples": torch.stack([it["samples"].long() for it in items])}
+        """{"conv": [B, C, F] zero-padded to the longest item, "samples": [B] sample counts}, or
+        {"hidden": [B, F, hidden] zero-padded, "frames": [B] valid frames}."""
+        if "hidden" in items[0]:
+            hidden, frames = pad_items(items, "hidden")
+            return {"hidden": hidden, "frames": frames}
+        conv, _ = pad_items(items, "conv")  # [B, F, C]
+        return {"conv": conv.transpose(1, 2), "samples": torch.stack([it["samples"].long() for it in items])}
 
     def trainable_part(self, batch: dict[str, Tensor]) -> Tensor:
-        """The model above its feature encoder (projection, SpecAugment, transformer), then the pooling: [B, hidden].
-        The feature encoder's forward is replaced by the cached frames for the call; the sample mask
-        (bool, [B, longest]) gives the model each item's valid frames, as in :meth:`forward`."""
+        """A :meth:`collate_frozen` batch -> [B, hidden], as :meth:`forward`: the layers above N (+ the final
+        LayerNorm of stable-layer-norm models) on cached hidden states, or the model above its feature encoder
+        (projection, SpecAugment, transformer) on cached conv frames."""
+        if "hidden" in batch:
+            x, frames = batch["hidden"], batch["frames"]
+            return self._above_layer(x, torch.arange(x.shape[1], device=x.device)[None] < frames[:, None].to(x.device))
         conv, lengths = batch["conv"], batch["samples"]
         mask = torch.arange(int(lengths.max()), device=conv.device)[None] < lengths[:, None]  # [B, T]
         encoder = self.model.feature_extractor
@@ -238,10 +289,29 @@ class HFAudio(_AudioBase):
             out = self.model(conv.new_zeros(conv.shape[0], 1), attention_mask=mask, output_hidden_states=self.hidden.wants_all)
         finally:
             del encoder.forward
-        hidden = self.hidden.select(out.last_hidden_state, out.hidden_states)  # [B, F, hidden]
-        frames = self.model._get_feat_extract_output_lengths(lengths).long()  # [B]
-        frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]  # [B, F]
-        return pool(hidden, frame_mask, self.options.pooling)
+        return self._pool(out.last_hidden_state, out.hidden_states, lengths)
+
+    def _pool(self, last: Tensor, states: Sequence[Tensor] | None, samples: Tensor) -> Tensor:
+        """The model's output [B, F, hidden] (and its hidden states), [B] sample counts -> the pooling over valid frames [B, hidden]."""
+        hidden = self.hidden.select(last, states)  # [B, F, hidden] (options layers, output_dropout)
+        frames = self.model._get_feat_extract_output_lengths(samples).long()  # [B]
+        return pool(hidden, torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None], self.options.pooling)
+
+    def _above_layer(self, x: Tensor, frame_mask: Tensor) -> Tensor:
+        """Hidden states after layer N [B, F, hidden] (N = cached_layers), frame mask [B, F] bool -> [B, hidden]:
+        layers N+1..L with the model's own attention mask, LayerDrop, the final LayerNorm (stable-layer-norm
+        models), the hidden-state choice and the pooling."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        config, n = self.model.config, self.cached_layers
+        attention = create_bidirectional_mask(config=config, inputs_embeds=x, attention_mask=frame_mask)
+        states: list[Tensor | None] | None = [None] * n if self.hidden.wants_all else None  # layers <= N: frozen, never chosen here
+        layers = self.model.get_submodule(self.hidden.path)[n:]
+        x = run_layers(layers, x, attention, layerdrop=config.layerdrop, training=self.training, states=states)
+        if states is not None:
+            states.append(x)
+        last = self.model.get_submodule(self._final_norm[0])(x) if self._final_norm else x
+        return pool(self.hidden.select(last, states), frame_mask, self.options.pooling)
 
     @contextmanager
     def _first_conv_per_item(self, lengths: Tensor) -> Iterator[None]:
