@@ -90,11 +90,13 @@ def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module], part_dro
         return frozen
     partial = partial_modalities(encoders)
     if not frozen and not partial:
+        notes = [f"{m} ({type(enc).__name__}): {note}" for m, enc in encoders.items()
+                 if (note := getattr(enc, "describe_frozen_part", lambda: "")())]
         raise ConfigError([
             "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter) or "
-            f"splits off a frozen lower part (e.g. hf_audio with freeze: feature_encoder), but every encoder of {list(encoders)} "
-            "trains throughout. Set `freeze: all` (or `freeze: feature_encoder` for hf_audio) in an encoder's options, or set "
-            "train.frozen_features: recompute."
+            f"splits off a frozen lower part (e.g. hf_audio with freeze: feature_encoder, hf_text with freeze_layers), but every "
+            f"encoder of {list(encoders)} trains throughout{' (' + '; '.join(notes) + ')' if notes else ''}. Set `freeze: all` "
+            "(or `freeze: feature_encoder` for hf_audio) in an encoder's options, or set train.frozen_features: recompute."
         ])
     noisy = [m for m in partial if getattr(encoders[m], "frozen_part_dropout", False)]
     if noisy and part_dropout != "eval":

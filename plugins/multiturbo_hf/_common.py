@@ -271,7 +271,22 @@ class HiddenStates(nn.Module):
             return None
         return 0
 
-    def select(self, last: Tensor, states: Sequence[Tensor] | None) -> Tensor:
+    def above(self, model: nn.Module, x: Tensor, mask: Any, start: int, *, final_norm: nn.Module | None = None,
+              layerdrop: float = 0.0, training: bool = False) -> Tensor:
+        """The model above layer ``start`` (the frozen part's end, cached): x [B, S, D] the hidden state after
+        layer ``start`` -> layers start+1..N (:func:`run_layers`; ``mask``: the attention mask as the layers take
+        it), then ``final_norm`` (a LayerNorm after the layers), then :meth:`select` -> [B, S, D] to pool. The
+        hidden states of layers <= ``start`` are not at hand: only ``layers: last`` or an index above ``start``
+        can be chosen (with the others every trainable weight is at or below it, or ``weighted`` needs them all)."""
+        if self.mix is not None or (isinstance(self.choice, int) and self.choice % (self.num_layers + 1) < start):
+            raise RuntimeError(f"{self.encoder_name}: layers: {self.choice} needs a hidden state at or below the cached layer {start}")
+        states: list[Tensor | None] | None = [None] * start if self.wants_all else None
+        x = run_layers(model.get_submodule(self.path)[start:], x, mask, layerdrop=layerdrop, training=training, states=states)
+        if states is not None:
+            states.append(x)
+        return self.select(final_norm(x) if final_norm is not None else x, states)
+
+    def select(self, last: Tensor, states: Sequence[Tensor | None] | None) -> Tensor:
         """last: the model's output [B, L, D]; states: its N + 1 hidden states (with wants_all)
         -> [B, L, D] to pool: the chosen state or the weighted sum, then output_dropout."""
         if self.wants_all:
@@ -337,6 +352,15 @@ def run_layers(layers: Sequence[nn.Module], x: Tensor, mask: Any, *, layerdrop: 
             continue
         x = layer(x, mask)
     return x
+
+
+def bidirectional_mask(model: nn.Module, x: Tensor, valid: Tensor) -> Any:
+    """The attention mask a transformers encoder builds from a [B, S] bool key padding mask, for the
+    attention implementation of its config (an additive [B, 1, S, S] mask, a bool one, or None when
+    nothing is padded), as the model's own forward does. x: [B, S, D] (dtype and device)."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(config=model.config, inputs_embeds=x, attention_mask=valid)
 
 
 def pad_items(items: Sequence[dict[str, Tensor]], key: str) -> tuple[Tensor, Tensor]:

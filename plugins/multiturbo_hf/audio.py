@@ -74,8 +74,8 @@ from multiturbo.errors import ConfigError, DataError
 
 from . import assets
 from ._common import (
-    HFOptions, HiddenStates, LayeredEncoder, enable_gradient_checkpointing, first_layers, freeze, load, load_config,
-    noisy_config_keys, pad_items, pool, run_layers, warn_cut,
+    HFOptions, HiddenStates, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers, freeze, load,
+    load_config, noisy_config_keys, pad_items, pool, warn_cut,
 )
 
 # training-time noise of the wav2vec2 family at or below a transformer layer: dropout after the feature
@@ -299,19 +299,12 @@ class HFAudio(_AudioBase):
 
     def _above_layer(self, x: Tensor, frame_mask: Tensor) -> Tensor:
         """Hidden states after layer N [B, F, hidden] (N = cached_layers), frame mask [B, F] bool -> [B, hidden]:
-        layers N+1..L with the model's own attention mask, LayerDrop, the final LayerNorm (stable-layer-norm
+        layers N+1..L with the model's own attention mask and LayerDrop, the final LayerNorm (stable-layer-norm
         models), the hidden-state choice and the pooling."""
-        from transformers.masking_utils import create_bidirectional_mask
-
-        config, n = self.model.config, self.cached_layers
-        attention = create_bidirectional_mask(config=config, inputs_embeds=x, attention_mask=frame_mask)
-        states: list[Tensor | None] | None = [None] * n if self.hidden.wants_all else None  # layers <= N: frozen, never chosen here
-        layers = self.model.get_submodule(self.hidden.path)[n:]
-        x = run_layers(layers, x, attention, layerdrop=config.layerdrop, training=self.training, states=states)
-        if states is not None:
-            states.append(x)
-        last = self.model.get_submodule(self._final_norm[0])(x) if self._final_norm else x
-        return pool(self.hidden.select(last, states), frame_mask, self.options.pooling)
+        norm = self.model.get_submodule(self._final_norm[0]) if self._final_norm else None
+        hidden = self.hidden.above(self.model, x, bidirectional_mask(self.model, x, frame_mask), self.cached_layers,
+                                   final_norm=norm, layerdrop=self.model.config.layerdrop, training=self.training)
+        return pool(hidden, frame_mask, self.options.pooling)
 
     @contextmanager
     def _first_conv_per_item(self, lengths: Tensor) -> Iterator[None]:

@@ -262,3 +262,32 @@ def test_the_cache_key_follows_freeze_layers(tiny_raw, audio_models):
         again, reused = fc.compute_parts(other.model.encoders["audio"], other.splits.train, "audio", cpu, 8, quiet)
         assert reused == 0
         assert set(again[0]) != set(rows[0]) if "conv" in again[0] else not torch.equal(again[0]["hidden"], rows[0]["hidden"])
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> str:
+    return _save_bert(tmp_path_factory.mktemp("hf") / "bert")
+
+
+@pytest.mark.parametrize("pooling,layers", [("mean", "last"), ("cls", 2), ("last", "last")])
+def test_text_freeze_layers_caches_the_first_layers_and_steps_equal_the_full_encoders(tiny_raw, bert, pooling, layers):
+    """hf_text (BERT) with freeze_layers: 1 of 2: each text's token states after layer 1 are cached, the K passes run
+    layer 2. A training step (K = 2, dropout on in layer 2; texts of 6-12 words, so padded) equals the full encoder's
+    step with its embeddings and layer 1 in eval mode."""
+    fc._MEMO.clear()
+    exp = _experiment(tiny_raw, bert, freeze="none", encoder="hf_text", modality="text", freeze_layers=1, pooling=pooling,
+                      layers=layers, train={"frozen_part_dropout": "eval"})
+    enc = exp.model.encoders["text"]
+    assert fc.partial_modalities(exp.model.encoders) == ["text"] and enc.frozen_part_dropout
+    hf = enc.model
+    cached = _assert_cached_step_equals_full(exp, lambda name: name.startswith("encoders.text.model.") and (
+        ".layer.0." in name or "embeddings" in name), modality="text", eval_in_full=[hf.embeddings, hf.encoder.layer[0]])
+    assert len(set(cached["text"]["tokens"].tolist())) > 1  # unequal lengths in the batch
+    views = _same_rng(lambda: exp.model.views(cached))["text"]
+    assert not torch.allclose(views[0], views[1])
+
+
+def test_text_without_a_cacheable_part_says_why(tiny_raw, bert):
+    """layers: weighted needs every hidden state: no frozen part, and cache (with nothing else to cache) says why."""
+    with pytest.raises(ConfigError, match=r"text \(HFText\): nothing \(freeze_layers: 1 of 2, but layers: weighted"):
+        _experiment(tiny_raw, bert, freeze="none", encoder="hf_text", modality="text", freeze_layers=1, layers="weighted")
