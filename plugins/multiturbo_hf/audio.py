@@ -75,7 +75,7 @@ from multiturbo.errors import ConfigError, DataError
 from . import assets
 from ._common import (
     HFOptions, HiddenStates, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers, freeze, load,
-    load_config, noisy_config_keys, pad_items, pool, warn_cut,
+    load_config, noisy_config_keys, pad_items, pool, run_layers, warn_cut,
 )
 
 # training-time noise of the wav2vec2 family at or below a transformer layer: dropout after the feature
@@ -365,6 +365,10 @@ class HFWhisper(_AudioBase):
         freeze(self.model, options.freeze, "hf_whisper", [self.model.conv1, self.model.conv2])
         self.hidden = HiddenStates(self.model, options, "hf_whisper")
         enable_gradient_checkpointing(self.model, options, "hf_whisper")
+        self.cached_layers, self._part_note = self._plan_frozen_part(options)
+        # with layers cached, the dropout after the positions and in layers 1..N (and LayerDrop) is lost: opt-in
+        self.frozen_part_dropout = bool(self.cached_layers) and bool(
+            noisy_config_keys(config, ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop")))
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B waveforms -> {"input_features": [B, n_mels, F] log-mel, "frame_mask": [B, F] long}, F even."""
@@ -395,50 +399,86 @@ class HFWhisper(_AudioBase):
         x = x * mask[:, None].to(x.dtype)  # so conv2 sees zeros after an item's end, as at a lone item's edge
         return nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # [B, F/2, D]
 
+    def _positions(self, x: Tensor) -> Tensor:
+        """[B, S, D] conv output -> + the positional table's first S rows, then the encoder's dropout: [B, S, D]."""
+        x = x + self.model.embed_positions.weight[: x.shape[1]]
+        return nn.functional.dropout(x, p=self.model.dropout, training=self.training)
+
     def _above_convs(self, x: Tensor, valid_steps: Tensor) -> Tensor:
         """Positions, dropout, the transformer layers, the layer norm and the pooling: [B, S, D] conv
         output, [B] valid steps per item -> [B, d_model]."""
-        enc = self.model
-        steps = x.shape[1]
-        step_mask = torch.arange(steps, device=x.device)[None] < valid_steps[:, None]  # [B, S]
-        x = x + enc.embed_positions.weight[:steps]
-        x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
-        bias = torch.zeros(step_mask.shape, dtype=x.dtype, device=x.device)
-        bias = bias.masked_fill(~step_mask, torch.finfo(x.dtype).min)[:, None, None, :]  # [B, 1, 1, S] keys
-        bias = bias.expand(-1, 1, steps, -1)
-        states = [] if self.hidden.wants_all else None  # as WhisperEncoder's output_hidden_states
-        for layer in enc.layers:
-            if states is not None:
-                states.append(x)
-            if self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop:
-                continue
-            x = layer(x, bias)
-        x = enc.layer_norm(x)
-        if states is not None:
-            states.append(x)
-        x = self.hidden.select(x, states)  # options layers, output_dropout
-        return pool(x, step_mask, self.options.pooling)
+        return self._above(self._positions(x), _steps_mask(x, valid_steps), 0)
 
-    # -- train.frozen_features: cache with the conv front end frozen (freeze: feature_encoder): its output per item
+    def _above(self, x: Tensor, step_mask: Tensor, start: int) -> Tensor:
+        """The layers above layer ``start``, the final LayerNorm, the hidden-state choice and the pooling:
+        [B, S, D] hidden state after layer ``start`` (0: the positions' output), [B, S] bool valid steps -> [B, d_model]."""
+        enc = self.model
+        hidden = self.hidden.above(enc, x, _key_padding_bias(step_mask, x.dtype), start, final_norm=enc.layer_norm,
+                                   layerdrop=enc.layerdrop, training=self.training)
+        return pool(hidden, step_mask, self.options.pooling)
+
+    # -- train.frozen_features: cache. The frozen part is the conv front end (freeze: feature_encoder), or with
+    # freeze_layers: N the front end, the positions and layers 1..N: {"conv": ...} or {"hidden": ...} items.
     def has_frozen_part(self) -> bool:
-        """conv1 and conv2 are frozen (freeze: feature_encoder) while layers above train."""
+        """conv1 and conv2 are frozen (freeze: feature_encoder, or freeze_layers) while layers above train."""
         convs = [*self.model.conv1.parameters(), *self.model.conv2.parameters()]
         return not any(p.requires_grad for p in convs) and any(p.requires_grad for p in self.parameters())
 
+    def describe_frozen_part(self) -> str:
+        """What :meth:`frozen_part` caches, and why no more (one log line of the feature cache)."""
+        return self._part_note
+
+    def _plan_frozen_part(self, options: HFWhisperOptions) -> tuple[int, str]:
+        """(N, note): the frozen part ends after layer N (0: after conv2) and what is cached, and why."""
+        n, total = options.freeze_layers or 0, self.hidden.num_layers
+        conv = "the conv front end's output (conv1, conv2) per item; the K passes run the positions, dropout and every layer"
+        if n and options.layers == "weighted":
+            return 0, (f"{conv} (not the first {n} layers of freeze_layers: layers: weighted mixes every hidden state, "
+                       f"and caching the frozen ones too would multiply the cache's size by N + 1)")
+        if n == 0:
+            return 0, conv
+        return n, (f"each item's hidden state after layer {n} of {total} (conv front end, positions, layers 1..{n}, in eval "
+                   f"mode); the K passes run layers {n + 1}..{total} and the final LayerNorm only")
+
     def frozen_part(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
-        """Each item alone through conv1/conv2: {"conv": [(F_i + 1) // 2, d_model]}. Alone, an item's edge
-        is zero padding; in a padded batch :meth:`_convs` zeroes the frames after it: the same values."""
+        """Each item alone through the frozen part, unpadded: {"conv": [(F_i + 1) // 2, d_model]} (conv1/conv2), or
+        with freeze_layers: N {"hidden": [(F_i + 1) // 2, d_model]} (after layer N). Alone, an item's edge is zero
+        padding; in a padded batch :meth:`_convs` zeroes the frames after it and the layers mask the steps
+        after it: the same values."""
         x, mask = batch["input_features"], batch["frame_mask"]
-        return [{"conv": self._convs(x[i : i + 1, :, :n], mask[i : i + 1, :n])[0]} for i, n in enumerate(mask.sum(1).tolist())]
+        out = []
+        for i, n in enumerate(mask.sum(1).tolist()):
+            conv = self._convs(x[i : i + 1, :, :n], mask[i : i + 1, :n])  # [1, S_i, D]
+            if not self.cached_layers:
+                out.append({"conv": conv[0]})
+                continue
+            h = self._positions(conv)
+            bias = _key_padding_bias(torch.ones(h.shape[:2], dtype=torch.bool, device=h.device), h.dtype)
+            out.append({"hidden": run_layers(self.model.layers[: self.cached_layers], h, bias)[0]})
+        return out
 
     def collate_frozen(self, items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """{"conv": [B, S, d_model] zero-padded to the longest item, "steps": [B] valid steps}."""
-        steps = max(int(it["conv"].shape[0]) for it in items)
-        conv = torch.zeros(len(items), steps, items[0]["conv"].shape[1], dtype=items[0]["conv"].dtype)
-        for i, it in enumerate(items):
-            conv[i, : it["conv"].shape[0]] = it["conv"]
-        return {"conv": conv, "steps": torch.tensor([int(it["conv"].shape[0]) for it in items])}
+        """{"conv" or "hidden": [B, S, d_model] zero-padded to the longest item, "steps": [B] valid steps}."""
+        key = "hidden" if "hidden" in items[0] else "conv"
+        padded, steps = pad_items(items, key)
+        return {key: padded, "steps": steps}
 
     def trainable_part(self, batch: dict[str, Tensor]) -> Tensor:
-        """The encoder above its conv front end on cached conv outputs: [B, d_model], as :meth:`forward`."""
+        """The encoder above its frozen part on cached outputs: [B, d_model], as :meth:`forward`."""
+        if "hidden" in batch:
+            x = batch["hidden"]
+            return self._above(x, _steps_mask(x, batch["steps"]), self.cached_layers)
         return self._above_convs(batch["conv"], batch["steps"])
+
+
+def _steps_mask(x: Tensor, valid_steps: Tensor) -> Tensor:
+    """[B, S, D] states, [B] valid steps -> [B, S] bool: the steps within each item."""
+    return torch.arange(x.shape[1], device=x.device)[None] < valid_steps.to(x.device)[:, None]
+
+
+def _key_padding_bias(step_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, S] bool valid steps -> the additive attention bias of Whisper's layers [B, 1, S, S]: 0 for valid keys,
+    the dtype's minimum for padded ones."""
+    bias = torch.zeros(step_mask.shape, dtype=dtype, device=step_mask.device)
+    bias = bias.masked_fill(~step_mask, torch.finfo(dtype).min)[:, None, None, :]  # [B, 1, 1, S] keys
+    return bias.expand(-1, 1, step_mask.shape[1], -1)

@@ -291,3 +291,21 @@ def test_text_without_a_cacheable_part_says_why(tiny_raw, bert):
     """layers: weighted needs every hidden state: no frozen part, and cache (with nothing else to cache) says why."""
     with pytest.raises(ConfigError, match=r"text \(HFText\): nothing \(freeze_layers: 1 of 2, but layers: weighted"):
         _experiment(tiny_raw, bert, freeze="none", encoder="hf_text", modality="text", freeze_layers=1, layers="weighted")
+
+
+@pytest.mark.parametrize("layers", ["last", 2])
+def test_whisper_freeze_layers_caches_the_first_layers_and_steps_equal_the_full_encoders(tiny_raw, whisper, layers):
+    """hf_whisper with freeze_layers: 1 of 2 (dropout 0.1 everywhere): each item's state after layer 1 is cached and the
+    K passes run layer 2 and the final LayerNorm. A training step on items of unequal lengths equals the full encoder's
+    step with its frozen part in eval mode (layer 1 in eval, no dropout after the positions)."""
+    fc._MEMO.clear()
+    exp = _experiment(tiny_raw, whisper, freeze="none", encoder="hf_whisper", freeze_layers=1, dropout=0.1, layers=layers,
+                      train={"frozen_part_dropout": "eval"})
+    enc = exp.model.encoders["audio"]
+    assert enc.cached_layers == 1 and enc.frozen_part_dropout
+    enc.model.dropout = 0.0  # the dropout after the positions: below layer 1, so in eval mode (off) in the cached part
+    cached = _assert_cached_step_equals_full(exp, lambda name: name.startswith("encoders.audio.model.") and (
+        ".layers.0." in name or ".conv" in name), eval_in_full=[enc.model.layers[0]], splits=_unequal_audio(exp.splits))
+    assert "hidden" in cached["audio"] and len(set(cached["audio"]["steps"].tolist())) > 1
+    views = _same_rng(lambda: exp.model.views(cached))["audio"]
+    assert not torch.allclose(views[0], views[1])  # dropout in layer 2
