@@ -276,9 +276,9 @@ class HiddenStates(nn.Module):
         """The model above layer ``start`` (the frozen part's end, cached): x [B, S, D] the hidden state after
         layer ``start`` -> layers start+1..N (:func:`run_layers`; ``mask``: the attention mask as the layers take
         it), then ``final_norm`` (a LayerNorm after the layers), then :meth:`select` -> [B, S, D] to pool. The
-        hidden states of layers <= ``start`` are not at hand: only ``layers: last`` or an index above ``start``
-        can be chosen (with the others every trainable weight is at or below it, or ``weighted`` needs them all)."""
-        if self.mix is not None or (isinstance(self.choice, int) and self.choice % (self.num_layers + 1) < start):
+        hidden states of layers < ``start`` are not at hand: with ``start`` > 0 only ``layers: last`` or an index
+        >= ``start`` can be chosen (below it every weight is frozen; ``weighted`` needs them all)."""
+        if start and (self.mix is not None or (isinstance(self.choice, int) and self.choice % (self.num_layers + 1) < start)):
             raise RuntimeError(f"{self.encoder_name}: layers: {self.choice} needs a hidden state at or below the cached layer {start}")
         states: list[Tensor | None] | None = [None] * start if self.wants_all else None
         x = run_layers(model.get_submodule(self.path)[start:], x, mask, layerdrop=layerdrop, training=training, states=states)
