@@ -24,6 +24,14 @@ hf_audio
     wav2vec2 "group" model with the real 7-layer conv stack (benchmarks/bench_encoders.py) it
     is within the noise of the batched call (see docs/encoders.md).
 
+    train.frozen_features: cache: the frozen part cached per item is the conv stack's output
+    (freeze: feature_encoder), or with freeze_layers: N (N >= 1) the hidden state after layer N: the
+    model's own forward on the item alone with its layer list cut to N (``first_layers``), and the K
+    passes run layers N+1..L with the model's attention mask (``HiddenStates.above``). Not for WavLM
+    (its layers pass a relative position bias on) nor layers: weighted: those cache the conv stack.
+    SpecAugment acts after the feature projection, below layer 1, so with layers cached it is lost
+    like their dropout (frozen_part_dropout: the core asks for the opt-in).
+
     Training-time noise besides dropout comes with the model's config and is kept: SpecAugment
     (``mask_time_prob``, drawn per item) and LayerDrop (``layerdrop``, drawn once per forward,
     so the K repeated copies of a batch share it; set ``layerdrop`` to 0 in the saved config
@@ -53,6 +61,10 @@ hf_whisper
         whisper-tiny size                        8    174.5 ms    3182.3 ms         18x
 
     On a full 30 s item the result equals transformers' WhisperEncoder (tested).
+
+    train.frozen_features: cache: the frozen part cached per item is conv1/conv2's output (freeze:
+    feature_encoder), or with freeze_layers: N (N >= 1) the state after layer N (positions and layers
+    1..N too); the K passes run the rest (_above).
 """
 
 from __future__ import annotations

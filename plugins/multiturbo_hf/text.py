@@ -15,6 +15,11 @@ Pooling: "mean" (masked mean; what sentence-transformers' MiniLM was trained wit
 (first token; BERT-style models), "last" (last non-padding token; use it for GPT-2 and other
 decoders, whose last token is the only one that has seen the whole text).
 
+train.frozen_features: cache with freeze_layers: N (N >= 1; BERT, MiniLM, RoBERTa, XLM-R, ELECTRA,
+CamemBERT): each text's token states after layer N are computed once (the text alone, eval mode) and
+the K passes run layers N+1..L under the model's own attention mask; the embeddings' and layers
+1..N's dropout is then lost (the core asks for train.frozen_part_dropout: eval).
+
 GPT-2 has no padding token: the end-of-text token is used for padding (it is masked out, so its
 value does not matter). An empty string is valid: encoder tokenizers give [CLS] [SEP]; when a
 tokenizer gives no token at all (GPT-2), the item gets one end-of-text token, so every item has
