@@ -69,7 +69,6 @@ hf_whisper
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -92,6 +91,11 @@ from ._common import (
 
 # training-time noise of the wav2vec2 family at or below a transformer layer: dropout after the feature
 # projection, after the positional conv and in the layers, LayerDrop, and SpecAugment (time and feature masks)
+# model types whose first layers can be cached with freeze_layers (layers called as layer(hidden_states, attention_mask),
+# a plain bidirectional mask, nothing between the layers but the layers)
+LAYER_CACHE_TYPES = ("wav2vec2", "hubert")
+
+
 def _noise_below_layers(config: Any) -> list[str]:
     """The config keys of the wav2vec2 family that put training-time noise at or below a transformer layer
     (dropout after the feature projection, after the positional conv and in the layers; LayerDrop; SpecAugment,
@@ -246,12 +250,15 @@ class HFAudio(_AudioBase):
         conv = "the conv feature encoder's output per item; the K passes run the feature projection, SpecAugment and every layer"
         if n == 0:
             return 0, conv
-        layers = self.model.get_submodule(self.hidden.path) if self.hidden.path else None
+        kind = getattr(config, "model_type", "?")
         why = (
             "layers: weighted mixes every hidden state, and caching the frozen ones too would multiply the cache's size by N + 1"
             if options.layers == "weighted"
             else f"{type(self.model).__name__} passes a relative position bias from layer to layer, which is not rebuilt above a cached layer"
-            if layers is None or "position_bias" in inspect.signature(layers[0].forward).parameters
+            if kind == "wavlm"
+            else f"the first layers are cached for {' and '.join(LAYER_CACHE_TYPES)} models only (their layers take the hidden "
+                 f"states and the attention mask alone), not {kind}"
+            if kind not in LAYER_CACHE_TYPES
             else "the model has an adapter after its layers" if getattr(self.model, "adapter", None) is not None
             else None
         )

@@ -138,7 +138,7 @@ class HFText(LayeredEncoder, Encoder):
         """(N, note): the frozen part ends after layer N (0: no frozen part is cached) and what is cached, or why not."""
         n, total, kind = options.freeze_layers or 0, self.hidden.num_layers, getattr(self.model.config, "model_type", "?")
         why = (
-            None if n == 0 else f"layers: weighted mixes every hidden state" if options.layers == "weighted"
+            None if n == 0 else "layers: weighted mixes every hidden state" if options.layers == "weighted"
             else f"its layers ({kind}) are not of a kind whose cached states multiturbo can run on ({', '.join(LAYER_CACHE_TYPES)})"
             if kind not in LAYER_CACHE_TYPES or self.hidden.path != "encoder.layer" or getattr(self.model.config, "is_decoder", False)
             else None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 
 import multiturbo.feature_cache as fc  # noqa: E402
 from multiturbo.build import build_experiment  # noqa: E402
@@ -23,7 +23,7 @@ from multiturbo.feature_cache import FROZEN_PART_KEY, cache_frozen_features, che
 from multiturbo.progress import ProgressReporter  # noqa: E402
 
 from conftest import RecordingReporter  # noqa: E402
-from tiny_hf import _save_bert, _save_whisper, build_group_norm_models, build_tiny_models  # noqa: E402
+from tiny_hf import _save_audio, _save_bert, _save_whisper, build_group_norm_models, build_tiny_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def audio_models(tmp_path_factory) -> dict[str, str]:
     (it acts below layer 1: cached, it is lost like the dropout there, and its numpy draws would differ)."""
     root = tmp_path_factory.mktemp("hf")
     off = {"mask_time_prob": 0.0}
-    return {**build_group_norm_models(root / "g", off), **build_tiny_models(root / "l", off)}
+    three = _save_audio(root / "three", transformers.Wav2Vec2Config, transformers.Wav2Vec2Model, num_hidden_layers=3, **off)
+    return {**build_group_norm_models(root / "g", off), **build_tiny_models(root / "l", off), "wav2vec2_3_layers": three}
 
 
 @pytest.fixture(scope="module")
@@ -207,10 +208,12 @@ def _frozen_below(model, n: int, stable: bool) -> list[torch.nn.Module]:
     return [model.feature_projection, enc.dropout, *enc.layers[:n]] + ([] if stable else [enc.layer_norm])
 
 
-@pytest.mark.parametrize("family,layers", [("wav2vec2_group", "last"), ("hubert_group", "last"), ("wav2vec2", "last"), ("wav2vec2", 2)])
+@pytest.mark.parametrize("family,layers", [("wav2vec2_group", "last"), ("hubert_group", "last"), ("wav2vec2", "last"), ("wav2vec2", 2),
+                                           ("wav2vec2_3_layers", 2)])
 def test_freeze_layers_caches_the_first_layers_and_steps_equal_the_full_encoders(tiny_raw, audio_models, family, layers):
     """hf_audio with freeze_layers: 1 of 2: each item's hidden state after layer 1 is cached and the K passes run
-    layer 2 (+ the final LayerNorm of stable-layer-norm models) only. A training step (K = 2, dropout on in the
+    layer 2 (+ the final LayerNorm of stable-layer-norm models) only (with 3 layers and layers: 2, layer 2's output,
+    before the final LayerNorm, is pooled; layer 3 is frozen and unused). A training step (K = 2, dropout on in the
     trainable layer, items of unequal lengths) equals the full encoder's step with its frozen part in eval mode."""
     fc._MEMO.clear()
     exp = _experiment(tiny_raw, audio_models[family], freeze="none", freeze_layers=1, layers=layers, pooling="mean",
