@@ -15,8 +15,7 @@ Pooling: "mean" (masked mean; what sentence-transformers' MiniLM was trained wit
 (first token; BERT-style models), "last" (last non-padding token; use it for GPT-2 and other
 decoders, whose last token is the only one that has seen the whole text).
 
-train.frozen_features: cache with freeze_layers: N (N >= 1; BERT, MiniLM, RoBERTa, XLM-R, ELECTRA,
-CamemBERT): each text's token states after layer N are computed once (the text alone, eval mode) and
+train.frozen_features: cache with freeze_layers: N (N >= 1; BERT, MiniLM, RoBERTa, XLM-R): each text's token states after layer N are computed once (the text alone, eval mode) and
 the K passes run layers N+1..L under the model's own attention mask; the embeddings' and layers
 1..N's dropout is then lost (the core asks for train.frozen_part_dropout: eval).
 
@@ -44,9 +43,10 @@ from ._common import (
     load_config, noisy_config_keys, pad_items, pool, warn_cut,
 )
 
-# model types whose layers are called as layer(hidden_states, attention_mask) under a bidirectional mask
-# (BERT, MiniLM, RoBERTa, XLM-R, ELECTRA, CamemBERT); the first N of them can be cached (freeze_layers: N)
-LAYER_CACHE_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
+# model types whose layers are called as layer(hidden_states, attention_mask) under a bidirectional mask, with
+# nothing between them (BERT and MiniLM: "bert"; RoBERTa; XLM-R, a copy of RoBERTa's code); the first N of
+# them can be cached (freeze_layers: N). BERT and RoBERTa are tested.
+LAYER_CACHE_TYPES = ("bert", "roberta", "xlm-roberta")
 
 
 class HFTextOptions(HFOptions):

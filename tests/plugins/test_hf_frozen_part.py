@@ -272,13 +272,26 @@ def bert(tmp_path_factory) -> str:
     return _save_bert(tmp_path_factory.mktemp("hf") / "bert")
 
 
-@pytest.mark.parametrize("pooling,layers", [("mean", "last"), ("cls", 2), ("last", "last")])
-def test_text_freeze_layers_caches_the_first_layers_and_steps_equal_the_full_encoders(tiny_raw, bert, pooling, layers):
-    """hf_text (BERT) with freeze_layers: 1 of 2: each text's token states after layer 1 are cached, the K passes run
+@pytest.fixture(scope="module")
+def roberta(tmp_path_factory, bert) -> str:
+    """A tiny RoBERTa (positions counted from its padding id, as RoBERTa does) with the tiny BERT's tokenizer."""
+    path = tmp_path_factory.mktemp("hf") / "roberta"
+    transformers.AutoTokenizer.from_pretrained(bert).save_pretrained(path)
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=37, max_position_embeddings=66, pad_token_id=0)
+    transformers.RobertaModel(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("family,pooling,layers", [("bert", "mean", "last"), ("bert", "cls", 2), ("bert", "last", "last"),
+                                                   ("roberta", "mean", "last")])
+def test_text_freeze_layers_caches_the_first_layers_and_steps_equal_the_full_encoders(tiny_raw, request, family, pooling, layers):
+    """hf_text (BERT, RoBERTa) with freeze_layers: 1 of 2: each text's token states after layer 1 are cached, the K passes run
     layer 2. A training step (K = 2, dropout on in layer 2; texts of 6-12 words, so padded) equals the full encoder's
     step with its embeddings and layer 1 in eval mode."""
     fc._MEMO.clear()
-    exp = _experiment(tiny_raw, bert, freeze="none", encoder="hf_text", modality="text", freeze_layers=1, pooling=pooling,
+    exp = _experiment(tiny_raw, request.getfixturevalue(family), freeze="none", encoder="hf_text", modality="text", freeze_layers=1, pooling=pooling,
                       layers=layers, train={"frozen_part_dropout": "eval"})
     enc = exp.model.encoders["text"]
     assert fc.partial_modalities(exp.model.encoders) == ["text"] and enc.frozen_part_dropout
