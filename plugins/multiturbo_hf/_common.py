@@ -302,9 +302,15 @@ class HiddenStates(nn.Module):
 
 class LayeredEncoder:
     """Mixin for the HF encoders: ``num_layers`` and ``layer_id`` (multiturbo.encoder.Encoder's
-    contract for layer-wise lr decay) from ``self.hidden``, a :class:`HiddenStates`."""
+    contract for layer-wise lr decay) from ``self.hidden``, a :class:`HiddenStates`; and
+    ``describe_frozen_part`` from ``self._part_note`` (set by the encoders that split off a frozen part)."""
 
     hidden: HiddenStates
+    _part_note: str = ""
+
+    def describe_frozen_part(self) -> str:
+        """What ``frozen_part`` caches, and why no more (one log line of the feature cache)."""
+        return self._part_note
 
     @property
     def num_layers(self) -> int | None:  # type: ignore[override]
@@ -361,6 +367,15 @@ def bidirectional_mask(model: nn.Module, x: Tensor, valid: Tensor) -> Any:
     from transformers.masking_utils import create_bidirectional_mask
 
     return create_bidirectional_mask(config=model.config, inputs_embeds=x, attention_mask=valid)
+
+
+# why layers: weighted caches no transformer layer (hf_audio, hf_whisper, hf_text)
+WEIGHTED_NOT_CACHED = "layers: weighted mixes every hidden state, and caching the frozen ones too would multiply the cache's size by N + 1"
+
+
+def valid_mask(x: Tensor, lengths: Tensor) -> Tensor:
+    """[B, S, ...] padded states, [B] valid lengths -> [B, S] bool: the positions within each item."""
+    return torch.arange(x.shape[1], device=x.device)[None] < lengths.to(x.device)[:, None]
 
 
 def pad_items(items: Sequence[dict[str, Tensor]], key: str) -> tuple[Tensor, Tensor]:

@@ -85,12 +85,10 @@ from multiturbo.errors import ConfigError, DataError
 
 from . import assets
 from ._common import (
-    HFOptions, HiddenStates, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers, freeze, load,
-    load_config, noisy_config_keys, pad_items, pool, run_layers, warn_cut,
+    WEIGHTED_NOT_CACHED, HFOptions, HiddenStates, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers,
+    freeze, load, load_config, noisy_config_keys, pad_items, pool, run_layers, valid_mask, warn_cut,
 )
 
-# training-time noise of the wav2vec2 family at or below a transformer layer: dropout after the feature
-# projection, after the positional conv and in the layers, LayerDrop, and SpecAugment (time and feature masks)
 # model types whose first layers can be cached with freeze_layers (layers called as layer(hidden_states, attention_mask),
 # a plain bidirectional mask, nothing between the layers but the layers)
 LAYER_CACHE_TYPES = ("wav2vec2", "hubert")
@@ -240,10 +238,6 @@ class HFAudio(_AudioBase):
         params = list(fe.parameters()) if fe is not None else []
         return bool(params) and not any(p.requires_grad for p in params) and any(p.requires_grad for p in self.parameters())
 
-    def describe_frozen_part(self) -> str:
-        """What :meth:`frozen_part` caches, and why no more (one log line of the feature cache)."""
-        return self._part_note
-
     def _plan_frozen_part(self, options: HFAudioOptions, config: Any) -> tuple[int, str]:
         """(N, note): the frozen part ends after layer N (0: after the conv feature encoder) and what is cached, and why."""
         n, total = options.freeze_layers or 0, self.hidden.num_layers
@@ -252,8 +246,7 @@ class HFAudio(_AudioBase):
             return 0, conv
         kind = getattr(config, "model_type", "?")
         why = (
-            "layers: weighted mixes every hidden state, and caching the frozen ones too would multiply the cache's size by N + 1"
-            if options.layers == "weighted"
+            WEIGHTED_NOT_CACHED if options.layers == "weighted"
             else f"{type(self.model).__name__} passes a relative position bias from layer to layer, which is not rebuilt above a cached layer"
             if kind == "wavlm"
             else f"the first layers are cached for {' and '.join(LAYER_CACHE_TYPES)} models only (their layers take the hidden "
@@ -299,7 +292,7 @@ class HFAudio(_AudioBase):
         (projection, SpecAugment, transformer) on cached conv frames."""
         if "hidden" in batch:
             x, frames = batch["hidden"], batch["frames"]
-            return self._above_layer(x, torch.arange(x.shape[1], device=x.device)[None] < frames[:, None].to(x.device))
+            return self._above_layer(x, valid_mask(x, frames))
         conv, lengths = batch["conv"], batch["samples"]
         mask = torch.arange(int(lengths.max()), device=conv.device)[None] < lengths[:, None]  # [B, T]
         encoder = self.model.feature_extractor
@@ -314,7 +307,7 @@ class HFAudio(_AudioBase):
         """The model's output [B, F, hidden] (and its hidden states), [B] sample counts -> the pooling over valid frames [B, hidden]."""
         hidden = self.hidden.select(last, states)  # [B, F, hidden] (options layers, output_dropout)
         frames = self.model._get_feat_extract_output_lengths(samples).long()  # [B]
-        return pool(hidden, torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None], self.options.pooling)
+        return pool(hidden, valid_mask(hidden, frames), self.options.pooling)
 
     def _above_layer(self, x: Tensor, frame_mask: Tensor) -> Tensor:
         """Hidden states after layer N [B, F, hidden] (N = cached_layers), frame mask [B, F] bool -> [B, hidden]:
@@ -426,7 +419,7 @@ class HFWhisper(_AudioBase):
     def _above_convs(self, x: Tensor, valid_steps: Tensor) -> Tensor:
         """Positions, dropout, the transformer layers, the layer norm and the pooling: [B, S, D] conv
         output, [B] valid steps per item -> [B, d_model]."""
-        return self._above(self._positions(x), _steps_mask(x, valid_steps), 0)
+        return self._above(self._positions(x), valid_mask(x, valid_steps), 0)
 
     def _above(self, x: Tensor, step_mask: Tensor, start: int) -> Tensor:
         """The layers above layer ``start``, the final LayerNorm, the hidden-state choice and the pooling:
@@ -443,17 +436,12 @@ class HFWhisper(_AudioBase):
         convs = [*self.model.conv1.parameters(), *self.model.conv2.parameters()]
         return not any(p.requires_grad for p in convs) and any(p.requires_grad for p in self.parameters())
 
-    def describe_frozen_part(self) -> str:
-        """What :meth:`frozen_part` caches, and why no more (one log line of the feature cache)."""
-        return self._part_note
-
     def _plan_frozen_part(self, options: HFWhisperOptions) -> tuple[int, str]:
         """(N, note): the frozen part ends after layer N (0: after conv2) and what is cached, and why."""
         n, total = options.freeze_layers or 0, self.hidden.num_layers
         conv = "the conv front end's output (conv1, conv2) per item; the K passes run the positions, dropout and every layer"
         if n and options.layers == "weighted":
-            return 0, (f"{conv} (not the first {n} layers of freeze_layers: layers: weighted mixes every hidden state, "
-                       f"and caching the frozen ones too would multiply the cache's size by N + 1)")
+            return 0, f"{conv} (not the first {n} layers of freeze_layers: {WEIGHTED_NOT_CACHED})"
         if n == 0:
             return 0, conv
         return n, (f"each item's hidden state after layer {n} of {total} (conv front end, positions, layers 1..{n}, in eval "
@@ -486,13 +474,8 @@ class HFWhisper(_AudioBase):
         """The encoder above its frozen part on cached outputs: [B, d_model], as :meth:`forward`."""
         if "hidden" in batch:
             x = batch["hidden"]
-            return self._above(x, _steps_mask(x, batch["steps"]), self.cached_layers)
+            return self._above(x, valid_mask(x, batch["steps"]), self.cached_layers)
         return self._above_convs(batch["conv"], batch["steps"])
-
-
-def _steps_mask(x: Tensor, valid_steps: Tensor) -> Tensor:
-    """[B, S, D] states, [B] valid steps -> [B, S] bool: the steps within each item."""
-    return torch.arange(x.shape[1], device=x.device)[None] < valid_steps.to(x.device)[:, None]
 
 
 def _key_padding_bias(step_mask: Tensor, dtype: torch.dtype) -> Tensor:

@@ -39,8 +39,8 @@ from multiturbo.errors import DataError
 
 from . import assets
 from ._common import (
-    HFOptions, HiddenStates, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers, freeze, load,
-    load_config, noisy_config_keys, pad_items, pool, warn_cut,
+    WEIGHTED_NOT_CACHED, HFOptions, HiddenStates, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers,
+    freeze, load, load_config, noisy_config_keys, pad_items, pool, valid_mask, warn_cut,
 )
 
 # model types whose layers are called as layer(hidden_states, attention_mask) under a bidirectional mask, with
@@ -138,7 +138,7 @@ class HFText(LayeredEncoder, Encoder):
         """(N, note): the frozen part ends after layer N (0: no frozen part is cached) and what is cached, or why not."""
         n, total, kind = options.freeze_layers or 0, self.hidden.num_layers, getattr(self.model.config, "model_type", "?")
         why = (
-            None if n == 0 else "layers: weighted mixes every hidden state" if options.layers == "weighted"
+            None if n == 0 else WEIGHTED_NOT_CACHED if options.layers == "weighted"
             else f"its layers ({kind}) are not of a kind whose cached states multiturbo can run on ({', '.join(LAYER_CACHE_TYPES)})"
             if kind not in LAYER_CACHE_TYPES or self.hidden.path != "encoder.layer" or getattr(self.model.config, "is_decoder", False)
             else None
@@ -153,10 +153,6 @@ class HFText(LayeredEncoder, Encoder):
     def has_frozen_part(self) -> bool:
         """freeze_layers: N (N >= 1) on a supported model with layers above N that train."""
         return self.cached_layers > 0 and any(p.requires_grad for p in self.parameters())
-
-    def describe_frozen_part(self) -> str:
-        """What :meth:`frozen_part` caches, or why nothing is (one log line of the feature cache)."""
-        return self._part_note
 
     def frozen_part(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
         """Each item alone (its valid tokens: right padding) through the embeddings and layers 1..N, in eval
@@ -178,6 +174,6 @@ class HFText(LayeredEncoder, Encoder):
         """Cached states after layer N -> layers N+1..L under the model's own attention mask, the hidden-state
         choice, the pooling over valid tokens: [B, hidden], as :meth:`forward`."""
         x = batch["hidden"]
-        valid = torch.arange(x.shape[1], device=x.device)[None] < batch["tokens"].to(x.device)[:, None]  # [B, L]
+        valid = valid_mask(x, batch["tokens"])  # [B, L]
         hidden = self.hidden.above(self.model, x, bidirectional_mask(self.model, x, valid), self.cached_layers)
         return pool(hidden, valid, self.options.pooling)
