@@ -208,15 +208,17 @@ def _frozen_below(model, n: int, stable: bool) -> list[torch.nn.Module]:
     return [model.feature_projection, enc.dropout, *enc.layers[:n]] + ([] if stable else [enc.layer_norm])
 
 
-@pytest.mark.parametrize("family,layers", [("wav2vec2_group", "last"), ("hubert_group", "last"), ("wav2vec2", "last"), ("wav2vec2", 2),
-                                           ("wav2vec2_3_layers", 2)])
-def test_freeze_layers_caches_the_first_layers_and_steps_equal_the_full_encoders(tiny_raw, audio_models, family, layers):
+@pytest.mark.parametrize("family,layers,extra", [
+    ("wav2vec2_group", "last", {}), ("hubert_group", "last", {}), ("wav2vec2", "last", {}), ("wav2vec2", 2, {}),
+    ("wav2vec2_3_layers", 2, {}), ("wav2vec2_group", "last", {"gradient_checkpointing": True, "pooling": "last"}),
+])
+def test_freeze_layers_caches_the_first_layers_and_steps_equal_the_full_encoders(tiny_raw, audio_models, family, layers, extra):
     """hf_audio with freeze_layers: 1 of 2: each item's hidden state after layer 1 is cached and the K passes run
     layer 2 (+ the final LayerNorm of stable-layer-norm models) only (with 3 layers and layers: 2, layer 2's output,
     before the final LayerNorm, is pooled; layer 3 is frozen and unused). A training step (K = 2, dropout on in the
     trainable layer, items of unequal lengths) equals the full encoder's step with its frozen part in eval mode."""
     fc._MEMO.clear()
-    exp = _experiment(tiny_raw, audio_models[family], freeze="none", freeze_layers=1, layers=layers, pooling="mean",
+    exp = _experiment(tiny_raw, audio_models[family], freeze="none", freeze_layers=1, layers=layers, **{"pooling": "mean", **extra},
                       train={"frozen_part_dropout": "eval"})
     enc = exp.model.encoders["audio"]
     assert enc.cached_layers == 1 and enc.frozen_part_dropout  # hidden_dropout etc. act in layer 1: the opt-in is needed
