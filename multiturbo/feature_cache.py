@@ -90,8 +90,7 @@ def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module], part_dro
         return frozen
     partial = partial_modalities(encoders)
     if not frozen and not partial:
-        notes = [f"{m} ({type(enc).__name__}): {note}" for m, enc in encoders.items()
-                 if (note := getattr(enc, "describe_frozen_part", lambda: "")())]
+        notes = _frozen_part_notes(encoders, list(encoders))
         raise ConfigError([
             "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter) or "
             f"splits off a frozen lower part (e.g. hf_audio with freeze: feature_encoder, hf_text with freeze_layers), but every "
@@ -103,9 +102,16 @@ def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module], part_dro
         raise ConfigError([
             f"train.frozen_features: cache: the frozen part of the {', '.join(noisy)} encoder has dropout inside, which the "
             "cache would compute once in eval mode, so Turbo's K views would no longer differ there (only in the trainable "
-            "part above it). Opt in with train.frozen_part_dropout: eval, or set train.frozen_features: recompute."
+            f"part above it){' (' + '; '.join(notes) + ')' if (notes := _frozen_part_notes(encoders, noisy)) else ''}. Opt in with "
+            "train.frozen_part_dropout: eval, or set train.frozen_features: recompute."
         ])
     return frozen
+
+
+def _frozen_part_notes(encoders: Mapping[str, nn.Module], modalities: Sequence[str]) -> list[str]:
+    """"m (Class): what its frozen part is" for the ``modalities`` whose encoder describes it (describe_frozen_part)."""
+    return [f"{m} ({type(encoders[m]).__name__}): {note}" for m in modalities
+            if (note := getattr(encoders[m], "describe_frozen_part", lambda: "")())]
 
 
 class FeatureSplit(Sequence[Sample]):
