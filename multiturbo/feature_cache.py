@@ -94,24 +94,27 @@ def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module], part_dro
         raise ConfigError([
             "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter) or "
             f"splits off a frozen lower part (e.g. hf_audio with freeze: feature_encoder, hf_text with freeze_layers), but every "
-            f"encoder of {list(encoders)} trains throughout{' (' + '; '.join(notes) + ')' if notes else ''}. Set `freeze: all` "
+            f"encoder of {list(encoders)} trains throughout{notes}. Set `freeze: all` "
             "(or `freeze: feature_encoder` for hf_audio) in an encoder's options, or set train.frozen_features: recompute."
         ])
     noisy = [m for m in partial if getattr(encoders[m], "frozen_part_dropout", False)]
     if noisy and part_dropout != "eval":
+        notes = _frozen_part_notes(encoders, noisy)
         raise ConfigError([
             f"train.frozen_features: cache: the frozen part of the {', '.join(noisy)} encoder has dropout inside, which the "
             "cache would compute once in eval mode, so Turbo's K views would no longer differ there (only in the trainable "
-            f"part above it){' (' + '; '.join(notes) + ')' if (notes := _frozen_part_notes(encoders, noisy)) else ''}. Opt in with "
+            f"part above it){notes}. Opt in with "
             "train.frozen_part_dropout: eval, or set train.frozen_features: recompute."
         ])
     return frozen
 
 
-def _frozen_part_notes(encoders: Mapping[str, nn.Module], modalities: Sequence[str]) -> list[str]:
-    """"m (Class): what its frozen part is" for the ``modalities`` whose encoder describes it (describe_frozen_part)."""
-    return [f"{m} ({type(encoders[m]).__name__}): {note}" for m in modalities
-            if (note := getattr(encoders[m], "describe_frozen_part", lambda: "")())]
+def _frozen_part_notes(encoders: Mapping[str, nn.Module], modalities: Sequence[str]) -> str:
+    """" (m (Class): what its frozen part is; ...)" for the ``modalities`` whose encoder describes it
+    (describe_frozen_part), or "" when none does."""
+    notes = [f"{m} ({type(encoders[m]).__name__}): {note}" for m in modalities
+             if (note := getattr(encoders[m], "describe_frozen_part", lambda: "")())]
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 class FeatureSplit(Sequence[Sample]):
