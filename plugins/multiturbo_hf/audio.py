@@ -27,8 +27,10 @@ hf_audio
     train.frozen_features: cache: the frozen part cached per item is the conv stack's output
     (freeze: feature_encoder), or with freeze_layers: N (N >= 1) the hidden state after layer N: the
     model's own forward on the item alone with its layer list cut to N (``first_layers``), and the K
-    passes run layers N+1..L with the model's attention mask (``HiddenStates.above``). Not for WavLM
-    (its layers pass a relative position bias on) nor layers: weighted: those cache the conv stack.
+    passes run layers N+1..L with the model's attention mask (``HiddenStates.above``). For wav2vec2
+    and HuBERT only (LAYER_CACHE_TYPES; WavLM's layers pass a relative position bias on, SEW and the
+    conformer put more between their layers) and not with layers: weighted: the others cache the
+    conv stack, and say why (describe_frozen_part).
     SpecAugment acts after the feature projection, below layer 1, so with layers cached it is lost
     like their dropout (frozen_part_dropout: the core asks for the opt-in).
 
