@@ -1,5 +1,5 @@
 """Training throughput on speech-like lengths: padding and items/s with random, bucketed and budgeted batches;
-epoch time with and without the frozen-feature cache (``freeze: all`` and ``freeze: feature_encoder``).
+epoch time with and without the frozen-feature cache (``freeze: all``, ``freeze: feature_encoder`` and ``freeze_layers``).
 
 Lengths: utterance durations drawn from a lognormal fitted to IEMOCAP's published summary (median
 about 3.4 s, mean about 4.5 s, range 0.6-34 s: log-mean ln 3.4, log-sd 0.7, clipped to 0.6-34 s),
@@ -26,8 +26,10 @@ set's lengths: give ``--lengths FILE`` (one duration in seconds per line) to use
    the configs (no download), hf_audio + hf_text, Turbo K = 2. (a) ``freeze: feature_encoder``:
    padding, mean batch size and items/s for random vs bucket vs max_batch_seconds over
    ``--base-batches`` batches each; (b) the time of one epoch over ``--base-items`` items with
-   ``frozen_features`` recompute vs cache, for ``freeze: feature_encoder`` (the conv stack cached)
-   and ``freeze: all`` (the whole wav2vec2 cached), the cache's one-off pass on its own. Slow on a
+   ``frozen_features`` recompute vs cache, for ``freeze: feature_encoder`` (the conv stack cached),
+   ``freeze: all`` (the whole wav2vec2 cached) and ``freeze_layers: N`` on both encoders
+   (``--base-freeze-layers``, default 8 of 12: the state after layer N cached, the K passes run the
+   layers above; ``frozen_part_dropout: eval``), the cache's one-off pass on its own. Slow on a
    CPU (seconds per step): keep the counts small there (``--skip 5`` leaves it out).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py
@@ -287,10 +289,17 @@ def part_base_models(args) -> None:
     lengths = item_lengths(items)
     budget = args.max_batch_seconds or bs * float(seconds.mean())
 
-    def raw(w2v: str, bert: str, freeze: str, mode: str) -> dict:
-        r = tiny_config(batch_size=bs, frozen_features=mode)
-        r["modalities"] = {"audio": {"encoder": "hf_audio", "options": {"model": w2v, "freeze": freeze, "local_files_only": True}},
-                           "text": {"encoder": "hf_text", "options": {"model": bert, "local_files_only": True}}}
+    layers_frozen = args.base_freeze_layers
+    # the frozen part of each setting: (hf_audio's options, hf_text's options)
+    settings = {"feature_encoder": ({"freeze": "feature_encoder"}, {}), "all": ({"freeze": "all"}, {}),
+                f"freeze_layers {layers_frozen}": ({"freeze_layers": layers_frozen}, {"freeze_layers": layers_frozen})}
+
+    def raw(w2v: str, bert: str, setting: str, mode: str) -> dict:
+        # frozen_part_dropout eval: with freeze_layers the cached layers' dropout is lost (the opt-in)
+        r = tiny_config(batch_size=bs, frozen_features=mode, frozen_part_dropout="eval")
+        audio, text = settings[setting]
+        r["modalities"] = {"audio": {"encoder": "hf_audio", "options": {"model": w2v, "local_files_only": True, **audio}},
+                           "text": {"encoder": "hf_text", "options": {"model": bert, "local_files_only": True, **text}}}
         return r
 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -322,13 +331,14 @@ def part_base_models(args) -> None:
 
         few = items[: args.base_items]
         times = {}
-        for freeze in ("feature_encoder", "all"):
+        for freeze in settings:
             for mode in ("recompute", "cache"):
                 _MEMO.clear()
                 torch.manual_seed(0)
                 exp = build(raw(w2v, bert, freeze, mode))
                 start = time.perf_counter()
-                splits = cache_frozen_features(Splits(few, [], []), exp.model.encoders, mode, cpu, bs, ProgressReporter(quiet=True))
+                splits = cache_frozen_features(Splits(few, [], []), exp.model.encoders, mode, cpu, bs, ProgressReporter(quiet=True),
+                                               part_dropout=exp.config.train.frozen_part_dropout)
                 prepare = time.perf_counter() - start
                 loader = make_loader(splits.train, Collator(exp.model.encoders, num_classes=3), batch_size=bs, shuffle=True, seed=0, drop_singleton=True)
                 state = TrainState.create(exp.model, exp.config.train, cpu)
@@ -338,6 +348,8 @@ def part_base_models(args) -> None:
                     train_step(state, batch)
                 times[(freeze, mode)] = (prepare, time.perf_counter() - start)
     print(f"\n5b. one epoch of {len(few)} items (batch {bs}), wav2vec2-base + BERT-base shapes, Turbo K=2: seconds")
+    print(f"(freeze_layers {layers_frozen}: the first {layers_frozen} of 12 layers of both encoders frozen; "
+          f"cache keeps the state after layer {layers_frozen})")
     print("| freeze | frozen_features | one-off pass | epoch | epoch speed-up |\n|---|---|---|---|---|")
     for (freeze, mode), (prepare, epoch) in times.items():
         print(f"| {freeze} | {mode} | {prepare:.1f} | {epoch:.1f} | {times[(freeze, 'recompute')][1] / epoch:.2f}x |")
@@ -360,6 +372,7 @@ def main() -> None:
     p.add_argument("--min-batch-size", type=int, default=4, help="train.min_batch_size for the budgeted batches")
     p.add_argument("--base-items", type=int, default=16, help="items of part 5b's epoch")
     p.add_argument("--base-batch-size", type=int, default=4)
+    p.add_argument("--base-freeze-layers", type=int, default=8, help="part 5b's freeze_layers row: layers frozen (of 12) in both encoders")
     p.add_argument("--base-batches", type=int, default=3, help="batches timed per batching in part 5a")
     p.add_argument("--base-max-seconds", type=float, default=34.0, help="clip part 5's durations (CPU time)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: 2,3,4,5")

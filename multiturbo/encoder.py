@@ -85,6 +85,12 @@ class Encoder(nn.Module):
         """A :meth:`collate_frozen` batch -> pooled vectors [B, output_dim], through the trainable part only."""
         raise NotImplementedError
 
+    def describe_frozen_part(self) -> str:
+        """What :meth:`frozen_part` computes, in a few words, and why it stops where it does when that is
+        less than the configuration freezes (e.g. "the conv feature encoder's output (not the first 8
+        layers: ...)"). The feature cache logs it once per run; the default says nothing."""
+        return ""
+
     def layer_id(self, name: str) -> int | None:
         """Where the parameter ``name`` (relative to this encoder) sits in the stack of
         :attr:`num_layers` layers: 0 for the embeddings / front end, i for layer i (1-based), None

@@ -90,20 +90,31 @@ def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module], part_dro
         return frozen
     partial = partial_modalities(encoders)
     if not frozen and not partial:
+        notes = _frozen_part_notes(encoders, list(encoders))
         raise ConfigError([
             "train.frozen_features: cache needs a modality whose encoder is fully frozen (no trainable parameter) or "
-            f"splits off a frozen lower part (e.g. hf_audio with freeze: feature_encoder), but every encoder of {list(encoders)} "
-            "trains throughout. Set `freeze: all` (or `freeze: feature_encoder` for hf_audio) in an encoder's options, or set "
-            "train.frozen_features: recompute."
+            f"splits off a frozen lower part (e.g. hf_audio with freeze: feature_encoder, hf_text with freeze_layers), but every "
+            f"encoder of {list(encoders)} trains throughout{notes}. Set `freeze: all` "
+            "(or `freeze: feature_encoder` for hf_audio) in an encoder's options, or set train.frozen_features: recompute."
         ])
     noisy = [m for m in partial if getattr(encoders[m], "frozen_part_dropout", False)]
     if noisy and part_dropout != "eval":
+        notes = _frozen_part_notes(encoders, noisy)
         raise ConfigError([
             f"train.frozen_features: cache: the frozen part of the {', '.join(noisy)} encoder has dropout inside, which the "
             "cache would compute once in eval mode, so Turbo's K views would no longer differ there (only in the trainable "
-            "part above it). Opt in with train.frozen_part_dropout: eval, or set train.frozen_features: recompute."
+            f"part above it){notes}. Opt in with "
+            "train.frozen_part_dropout: eval, or set train.frozen_features: recompute."
         ])
     return frozen
+
+
+def _frozen_part_notes(encoders: Mapping[str, nn.Module], modalities: Sequence[str]) -> str:
+    """" (m (Class): what its frozen part is; ...)" for the ``modalities`` whose encoder describes it
+    (describe_frozen_part), or "" when none does."""
+    notes = [f"{m} ({type(encoders[m]).__name__}): {note}" for m in modalities
+             if (note := getattr(encoders[m], "describe_frozen_part", lambda: "")())]
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 class FeatureSplit(Sequence[Sample]):
@@ -348,6 +359,10 @@ def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mod
     everything = len(frozen) + len(partial) == len(encoders)
     disk = DiskStore(Path(directory) if directory else default_features_dir()) if store == "disk" else None
     where = "earlier in this process or the disk cache" if disk is not None else "earlier in this process"
+    for m in partial:
+        what = getattr(encoders[m], "describe_frozen_part", lambda: "")()
+        if what:
+            progress.log(f"{label}{m}: the frozen part cached: {what}")
     out = {}
     for name in ("train", "val", "test"):
         split = getattr(splits, name)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -270,7 +271,22 @@ class HiddenStates(nn.Module):
             return None
         return 0
 
-    def select(self, last: Tensor, states: Sequence[Tensor] | None) -> Tensor:
+    def above(self, model: nn.Module, x: Tensor, mask: Any, start: int, *, final_norm: nn.Module | None = None,
+              layerdrop: float = 0.0, training: bool = False) -> Tensor:
+        """The model above layer ``start`` (the frozen part's end, cached): x [B, S, D] the hidden state after
+        layer ``start`` -> layers start+1..N (:func:`run_layers`; ``mask``: the attention mask as the layers take
+        it), then ``final_norm`` (a LayerNorm after the layers), then :meth:`select` -> [B, S, D] to pool. The
+        hidden states of layers < ``start`` are not at hand: with ``start`` > 0 only ``layers: last`` or an index
+        >= ``start`` can be chosen (below it every weight is frozen; ``weighted`` needs them all)."""
+        if start and (self.mix is not None or (isinstance(self.choice, int) and self.choice % (self.num_layers + 1) < start)):
+            raise RuntimeError(f"{self.encoder_name}: layers: {self.choice} needs a hidden state at or below the cached layer {start}")
+        states: list[Tensor | None] | None = [None] * start if self.wants_all else None
+        x = run_layers(model.get_submodule(self.path)[start:], x, mask, layerdrop=layerdrop, training=training, states=states)
+        if states is not None:
+            states.append(x)
+        return self.select(final_norm(x) if final_norm is not None else x, states)
+
+    def select(self, last: Tensor, states: Sequence[Tensor | None] | None) -> Tensor:
         """last: the model's output [B, L, D]; states: its N + 1 hidden states (with wants_all)
         -> [B, L, D] to pool: the chosen state or the weighted sum, then output_dropout."""
         if self.wants_all:
@@ -286,9 +302,15 @@ class HiddenStates(nn.Module):
 
 class LayeredEncoder:
     """Mixin for the HF encoders: ``num_layers`` and ``layer_id`` (multiturbo.encoder.Encoder's
-    contract for layer-wise lr decay) from ``self.hidden``, a :class:`HiddenStates`."""
+    contract for layer-wise lr decay) from ``self.hidden``, a :class:`HiddenStates`; and
+    ``describe_frozen_part`` from ``self._part_note`` (set by the encoders that split off a frozen part)."""
 
     hidden: HiddenStates
+    _part_note: str = ""
+
+    def describe_frozen_part(self) -> str:
+        """What ``frozen_part`` caches, and why no more (one log line of the feature cache)."""
+        return self._part_note
 
     @property
     def num_layers(self) -> int | None:  # type: ignore[override]
@@ -300,3 +322,71 @@ class LayeredEncoder:
         if name.startswith("model."):
             return self.hidden.layer_id(name[len("model."):])
         return None
+
+
+# -- train.frozen_features: cache with freeze_layers: N (the frozen part is everything up to layer N)
+@contextmanager
+def first_layers(model: nn.Module, path: str, n: int, skip: Sequence[str] = ()) -> Iterator[None]:
+    """Inside, ``model``'s list of layers at ``path`` (:attr:`HiddenStates.path`) holds only its first
+    ``n`` layers (the same modules, nothing copied), and the modules at the paths ``skip`` (a final
+    LayerNorm after the layers) are identities: the model's own forward then returns the hidden state
+    after layer ``n``. Everything is put back on leaving."""
+    swaps = [(path, nn.ModuleList(list(model.get_submodule(path))[:n])), *[(name, nn.Identity()) for name in skip]]
+    saved = []
+    try:
+        for name, stand_in in swaps:
+            owner_path, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_path) if owner_path else model
+            saved.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, stand_in)
+        yield
+    finally:
+        for owner, attr, module in reversed(saved):
+            setattr(owner, attr, module)
+
+
+def run_layers(layers: Sequence[nn.Module], x: Tensor, mask: Any, *, layerdrop: float = 0.0, training: bool = False,
+               states: list[Tensor | None] | None = None) -> Tensor:
+    """x [B, S, D] through ``layers``, each called as ``layer(x, mask)`` (``mask``: the attention mask in
+    the form the layers take) -> [B, S, D]. LayerDrop as transformers does it: in training each layer
+    is skipped with probability ``layerdrop`` (one ``torch.rand([])`` draw per layer). ``states``, when
+    given, gets each layer's input appended (output_hidden_states; a skipped layer's is its input again)."""
+    for layer in layers:
+        if states is not None:
+            states.append(x)
+        if training and layerdrop > 0.0 and torch.rand([]) < layerdrop:
+            continue
+        x = layer(x, mask)
+    return x
+
+
+def bidirectional_mask(model: nn.Module, x: Tensor, valid: Tensor) -> Any:
+    """The attention mask a transformers encoder builds from a [B, S] bool key padding mask, for the
+    attention implementation of its config (an additive [B, 1, S, S] mask, a bool one, or None when
+    nothing is padded), as the model's own forward does. x: [B, S, D] (dtype and device)."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(config=model.config, inputs_embeds=x, attention_mask=valid)
+
+
+# why layers: weighted caches no transformer layer (hf_audio, hf_whisper, hf_text)
+WEIGHTED_NOT_CACHED = "layers: weighted mixes every hidden state, and caching the frozen ones too would multiply the cache's size by N + 1"
+
+
+def valid_mask(x: Tensor, lengths: Tensor) -> Tensor:
+    """[B, S, ...] padded states, [B] valid lengths -> [B, S] bool: the positions within each item."""
+    return torch.arange(x.shape[1], device=x.device)[None] < lengths.to(x.device)[:, None]
+
+
+def pad_items(items: Sequence[dict[str, Tensor]], key: str) -> tuple[Tensor, Tensor]:
+    """Items' ``key`` tensors [S_i, D] -> ([B, S, D] zero-padded to the longest, [B] lengths S_i)."""
+    lengths = [int(it[key].shape[0]) for it in items]
+    out = items[0][key].new_zeros(len(items), max(lengths), *items[0][key].shape[1:])
+    for i, it in enumerate(items):
+        out[i, : lengths[i]] = it[key]
+    return out, torch.tensor(lengths)
+
+
+def noisy_config_keys(config: Any, keys: Sequence[str]) -> list[str]:
+    """The entries of ``keys`` that the model config sets to a non-zero value (dropout, LayerDrop, SpecAugment)."""
+    return [k for k in keys if isinstance(getattr(config, k, None), (int, float)) and getattr(config, k) > 0]

@@ -24,6 +24,16 @@ hf_audio
     wav2vec2 "group" model with the real 7-layer conv stack (benchmarks/bench_encoders.py) it
     is within the noise of the batched call (see docs/encoders.md).
 
+    train.frozen_features: cache: the frozen part cached per item is the conv stack's output
+    (freeze: feature_encoder), or with freeze_layers: N (N >= 1) the hidden state after layer N: the
+    model's own forward on the item alone with its layer list cut to N (``first_layers``), and the K
+    passes run layers N+1..L with the model's attention mask (``HiddenStates.above``). For wav2vec2
+    and HuBERT only (LAYER_CACHE_TYPES; WavLM's layers pass a relative position bias on, SEW and the
+    conformer put more between their layers) and not with layers: weighted: the others cache the
+    conv stack, and say why (describe_frozen_part).
+    SpecAugment acts after the feature projection, below layer 1, so with layers cached it is lost
+    like their dropout (frozen_part_dropout: the core asks for the opt-in).
+
     Training-time noise besides dropout comes with the model's config and is kept: SpecAugment
     (``mask_time_prob``, drawn per item) and LayerDrop (``layerdrop``, drawn once per forward,
     so the K repeated copies of a batch share it; set ``layerdrop`` to 0 in the saved config
@@ -53,6 +63,10 @@ hf_whisper
         whisper-tiny size                        8    174.5 ms    3182.3 ms         18x
 
     On a full 30 s item the result equals transformers' WhisperEncoder (tested).
+
+    train.frozen_features: cache: the frozen part cached per item is conv1/conv2's output (freeze:
+    feature_encoder), or with freeze_layers: N (N >= 1) the state after layer N (positions and layers
+    1..N too); the K passes run the rest (_above).
 """
 
 from __future__ import annotations
@@ -72,7 +86,22 @@ from multiturbo.encoder import Encoder
 from multiturbo.errors import ConfigError, DataError
 
 from . import assets
-from ._common import HFOptions, HiddenStates, LayeredEncoder, enable_gradient_checkpointing, freeze, load, load_config, pool, warn_cut
+from ._common import (
+    WEIGHTED_NOT_CACHED, HFOptions, HiddenStates, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers,
+    freeze, load, load_config, noisy_config_keys, pad_items, pool, run_layers, valid_mask, warn_cut,
+)
+
+# model types whose first layers can be cached with freeze_layers (layers called as layer(hidden_states, attention_mask),
+# a plain bidirectional mask, nothing between the layers but the layers)
+LAYER_CACHE_TYPES = ("wav2vec2", "hubert")
+
+
+def _noise_below_layers(config: Any) -> list[str]:
+    """The config keys of the wav2vec2 family that put training-time noise at or below a transformer layer
+    (dropout after the feature projection, after the positional conv and in the layers; LayerDrop; SpecAugment,
+    which masks the projected features before the positional conv), among those set non-zero."""
+    spec = ("mask_time_prob", "mask_feature_prob") if getattr(config, "apply_spec_augment", True) else ()
+    return noisy_config_keys(config, ("feat_proj_dropout", "hidden_dropout", "attention_dropout", "activation_dropout", "layerdrop", *spec))
 
 
 class HFAudioOptions(HFOptions):
@@ -175,6 +204,11 @@ class HFAudio(_AudioBase):
         top = ("encoder.layer_norm.",) if getattr(config, "do_stable_layer_norm", False) else ()
         self.hidden = HiddenStates(self.model, options, "hf_audio", top)
         enable_gradient_checkpointing(self.model, options, "hf_audio")
+        self._final_norm = tuple(t.rstrip(".") for t in top)  # applied after the last layer
+        self.cached_layers, self._part_note = self._plan_frozen_part(options, config)
+        # with layers cached, dropout, LayerDrop and SpecAugment (which acts after the feature projection,
+        # below layer 1) in the frozen part are lost: the core asks for the opt-in
+        self.frozen_part_dropout = bool(self.cached_layers) and bool(_noise_below_layers(config))
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B waveforms -> {"input_values": [B, T] float, "attention_mask": [B, T] long}."""
@@ -195,41 +229,72 @@ class HFAudio(_AudioBase):
         lengths = mask.sum(1)  # [B] samples
         with self._first_conv_per_item(lengths):
             out = self.model(values, attention_mask=mask, output_hidden_states=self.hidden.wants_all)
-        hidden = self.hidden.select(out.last_hidden_state, out.hidden_states)  # [B, F, hidden] (options layers, output_dropout)
-        frames = self.model._get_feat_extract_output_lengths(lengths).long()  # [B]
-        frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]  # [B, F]
-        return pool(hidden, frame_mask, self.options.pooling)
+        return self._pool(out.last_hidden_state, out.hidden_states, lengths)
 
-    # -- train.frozen_features: cache with a frozen feature encoder (the conv stack): its output per item
+    # -- train.frozen_features: cache. The frozen part is the conv feature encoder (freeze: feature_encoder,
+    # or freeze_layers where the first N layers cannot be cached, see _plan_frozen_part), or with
+    # freeze_layers: N everything up to layer N: {"conv": ...} or {"hidden": ...} items.
     def has_frozen_part(self) -> bool:
         """The conv feature encoder is frozen (freeze: feature_encoder, or freeze_layers) while layers above train."""
         fe = getattr(self.model, "feature_extractor", None)
         params = list(fe.parameters()) if fe is not None else []
         return bool(params) and not any(p.requires_grad for p in params) and any(p.requires_grad for p in self.parameters())
 
+    def _plan_frozen_part(self, options: HFAudioOptions, config: Any) -> tuple[int, str]:
+        """(N, note): the frozen part ends after layer N (0: after the conv feature encoder) and what is cached, and why."""
+        n, total = options.freeze_layers or 0, self.hidden.num_layers
+        conv = "the conv feature encoder's output per item; the K passes run the feature projection, SpecAugment and every layer"
+        if n == 0:
+            return 0, conv
+        kind = getattr(config, "model_type", "?")
+        why = (
+            WEIGHTED_NOT_CACHED if options.layers == "weighted"
+            else f"{type(self.model).__name__} passes a relative position bias from layer to layer, which is not rebuilt above a cached layer"
+            if kind == "wavlm"
+            else f"the first layers are cached for {' and '.join(LAYER_CACHE_TYPES)} models only (their layers take the hidden "
+                 f"states and the attention mask alone), not {kind}"
+            if kind not in LAYER_CACHE_TYPES
+            else "the model has an adapter after its layers" if getattr(self.model, "adapter", None) is not None
+            else None
+        )
+        if why is not None:
+            return 0, f"{conv} (not the first {n} layers of freeze_layers: {why})"
+        return n, (f"each item's hidden state after layer {n} of {total} (conv stack, feature projection, positional conv, "
+                   f"layers 1..{n}, in eval mode); the K passes run layers {n + 1}..{total} only")
+
     def frozen_part(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
-        """Each item alone through the conv feature encoder (no dropout there): {"conv": [frames_i, channels],
-        "samples": [] its sample count}. An item alone equals its valid frames in a padded batch (see the
-        module docstring), so the trainable part on these gives what forward gives."""
-        values, lengths = batch["input_values"], batch["attention_mask"].sum(1)
+        """Each item alone through the frozen part (eval mode, no grad), unpadded: {"conv": [frames_i, channels],
+        "samples": [] its sample count} (the conv feature encoder), or with freeze_layers: N {"hidden": [frames_i,
+        hidden]} (the state after layer N). An item alone equals its valid frames in a padded batch (see the
+        module docstring; the model zeroes padded frames before its positional conv and masks them out of
+        attention), so the trainable part on these gives what forward gives."""
+        values, mask = batch["input_values"], batch["attention_mask"]
         out = []
-        for i, n in enumerate(lengths.tolist()):
-            conv = self.model.feature_extractor(values[i : i + 1, : int(n)])  # [1, C, F_i]
-            out.append({"conv": conv[0].transpose(0, 1), "samples": lengths[i].reshape(())})
+        for i, n in enumerate(mask.sum(1).tolist()):
+            item = values[i : i + 1, : int(n)]  # [1, T_i]
+            if self.cached_layers:
+                with first_layers(self.model, self.hidden.path, self.cached_layers, self._final_norm):
+                    out.append({"hidden": self.model(item, attention_mask=mask[i : i + 1, : int(n)]).last_hidden_state[0]})
+            else:
+                out.append({"conv": self.model.feature_extractor(item)[0].transpose(0, 1), "samples": mask[i].sum().reshape(())})
         return out
 
     def collate_frozen(self, items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """{"conv": [B, C, F] zero-padded to the longest item, "samples": [B] sample counts}."""
-        frames = max(int(it["conv"].shape[0]) for it in items)
-        conv = torch.zeros(len(items), items[0]["conv"].shape[1], frames, dtype=items[0]["conv"].dtype)
-        for i, it in enumerate(items):
-            conv[i, :, : it["conv"].shape[0]] = it["conv"].transpose(0, 1)
-        return {"conv": conv, "samples": torch.stack([it["samples"].long() for it in items])}
+        """{"conv": [B, C, F] zero-padded to the longest item, "samples": [B] sample counts}, or
+        {"hidden": [B, F, hidden] zero-padded, "frames": [B] valid frames}."""
+        if "hidden" in items[0]:
+            hidden, frames = pad_items(items, "hidden")
+            return {"hidden": hidden, "frames": frames}
+        conv, _ = pad_items(items, "conv")  # [B, F, C]
+        return {"conv": conv.transpose(1, 2), "samples": torch.stack([it["samples"].long() for it in items])}
 
     def trainable_part(self, batch: dict[str, Tensor]) -> Tensor:
-        """The model above its feature encoder (projection, SpecAugment, transformer), then the pooling: [B, hidden].
-        The feature encoder's forward is replaced by the cached frames for the call; the sample mask
-        (bool, [B, longest]) gives the model each item's valid frames, as in :meth:`forward`."""
+        """A :meth:`collate_frozen` batch -> [B, hidden], as :meth:`forward`: the layers above N (+ the final
+        LayerNorm of stable-layer-norm models) on cached hidden states, or the model above its feature encoder
+        (projection, SpecAugment, transformer) on cached conv frames."""
+        if "hidden" in batch:
+            x, frames = batch["hidden"], batch["frames"]
+            return self._above_layer(x, valid_mask(x, frames))
         conv, lengths = batch["conv"], batch["samples"]
         mask = torch.arange(int(lengths.max()), device=conv.device)[None] < lengths[:, None]  # [B, T]
         encoder = self.model.feature_extractor
@@ -238,9 +303,21 @@ class HFAudio(_AudioBase):
             out = self.model(conv.new_zeros(conv.shape[0], 1), attention_mask=mask, output_hidden_states=self.hidden.wants_all)
         finally:
             del encoder.forward
-        hidden = self.hidden.select(out.last_hidden_state, out.hidden_states)  # [B, F, hidden]
-        frames = self.model._get_feat_extract_output_lengths(lengths).long()  # [B]
-        frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]  # [B, F]
+        return self._pool(out.last_hidden_state, out.hidden_states, lengths)
+
+    def _pool(self, last: Tensor, states: Sequence[Tensor] | None, samples: Tensor) -> Tensor:
+        """The model's output [B, F, hidden] (and its hidden states), [B] sample counts -> the pooling over valid frames [B, hidden]."""
+        hidden = self.hidden.select(last, states)  # [B, F, hidden] (options layers, output_dropout)
+        frames = self.model._get_feat_extract_output_lengths(samples).long()  # [B]
+        return pool(hidden, valid_mask(hidden, frames), self.options.pooling)
+
+    def _above_layer(self, x: Tensor, frame_mask: Tensor) -> Tensor:
+        """Hidden states after layer N [B, F, hidden] (N = cached_layers), frame mask [B, F] bool -> [B, hidden]:
+        layers N+1..L with the model's own attention mask and LayerDrop, the final LayerNorm (stable-layer-norm
+        models), the hidden-state choice and the pooling."""
+        norm = self.model.get_submodule(self._final_norm[0]) if self._final_norm else None
+        hidden = self.hidden.above(self.model, x, bidirectional_mask(self.model, x, frame_mask), self.cached_layers,
+                                   final_norm=norm, layerdrop=self.model.config.layerdrop, training=self.training)
         return pool(hidden, frame_mask, self.options.pooling)
 
     @contextmanager
@@ -302,6 +379,10 @@ class HFWhisper(_AudioBase):
         freeze(self.model, options.freeze, "hf_whisper", [self.model.conv1, self.model.conv2])
         self.hidden = HiddenStates(self.model, options, "hf_whisper")
         enable_gradient_checkpointing(self.model, options, "hf_whisper")
+        self.cached_layers, self._part_note = self._plan_frozen_part(options)
+        # with layers cached, the dropout after the positions and in layers 1..N (and LayerDrop) is lost: opt-in
+        self.frozen_part_dropout = bool(self.cached_layers) and bool(
+            noisy_config_keys(config, ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop")))
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B waveforms -> {"input_features": [B, n_mels, F] log-mel, "frame_mask": [B, F] long}, F even."""
@@ -332,50 +413,76 @@ class HFWhisper(_AudioBase):
         x = x * mask[:, None].to(x.dtype)  # so conv2 sees zeros after an item's end, as at a lone item's edge
         return nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # [B, F/2, D]
 
+    def _positions(self, x: Tensor) -> Tensor:
+        """[B, S, D] conv output -> + the positional table's first S rows, then the encoder's dropout: [B, S, D]."""
+        x = x + self.model.embed_positions.weight[: x.shape[1]]
+        return nn.functional.dropout(x, p=self.model.dropout, training=self.training)
+
     def _above_convs(self, x: Tensor, valid_steps: Tensor) -> Tensor:
         """Positions, dropout, the transformer layers, the layer norm and the pooling: [B, S, D] conv
         output, [B] valid steps per item -> [B, d_model]."""
-        enc = self.model
-        steps = x.shape[1]
-        step_mask = torch.arange(steps, device=x.device)[None] < valid_steps[:, None]  # [B, S]
-        x = x + enc.embed_positions.weight[:steps]
-        x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
-        bias = torch.zeros(step_mask.shape, dtype=x.dtype, device=x.device)
-        bias = bias.masked_fill(~step_mask, torch.finfo(x.dtype).min)[:, None, None, :]  # [B, 1, 1, S] keys
-        bias = bias.expand(-1, 1, steps, -1)
-        states = [] if self.hidden.wants_all else None  # as WhisperEncoder's output_hidden_states
-        for layer in enc.layers:
-            if states is not None:
-                states.append(x)
-            if self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop:
-                continue
-            x = layer(x, bias)
-        x = enc.layer_norm(x)
-        if states is not None:
-            states.append(x)
-        x = self.hidden.select(x, states)  # options layers, output_dropout
-        return pool(x, step_mask, self.options.pooling)
+        return self._above(self._positions(x), valid_mask(x, valid_steps), 0)
 
-    # -- train.frozen_features: cache with the conv front end frozen (freeze: feature_encoder): its output per item
+    def _above(self, x: Tensor, step_mask: Tensor, start: int) -> Tensor:
+        """The layers above layer ``start``, the final LayerNorm, the hidden-state choice and the pooling:
+        [B, S, D] hidden state after layer ``start`` (0: the positions' output), [B, S] bool valid steps -> [B, d_model]."""
+        enc = self.model
+        hidden = self.hidden.above(enc, x, _key_padding_bias(step_mask, x.dtype), start, final_norm=enc.layer_norm,
+                                   layerdrop=enc.layerdrop, training=self.training)
+        return pool(hidden, step_mask, self.options.pooling)
+
+    # -- train.frozen_features: cache. The frozen part is the conv front end (freeze: feature_encoder), or with
+    # freeze_layers: N the front end, the positions and layers 1..N: {"conv": ...} or {"hidden": ...} items.
     def has_frozen_part(self) -> bool:
-        """conv1 and conv2 are frozen (freeze: feature_encoder) while layers above train."""
+        """conv1 and conv2 are frozen (freeze: feature_encoder, or freeze_layers) while layers above train."""
         convs = [*self.model.conv1.parameters(), *self.model.conv2.parameters()]
         return not any(p.requires_grad for p in convs) and any(p.requires_grad for p in self.parameters())
 
+    def _plan_frozen_part(self, options: HFWhisperOptions) -> tuple[int, str]:
+        """(N, note): the frozen part ends after layer N (0: after conv2) and what is cached, and why."""
+        n, total = options.freeze_layers or 0, self.hidden.num_layers
+        conv = "the conv front end's output (conv1, conv2) per item; the K passes run the positions, dropout and every layer"
+        if n and options.layers == "weighted":
+            return 0, f"{conv} (not the first {n} layers of freeze_layers: {WEIGHTED_NOT_CACHED})"
+        if n == 0:
+            return 0, conv
+        return n, (f"each item's hidden state after layer {n} of {total} (conv front end, positions, layers 1..{n}, in eval "
+                   f"mode); the K passes run layers {n + 1}..{total} and the final LayerNorm only")
+
     def frozen_part(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
-        """Each item alone through conv1/conv2: {"conv": [(F_i + 1) // 2, d_model]}. Alone, an item's edge
-        is zero padding; in a padded batch :meth:`_convs` zeroes the frames after it: the same values."""
+        """Each item alone through the frozen part, unpadded: {"conv": [(F_i + 1) // 2, d_model]} (conv1/conv2), or
+        with freeze_layers: N {"hidden": [(F_i + 1) // 2, d_model]} (after layer N). Alone, an item's edge is zero
+        padding; in a padded batch :meth:`_convs` zeroes the frames after it and the layers mask the steps
+        after it: the same values."""
         x, mask = batch["input_features"], batch["frame_mask"]
-        return [{"conv": self._convs(x[i : i + 1, :, :n], mask[i : i + 1, :n])[0]} for i, n in enumerate(mask.sum(1).tolist())]
+        out = []
+        for i, n in enumerate(mask.sum(1).tolist()):
+            conv = self._convs(x[i : i + 1, :, :n], mask[i : i + 1, :n])  # [1, S_i, D]
+            if not self.cached_layers:
+                out.append({"conv": conv[0]})
+                continue
+            h = self._positions(conv)
+            bias = _key_padding_bias(torch.ones(h.shape[:2], dtype=torch.bool, device=h.device), h.dtype)
+            out.append({"hidden": run_layers(self.model.layers[: self.cached_layers], h, bias)[0]})
+        return out
 
     def collate_frozen(self, items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """{"conv": [B, S, d_model] zero-padded to the longest item, "steps": [B] valid steps}."""
-        steps = max(int(it["conv"].shape[0]) for it in items)
-        conv = torch.zeros(len(items), steps, items[0]["conv"].shape[1], dtype=items[0]["conv"].dtype)
-        for i, it in enumerate(items):
-            conv[i, : it["conv"].shape[0]] = it["conv"]
-        return {"conv": conv, "steps": torch.tensor([int(it["conv"].shape[0]) for it in items])}
+        """{"conv" or "hidden": [B, S, d_model] zero-padded to the longest item, "steps": [B] valid steps}."""
+        key = "hidden" if "hidden" in items[0] else "conv"
+        padded, steps = pad_items(items, key)
+        return {key: padded, "steps": steps}
 
     def trainable_part(self, batch: dict[str, Tensor]) -> Tensor:
-        """The encoder above its conv front end on cached conv outputs: [B, d_model], as :meth:`forward`."""
+        """The encoder above its frozen part on cached outputs: [B, d_model], as :meth:`forward`."""
+        if "hidden" in batch:
+            x = batch["hidden"]
+            return self._above(x, valid_mask(x, batch["steps"]), self.cached_layers)
         return self._above_convs(batch["conv"], batch["steps"])
+
+
+def _key_padding_bias(step_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, S] bool valid steps -> the additive attention bias of Whisper's layers [B, 1, S, S]: 0 for valid keys,
+    the dtype's minimum for padded ones."""
+    bias = torch.zeros(step_mask.shape, dtype=dtype, device=step_mask.device)
+    bias = bias.masked_fill(~step_mask, torch.finfo(dtype).min)[:, None, None, :]  # [B, 1, 1, S] keys
+    return bias.expand(-1, 1, step_mask.shape[1], -1)

@@ -15,6 +15,10 @@ Pooling: "mean" (masked mean; what sentence-transformers' MiniLM was trained wit
 (first token; BERT-style models), "last" (last non-padding token; use it for GPT-2 and other
 decoders, whose last token is the only one that has seen the whole text).
 
+train.frozen_features: cache with freeze_layers: N (N >= 1; BERT, MiniLM, RoBERTa, XLM-R): each text's token states after layer N are computed once (the text alone, eval mode) and
+the K passes run layers N+1..L under the model's own attention mask; the embeddings' and layers
+1..N's dropout is then lost (the core asks for train.frozen_part_dropout: eval).
+
 GPT-2 has no padding token: the end-of-text token is used for padding (it is masked out, so its
 value does not matter). An empty string is valid: encoder tokenizers give [CLS] [SEP]; when a
 tokenizer gives no token at all (GPT-2), the item gets one end-of-text token, so every item has
@@ -34,7 +38,15 @@ from multiturbo.encoder import Encoder
 from multiturbo.errors import DataError
 
 from . import assets
-from ._common import HFOptions, HiddenStates, LayeredEncoder, enable_gradient_checkpointing, freeze, load, load_config, pool, warn_cut
+from ._common import (
+    WEIGHTED_NOT_CACHED, HFOptions, HiddenStates, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers,
+    freeze, load, load_config, noisy_config_keys, pad_items, pool, valid_mask, warn_cut,
+)
+
+# model types whose layers are called as layer(hidden_states, attention_mask) under a bidirectional mask, with
+# nothing between them (BERT and MiniLM: "bert"; RoBERTa; XLM-R, a copy of RoBERTa's code); the first N of
+# them can be cached (freeze_layers: N). BERT and RoBERTa are tested.
+LAYER_CACHE_TYPES = ("bert", "roberta", "xlm-roberta")
 
 
 class HFTextOptions(HFOptions):
@@ -76,6 +88,10 @@ class HFText(LayeredEncoder, Encoder):
         freeze(self.model, options.freeze, "hf_text", None)
         self.hidden = HiddenStates(self.model, options, "hf_text")
         enable_gradient_checkpointing(self.model, options, "hf_text")
+        self.cached_layers, self._part_note = self._plan_frozen_part(options)
+        # the embeddings' and the cached layers' dropout is lost when cached: the core asks for the opt-in
+        self.frozen_part_dropout = bool(self.cached_layers) and bool(
+            noisy_config_keys(config, ("hidden_dropout_prob", "attention_probs_dropout_prob")))
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:
         """B strings -> tokenizer output, each [B, L] (L = longest item, at most max_tokens)."""
@@ -116,3 +132,48 @@ class HFText(LayeredEncoder, Encoder):
         out = self.model(**batch, output_hidden_states=self.hidden.wants_all)
         hidden = self.hidden.select(out.last_hidden_state, out.hidden_states)  # [B, L, hidden] (options layers, output_dropout)
         return pool(hidden, batch["attention_mask"], self.options.pooling)
+
+    # -- train.frozen_features: cache with freeze_layers: N (N >= 1): the embeddings and the first N layers per item
+    def _plan_frozen_part(self, options: HFTextOptions) -> tuple[int, str]:
+        """(N, note): the frozen part ends after layer N (0: no frozen part is cached) and what is cached, or why not."""
+        n, total, kind = options.freeze_layers or 0, self.hidden.num_layers, getattr(self.model.config, "model_type", "?")
+        why = (
+            None if n == 0 else WEIGHTED_NOT_CACHED if options.layers == "weighted"
+            else f"its layers ({kind}) are not of a kind whose cached states multiturbo can run on ({', '.join(LAYER_CACHE_TYPES)})"
+            if kind not in LAYER_CACHE_TYPES or self.hidden.path != "encoder.layer" or getattr(self.model.config, "is_decoder", False)
+            else None
+        )
+        if n == 0:
+            return 0, ""
+        if why is not None:
+            return 0, f"nothing (freeze_layers: {n} of {total}, but {why}); the whole encoder runs on every pass"
+        return n, (f"each item's token-level hidden states after layer {n} of {total} (embeddings and layers 1..{n}, "
+                   f"in eval mode); the K passes run layers {n + 1}..{total} only")
+
+    def has_frozen_part(self) -> bool:
+        """freeze_layers: N (N >= 1) on a supported model with layers above N that train."""
+        return self.cached_layers > 0 and any(p.requires_grad for p in self.parameters())
+
+    def frozen_part(self, batch: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        """Each item alone (its valid tokens: right padding) through the embeddings and layers 1..N, in eval
+        mode: {"hidden": [tokens_i, hidden]}. Alone, an item gets the positions and the (unmasked) keys it
+        has in a padded batch, so its states equal its valid positions' states there."""
+        out = []
+        for i, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+            item = {k: v[i : i + 1, : int(n)] for k, v in batch.items()}
+            with first_layers(self.model, self.hidden.path, self.cached_layers):
+                out.append({"hidden": self.model(**item).last_hidden_state[0]})
+        return out
+
+    def collate_frozen(self, items: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """{"hidden": [B, L, hidden] zero-padded to the longest item, "tokens": [B] valid tokens}."""
+        hidden, tokens = pad_items(items, "hidden")
+        return {"hidden": hidden, "tokens": tokens}
+
+    def trainable_part(self, batch: dict[str, Tensor]) -> Tensor:
+        """Cached states after layer N -> layers N+1..L under the model's own attention mask, the hidden-state
+        choice, the pooling over valid tokens: [B, hidden], as :meth:`forward`."""
+        x = batch["hidden"]
+        valid = valid_mask(x, batch["tokens"])  # [B, L]
+        hidden = self.hidden.above(self.model, x, bidirectional_mask(self.model, x, valid), self.cached_layers)
+        return pool(hidden, valid, self.options.pooling)
