@@ -85,6 +85,14 @@ class Encoder(nn.Module):
         """A :meth:`collate_frozen` batch -> pooled vectors [B, output_dim], through the trainable part only."""
         raise NotImplementedError
 
+    def exact_frozen_part(self) -> bool:
+        """Shrink the frozen part to a lower one in which no dropout acts, when the encoder has one (e.g.
+        the conv front end below frozen transformer layers), and return True; :attr:`frozen_part_dropout`
+        is then False and the cache gives the same results as recomputing. Called by the core when
+        :attr:`frozen_part_dropout` is True and ``train.frozen_part_dropout`` is ``refuse``. The default:
+        False (no smaller part: the core refuses the config and names the opt-in)."""
+        return False
+
     def describe_frozen_part(self) -> str:
         """What :meth:`frozen_part` computes, in a few words, and why it stops where it does when that is
         less than the configuration freezes (e.g. "the conv feature encoder's output (not the first 8

@@ -84,7 +84,10 @@ def partial_modalities(encoders: Mapping[str, nn.Module]) -> list[str]:
 def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module], part_dropout: str = "refuse") -> list[str]:
     """The fully frozen modalities. With ``mode`` ``cache``, a ConfigError (found when the experiment is
     built, before any training) when no encoder is fully frozen nor splits off a frozen part, or when a
-    frozen part has dropout inside and ``part_dropout`` (``train.frozen_part_dropout``) is not ``eval``."""
+    frozen part has dropout inside and ``part_dropout`` (``train.frozen_part_dropout``) is not ``eval``.
+    Without that opt-in, an encoder whose frozen part has dropout first shrinks it to a lower part without
+    dropout where it has one (``exact_frozen_part``: e.g. hf_audio's conv stack below freeze_layers), so
+    the cache keeps results equal to recomputing."""
     frozen = frozen_modalities(encoders)
     if mode != "cache":
         return frozen
@@ -98,6 +101,8 @@ def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module], part_dro
             "(or `freeze: feature_encoder` for hf_audio) in an encoder's options, or set train.frozen_features: recompute."
         ])
     noisy = [m for m in partial if getattr(encoders[m], "frozen_part_dropout", False)]
+    if part_dropout != "eval":  # refuse: an encoder that can cache a lower part without dropout does so
+        noisy = [m for m in noisy if not getattr(encoders[m], "exact_frozen_part", lambda: False)()]
     if noisy and part_dropout != "eval":
         notes = _frozen_part_notes(encoders, noisy)
         raise ConfigError([
@@ -313,8 +318,12 @@ _MEMO_ENCODERS = 8  # encoders remembered (the oldest is forgotten first)
 
 
 def _digest_module(module: nn.Module, frozen_only: bool = False) -> str:
-    """The encoder's class, options and weights (``frozen_only``: its buffers and frozen parameters), digested."""
+    """The encoder's class, options and weights (``frozen_only``: its buffers and frozen parameters, and what
+    its frozen part is: ``describe_frozen_part``, which differs e.g. between a conv-only and a layer cache of
+    the same options), digested."""
     h = hashlib.sha256(type(module).__qualname__.encode())
+    if frozen_only:
+        h.update(getattr(module, "describe_frozen_part", lambda: "")().encode())
     options = getattr(module, "options", None)
     if options is not None and hasattr(options, "model_dump_json"):
         h.update(options.model_dump_json().encode())

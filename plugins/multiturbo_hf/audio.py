@@ -137,11 +137,26 @@ class _AudioBase(LayeredEncoder, Encoder):
     Options = HFAudioOptions
     name = "hf_audio"
 
+    cached_layers: int  # with freeze_layers: N, the frozen part cached ends after layer N (0: after the conv front end)
+    frozen_part_dropout: bool
+    _conv_note: str  # what the conv-only cache keeps and what the K passes run (describe_frozen_part)
+
     def __init__(self, options: HFAudioOptions):
         super().__init__(options)
         if options.pooling == "cls":
             raise ConfigError(["pooling: 'cls' is not defined for audio models (they have no class token); use 'mean' or 'last'."])
         self.cut_items = 0  # items cut to max_seconds, over this encoder's lifetime
+
+    def exact_frozen_part(self) -> bool:
+        """With freeze_layers: N and dropout, LayerDrop or SpecAugment at or below layer N: cache the conv front
+        end only (no dropout acts there, so results equal recomputing), saying so. The core calls this without
+        ``train.frozen_part_dropout: eval``; True when done."""
+        if not self.frozen_part_dropout:
+            return False
+        n, self.cached_layers, self.frozen_part_dropout = self.cached_layers, 0, False
+        self._part_note = (f"{self._conv_note} (not the first {n} layers of freeze_layers: dropout acts in them, which one cached "
+                           f"pass would drop from Turbo's views; train.frozen_part_dropout: eval caches them too)")
+        return True
 
     @property
     def input_sample_rate(self) -> int:
@@ -171,6 +186,7 @@ class HFAudio(_AudioBase):
     """wav2vec2 / HuBERT / WavLM: AutoFeatureExtractor + AutoModel + pooling over valid frames."""
 
     export_assets = assets.export_assets  # config + preprocessor into the run directory (no weights)
+    _conv_note = "the conv feature encoder's output per item; the K passes run the feature projection, SpecAugment and every layer"
 
     def __init__(self, options: HFAudioOptions):
         super().__init__(options)
@@ -243,7 +259,7 @@ class HFAudio(_AudioBase):
     def _plan_frozen_part(self, options: HFAudioOptions, config: Any) -> tuple[int, str]:
         """(N, note): the frozen part ends after layer N (0: after the conv feature encoder) and what is cached, and why."""
         n, total = options.freeze_layers or 0, self.hidden.num_layers
-        conv = "the conv feature encoder's output per item; the K passes run the feature projection, SpecAugment and every layer"
+        conv = self._conv_note
         if n == 0:
             return 0, conv
         kind = getattr(config, "model_type", "?")
@@ -361,6 +377,7 @@ class HFWhisper(_AudioBase):
 
     Options = HFWhisperOptions
     name = "hf_whisper"
+    _conv_note = "the conv front end's output (conv1, conv2) per item; the K passes run the positions, dropout and every layer"
 
     def __init__(self, options: HFWhisperOptions):
         super().__init__(options)
@@ -411,7 +428,9 @@ class HFWhisper(_AudioBase):
         x = x * mask[:, None].to(x.dtype)
         x = nn.functional.gelu(enc.conv1(x))  # [B, D, F]
         x = x * mask[:, None].to(x.dtype)  # so conv2 sees zeros after an item's end, as at a lone item's edge
-        return nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # [B, F/2, D]
+        # contiguous: dropout draws its mask in memory order, so a permuted layout would mask other elements than
+        # the cached (contiguous) conv outputs get from the same random state
+        return nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1).contiguous()  # [B, F/2, D]
 
     def _positions(self, x: Tensor) -> Tensor:
         """[B, S, D] conv output -> + the positional table's first S rows, then the encoder's dropout: [B, S, D]."""
@@ -441,7 +460,7 @@ class HFWhisper(_AudioBase):
     def _plan_frozen_part(self, options: HFWhisperOptions) -> tuple[int, str]:
         """(N, note): the frozen part ends after layer N (0: after conv2) and what is cached, and why."""
         n, total = options.freeze_layers or 0, self.hidden.num_layers
-        conv = "the conv front end's output (conv1, conv2) per item; the K passes run the positions, dropout and every layer"
+        conv = self._conv_note
         if n and options.layers == "weighted":
             return 0, f"{conv} (not the first {n} layers of freeze_layers: {WEIGHTED_NOT_CACHED})"
         if n == 0:

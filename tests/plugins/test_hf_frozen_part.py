@@ -233,10 +233,33 @@ def test_freeze_layers_caches_the_first_layers_and_steps_equal_the_full_encoders
     assert not torch.allclose(views[0], views[1])  # the K views still differ (dropout in layer 2)
 
 
-def test_freeze_layers_without_the_opt_in_is_refused(tiny_raw, audio_models):
-    with pytest.raises(ConfigError, match=r"frozen part of the audio encoder has dropout inside.*\(audio \(HFAudio\): each item's "
-                                          r"hidden state after layer 1 of 2.*frozen_part_dropout: eval"):
-        _experiment(tiny_raw, audio_models["wav2vec2_group"], freeze="none", freeze_layers=1)
+@pytest.mark.parametrize("encoder", ["hf_audio", "hf_whisper"])
+def test_freeze_layers_without_the_opt_in_caches_the_conv_front_end_only(tiny_raw, audio_models, whisper, encoder):
+    """Without train.frozen_part_dropout: eval, frozen layers with dropout are not cached: the audio encoders cache
+    their conv front end (no dropout there), say so with the opt-in, and the step equals the full encoder's
+    (dropout on in the frozen layers too). Its cache entries are not those of the layer cache."""
+    fc._MEMO.clear()
+    model = whisper if encoder == "hf_whisper" else audio_models["wav2vec2_group"]
+    extra = {"dropout": 0.1} if encoder == "hf_whisper" else {}
+    exp = _experiment(tiny_raw, model, freeze="none", encoder=encoder, freeze_layers=1, **extra)
+    enc = exp.model.encoders["audio"]
+    assert enc.cached_layers == 0 and not enc.frozen_part_dropout
+    lines = RecordingReporter()
+    cache_frozen_features(exp.splits, exp.model.encoders, "cache", torch.device("cpu"), 8, lines)
+    notes = [line for line in lines.lines if "the frozen part cached" in line]
+    assert len(notes) == 1 and "conv" in notes[0] and "not the first 1 layers" in notes[0] and "frozen_part_dropout: eval" in notes[0]
+    cached = _assert_cached_step_equals_full(exp, lambda name: "feature_extractor" in name or ".conv" in name, splits=_unequal_audio(exp.splits))
+    assert "conv" in cached["audio"]
+    layered = _experiment(tiny_raw, model, freeze="none", encoder=encoder, freeze_layers=1, **extra, train={"frozen_part_dropout": "eval"})
+    assert layered.model.encoders["audio"].cached_layers == 1
+    assert fc._digest_module(layered.model.encoders["audio"], True) != fc._digest_module(enc, True)  # never each other's entries
+
+
+def test_text_freeze_layers_without_the_opt_in_is_refused(tiny_raw, bert):
+    """hf_text has no frozen part below its embeddings' dropout: without the opt-in, the cache is refused, saying why."""
+    with pytest.raises(ConfigError, match=r"frozen part of the text encoder has dropout inside.*\(text \(HFText\): each item's "
+                                          r"token-level hidden states after layer 1 of 2.*frozen_part_dropout: eval"):
+        _experiment(tiny_raw, bert, freeze="none", encoder="hf_text", modality="text", freeze_layers=1)
 
 
 @pytest.mark.parametrize("family,options,why", [
