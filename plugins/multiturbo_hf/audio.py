@@ -32,7 +32,8 @@ hf_audio
     conformer put more between their layers) and not with layers: weighted: the others cache the
     conv stack, and say why (describe_frozen_part).
     SpecAugment acts after the feature projection, below layer 1, so with layers cached it is lost
-    like their dropout (frozen_part_dropout: the core asks for the opt-in).
+    like their dropout (frozen_part_dropout: with the opt-in; without it the conv stack alone is cached,
+    exact_frozen_part).
 
     Training-time noise besides dropout comes with the model's config and is kept: SpecAugment
     (``mask_time_prob``, drawn per item) and LayerDrop (``layerdrop``, drawn once per forward,
