@@ -184,7 +184,7 @@ class TrainConfig(StrictModel):
     prefetch_factor: int | None = Field(None, ge=1, description="Batches each loader worker prepares ahead (with num_workers > 0); None = PyTorch's default (2).")
     audio_cache: Literal["off", "memory", "disk"] = Field(
         "off",
-        description="Cache each item's decoded audio, resampled to its encoder's rate, so later epochs read no audio file and run no resampler: off, memory (per process; each DataLoader worker keeps its own copy) or disk (float32 files under audio_cache_dir, shared by workers, runs and folds). The results are bit-identical to off.",
+        description="Cache each item's decoded audio, resampled to its encoder's rate, so later epochs read no audio file and run no resampler: off, memory (per process, shared by every run of one compare / cv / tune for data sets whose items can be keyed: manifest, IEMOCAP, hf_datasets; each DataLoader worker keeps its own copy) or disk (float32 files under audio_cache_dir, shared by workers, runs and folds). The results are bit-identical to off.",
     )
     frozen_features: Literal["recompute", "cache"] = Field(
         "recompute",
