@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -272,16 +272,17 @@ class HiddenStates(nn.Module):
         return 0
 
     def above(self, model: nn.Module, x: Tensor, mask: Any, start: int, *, final_norm: nn.Module | None = None,
-              layerdrop: float = 0.0, training: bool = False) -> Tensor:
+              layerdrop: float = 0.0, training: bool = False, call: LayerCall | None = None) -> Tensor:
         """The model above layer ``start`` (the frozen part's end, cached): x [B, S, D] the hidden state after
         layer ``start`` -> layers start+1..N (:func:`run_layers`; ``mask``: the attention mask as the layers take
-        it), then ``final_norm`` (a LayerNorm after the layers), then :meth:`select` -> [B, S, D] to pool. The
+        it; ``call``: see :func:`run_layers`), then ``final_norm`` (a LayerNorm after the layers), then :meth:`select` -> [B, S, D] to pool. The
         hidden states of layers < ``start`` are not at hand: with ``start`` > 0 only ``layers: last`` or an index
         >= ``start`` can be chosen (below it every weight is frozen; ``weighted`` needs them all)."""
         if start and (self.mix is not None or (isinstance(self.choice, int) and self.choice % (self.num_layers + 1) < start)):
             raise RuntimeError(f"{self.encoder_name}: layers: {self.choice} needs a hidden state at or below the cached layer {start}")
         states: list[Tensor | None] | None = [None] * start if self.wants_all else None
-        x = run_layers(model.get_submodule(self.path)[start:], x, mask, layerdrop=layerdrop, training=training, states=states)
+        x = run_layers(model.get_submodule(self.path)[start:], x, mask, layerdrop=layerdrop, training=training, states=states,
+                       start=start, call=call)
         if states is not None:
             states.append(x)
         return self.select(final_norm(x) if final_norm is not None else x, states)
@@ -345,18 +346,23 @@ def first_layers(model: nn.Module, path: str, n: int, skip: Sequence[str] = ()) 
             setattr(owner, attr, module)
 
 
+LayerCall = Callable[[nn.Module, int, Tensor, Any], Tensor]  # (layer, its 0-based index, x [B, S, D], mask) -> [B, S, D]
+
+
 def run_layers(layers: Sequence[nn.Module], x: Tensor, mask: Any, *, layerdrop: float = 0.0, training: bool = False,
-               states: list[Tensor | None] | None = None) -> Tensor:
-    """x [B, S, D] through ``layers``, each called as ``layer(x, mask)`` (``mask``: the attention mask in
-    the form the layers take) -> [B, S, D]. LayerDrop as transformers does it: in training each layer
-    is skipped with probability ``layerdrop`` (one ``torch.rand([])`` draw per layer). ``states``, when
-    given, gets each layer's input appended (output_hidden_states; a skipped layer's is its input again)."""
-    for layer in layers:
+               states: list[Tensor | None] | None = None, start: int = 0, call: LayerCall | None = None) -> Tensor:
+    """x [B, S, D] through ``layers`` (the model's layers ``start``, ``start`` + 1...), each called as
+    ``layer(x, mask)`` (``mask``: the attention mask in the form the layers take), or as ``call(layer, index,
+    x, mask)`` for layers that take more (WavLM's position bias) -> [B, S, D]. LayerDrop as transformers does
+    it: in training each layer is skipped with probability ``layerdrop`` (one ``torch.rand([])`` draw per
+    layer). ``states``, when given, gets each layer's input appended (output_hidden_states; a skipped
+    layer's is its input again)."""
+    for index, layer in enumerate(layers, start):
         if states is not None:
             states.append(x)
         if training and layerdrop > 0.0 and torch.rand([]) < layerdrop:
             continue
-        x = layer(x, mask)
+        x = call(layer, index, x, mask) if call is not None else layer(x, mask)
     return x
 
 

@@ -27,10 +27,11 @@ hf_audio
     train.frozen_features: cache: the frozen part cached per item is the conv stack's output
     (freeze: feature_encoder), or with freeze_layers: N (N >= 1) the hidden state after layer N: the
     model's own forward on the item alone with its layer list cut to N (``first_layers``), and the K
-    passes run layers N+1..L with the model's attention mask (``HiddenStates.above``). For wav2vec2
-    and HuBERT only (LAYER_CACHE_TYPES; WavLM's layers pass a relative position bias on, SEW and the
-    conformer put more between their layers) and not with layers: weighted: the others cache the
-    conv stack, and say why (describe_frozen_part).
+    passes run layers N+1..L with the model's attention mask (``HiddenStates.above``). For wav2vec2,
+    HuBERT and WavLM only (LAYER_CACHE_TYPES; WavLM's layers above N get the relative position bias
+    that its first layer computes, ``_wavlm_layer_call``; SEW and the conformer put more between their
+    layers) and not with layers: weighted: the others cache the conv stack, and say why
+    (describe_frozen_part).
     SpecAugment acts after the feature projection, below layer 1, so with layers cached it is lost
     like their dropout (frozen_part_dropout: with the opt-in; without it the conv stack alone is cached,
     exact_frozen_part).
@@ -88,13 +89,13 @@ from multiturbo.errors import ConfigError, DataError
 
 from . import assets
 from ._common import (
-    WEIGHTED_NOT_CACHED, HFOptions, HiddenStates, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers,
+    WEIGHTED_NOT_CACHED, HFOptions, HiddenStates, LayerCall, LayeredEncoder, bidirectional_mask, enable_gradient_checkpointing, first_layers,
     freeze, load, load_config, noisy_config_keys, pad_items, pool, run_layers, valid_mask, warn_cut,
 )
 
 # model types whose first layers can be cached with freeze_layers (layers called as layer(hidden_states, attention_mask),
-# a plain bidirectional mask, nothing between the layers but the layers)
-LAYER_CACHE_TYPES = ("wav2vec2", "hubert")
+# a plain bidirectional mask, nothing between the layers but the layers; WavLM's also take a position bias)
+LAYER_CACHE_TYPES = ("wav2vec2", "hubert", "wavlm")
 
 
 def _noise_below_layers(config: Any) -> list[str]:
@@ -266,8 +267,6 @@ class HFAudio(_AudioBase):
         kind = getattr(config, "model_type", "?")
         why = (
             WEIGHTED_NOT_CACHED if options.layers == "weighted"
-            else f"{type(self.model).__name__} passes a relative position bias from layer to layer, which is not rebuilt above a cached layer"
-            if kind == "wavlm"
             else f"the first layers are cached for {' and '.join(LAYER_CACHE_TYPES)} models only (their layers take the hidden "
                  f"states and the attention mask alone), not {kind}"
             if kind not in LAYER_CACHE_TYPES
@@ -333,8 +332,12 @@ class HFAudio(_AudioBase):
         layers N+1..L with the model's own attention mask and LayerDrop, the final LayerNorm (stable-layer-norm
         models), the hidden-state choice and the pooling."""
         norm = self.model.get_submodule(self._final_norm[0]) if self._final_norm else None
-        hidden = self.hidden.above(self.model, x, bidirectional_mask(self.model, x, frame_mask), self.cached_layers,
-                                   final_norm=norm, layerdrop=self.model.config.layerdrop, training=self.training)
+        if self.model.config.model_type == "wavlm":
+            mask, call = frame_mask, _wavlm_layer_call(self.model, x)  # its layers take the frame mask itself
+        else:
+            mask, call = bidirectional_mask(self.model, x, frame_mask), None
+        hidden = self.hidden.above(self.model, x, mask, self.cached_layers, final_norm=norm,
+                                   layerdrop=self.model.config.layerdrop, training=self.training, call=call)
         return pool(hidden, frame_mask, self.options.pooling)
 
     @contextmanager
@@ -349,6 +352,16 @@ class HFAudio(_AudioBase):
             yield
         finally:
             del encoder.forward  # back to the class's forward
+
+
+def _wavlm_layer_call(model: nn.Module, x: Tensor) -> LayerCall:
+    """How WavLM's layers above a cached one are called on x [B, S, D]: with the [B, S] frame mask itself and
+    the relative position bias [B * heads, S, S] that its first layer computes from the length alone (each
+    layer returns the bias it was given, gated inside it by its own input, so it is the same for every layer)."""
+    attention = model.encoder.layers[0].attention
+    batch, steps = x.shape[:2]
+    bias = attention.compute_bias(steps, steps).unsqueeze(0).repeat(batch, 1, 1, 1).view(batch * attention.num_heads, steps, steps)
+    return lambda layer, index, h, mask: layer(h, attention_mask=mask, position_bias=bias, index=index)[0]
 
 
 def _conv_features_per_item(layers: nn.ModuleList, lengths: Tensor, input_values: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from multiturbo.feature_cache import FROZEN_PART_KEY, cache_frozen_features, che
 from multiturbo.progress import ProgressReporter  # noqa: E402
 
 from conftest import RecordingReporter  # noqa: E402
-from tiny_hf import _save_audio, _save_bert, _save_whisper, build_group_norm_models, build_tiny_models  # noqa: E402
+from tiny_hf import GROUP, _save_audio, _save_bert, _save_whisper, build_group_norm_models, build_tiny_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,10 @@ def audio_models(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("hf")
     off = {"mask_time_prob": 0.0}
     three = _save_audio(root / "three", transformers.Wav2Vec2Config, transformers.Wav2Vec2Model, num_hidden_layers=3, **off)
-    return {**build_group_norm_models(root / "g", off), **build_tiny_models(root / "l", off), "wav2vec2_3_layers": three}
+    wavlm_group = _save_audio(root / "wavlm_group", transformers.WavLMConfig, transformers.WavLMModel, return_attention_mask=False,
+                              num_buckets=16, max_bucket_distance=32, **GROUP, **off)  # post-LayerNorm, as WavLM-base
+    return {**build_group_norm_models(root / "g", off), **build_tiny_models(root / "l", off), "wav2vec2_3_layers": three,
+            "wavlm_group": wavlm_group}
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +212,7 @@ def _frozen_below(model, n: int, stable: bool) -> list[torch.nn.Module]:
 
 
 @pytest.mark.parametrize("family,layers,extra", [
-    ("wav2vec2_group", "last", {}), ("hubert_group", "last", {}), ("wav2vec2", "last", {}), ("wav2vec2", 2, {}),
+    ("wav2vec2_group", "last", {}), ("hubert_group", "last", {}), ("wav2vec2", "last", {}), ("wav2vec2", 2, {}), ("wavlm", "last", {}), ("wavlm_group", 2, {}),
     ("wav2vec2_3_layers", 2, {}), ("wav2vec2_group", "last", {"gradient_checkpointing": True, "pooling": "last"}),
 ])
 def test_freeze_layers_caches_the_first_layers_and_steps_equal_the_full_encoders(tiny_raw, audio_models, family, layers, extra):
@@ -262,15 +265,12 @@ def test_text_freeze_layers_without_the_opt_in_is_refused(tiny_raw, bert):
         _experiment(tiny_raw, bert, freeze="none", encoder="hf_text", modality="text", freeze_layers=1)
 
 
-@pytest.mark.parametrize("family,options,why", [
-    ("wavlm", {}, "relative position bias"),
-    ("wav2vec2_group", {"layers": "weighted"}, "layers: weighted"),
-])
-def test_freeze_layers_falls_back_to_the_conv_cache_with_a_logged_reason(tiny_raw, audio_models, family, options, why):
-    """WavLM (a position bias passed between layers) and layers: weighted (every hidden state) cache the conv
-    stack only, say why once, need no opt-in (no dropout there) and still give the full encoder's step."""
+def test_freeze_layers_falls_back_to_the_conv_cache_with_a_logged_reason(tiny_raw, audio_models):
+    """layers: weighted (every hidden state) caches the conv stack only, says why once, needs no opt-in (no
+    dropout there) and still gives the full encoder's step."""
     fc._MEMO.clear()
-    exp = _experiment(tiny_raw, audio_models[family], freeze="none", freeze_layers=1, **options)
+    why = "layers: weighted"
+    exp = _experiment(tiny_raw, audio_models["wav2vec2_group"], freeze="none", freeze_layers=1, layers="weighted")
     enc = exp.model.encoders["audio"]
     assert enc.cached_layers == 0 and not enc.frozen_part_dropout
     lines = RecordingReporter()
