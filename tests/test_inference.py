@@ -319,7 +319,7 @@ def test_auto_workers_by_device_and_cores():
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert auto_workers(cpu, 1, cpus=16) == 0 and auto_workers(gpu, 1, cpus=16) == 0  # one batch: nothing to overlap
-    assert [auto_workers(cpu, 100, cpus=n) for n in (1, 2, 4, 6)] == [0, 1, 2, 3]  # half the cores; the forward has the rest
+    assert [auto_workers(cpu, 100, cpus=n) for n in (1, 2, 4, 6)] == [0, 2, 4, 6]  # one per core, each runs the forward too; none on one core
     assert [auto_workers(gpu, 100, cpus=n) for n in (1, 2, 4)] == [0, 1, 3]  # all but this process's core
     assert auto_workers(cpu, 100, cpus=64) == auto_workers(gpu, 100, cpus=64) == MAX_AUTO_WORKERS
     assert auto_workers(gpu, 3, cpus=16) == 3  # never more workers than batches
