@@ -212,3 +212,17 @@ def test_logmel_cnn_resamples_a_loaded_waveform():
     tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)  # 1 s at 16 kHz
     batch = enc.collate([Waveform(tone, 16000), tone[:8000]])
     assert batch["lengths"].tolist() == [8000, 8000]  # resampled to 8 kHz; the bare array is taken as 8 kHz
+
+
+def test_channel_norm_equals_layer_norm_over_the_channels():
+    from multiturbo_basic_encoders._layers import ChannelNorm
+
+    torch.manual_seed(0)
+    norm = ChannelNorm(8)
+    with torch.no_grad():
+        norm.norm.weight.normal_()
+        norm.norm.bias.normal_()
+    x = torch.randn(3, 8, 5, 7) * 4 + 2
+    expected = norm.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # nn.LayerNorm over C at every position
+    torch.testing.assert_close(norm(x), expected, atol=1e-5, rtol=1e-5)
+    assert list(dict(norm.named_parameters())) == ["norm.weight", "norm.bias"]  # saved weights keep their names
