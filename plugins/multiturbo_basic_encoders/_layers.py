@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -27,6 +29,14 @@ class ChannelNorm(nn.Module):
         centred = x - x.mean(1, keepdim=True)
         scale = torch.rsqrt(centred.square().mean(1, keepdim=True) + self.norm.eps)
         return centred * scale * self.norm.weight[:, None, None] + self.norm.bias[:, None, None]
+
+
+def in_onnx_export() -> bool:
+    """``torch.onnx.is_in_onnx_export()``, without importing torch.onnx where nothing has (no export
+    can be running then): the import costs about 0.1 s of CPU in every process that runs a forward,
+    e.g. each DataLoader worker of an inference pass on the CPU."""
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
 
 
 def as_float_array(value: object, *, what: str, encoder: str) -> Tensor:

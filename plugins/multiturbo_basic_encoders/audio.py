@@ -34,7 +34,7 @@ from multiturbo.encoder import Encoder, EncoderOptions
 from multiturbo.errors import DataError
 from multiturbo.pooling import masked_mean
 
-from ._layers import ChannelNorm, as_float_array
+from ._layers import ChannelNorm, as_float_array, in_onnx_export
 
 
 def mel_filterbank(
@@ -165,7 +165,7 @@ class LogMelCNN(Encoder):
     def log_mel(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waveform [B, T] -> (standardised log-mel [B, n_mels, F], valid-frame mask [B, F])."""
         o = self.options
-        if torch.onnx.is_in_onnx_export():  # ONNX has no complex STFT: the same power spectrum as real convolutions
+        if in_onnx_export():  # ONNX has no complex STFT: the same power spectrum as real convolutions
             power = self.power_dft(waveform)
         else:
             spec = torch.stft(

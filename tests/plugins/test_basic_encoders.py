@@ -226,3 +226,21 @@ def test_channel_norm_equals_layer_norm_over_the_channels():
     expected = norm.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # nn.LayerNorm over C at every position
     torch.testing.assert_close(norm(x), expected, atol=1e-5, rtol=1e-5)
     assert list(dict(norm.named_parameters())) == ["norm.weight", "norm.bias"]  # saved weights keep their names
+
+
+def test_a_forward_does_not_import_torch_onnx():
+    """The encoders ask whether an ONNX export is running without importing torch.onnx (about 0.1 s
+    of CPU in every DataLoader worker of an inference pass); test_export covers the export itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from multiturbo_basic_encoders import HashedTransformer, LogMelCNN\n"
+        "a = LogMelCNN(LogMelCNN.Options(sample_rate=8000)).eval()\n"
+        "t = HashedTransformer(HashedTransformer.Options()).eval()\n"
+        "a(a.collate([np.zeros(800, np.float32)])); t(t.collate(['hello there']))\n"
+        "assert 'torch.onnx' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
