@@ -32,6 +32,7 @@ come from the same pass.
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -359,6 +360,23 @@ def auto_workers(device: torch.device, batches: int, cpus: int | None = None) ->
     return max(0, min(wanted, MAX_AUTO_WORKERS, batches))
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters
+
+
+def _keep_freed_memory(worker_id: int) -> None:
+    """An inference worker's ``worker_init_fn``: glibc's malloc keeps the memory of freed arrays for
+    the next batch's (no mmap per large tensor, no heap trimming), so the worker does not fault in
+    fresh zeroed pages for every tensor of every batch (measured with the demo encoders: system time
+    0.2-0.37 s -> 0.07-0.12 s per 2,000 items, about 10% of the CPU time). The setting is the
+    worker's own and ends with it; a no-op where the C library has no mallopt (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest on 64-bit
+    mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+
+
 class _CollateAndRun:
     """A DataLoader's ``collate_fn`` for a pass on the CPU: samples -> collated batch -> the model's
     :class:`EvalPass` of the batch as numpy arrays. In a worker process the forward runs there too
@@ -406,7 +424,7 @@ def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None,
     on_cpu = run.device.type == "cpu"
     loader = torch.utils.data.DataLoader(_InputItems(inputs, readers, run.modalities), batch_sampler=batches,
                                          collate_fn=_CollateAndRun(collator, run.model) if on_cpu else collator,
-                                         num_workers=workers, pin_memory=run.device.type == "cuda")
+                                         num_workers=workers, worker_init_fn=_keep_freed_memory, pin_memory=run.device.type == "cuda")
     advance = None
     if progress is not None:
         progress.start(description, total=len(batches))
