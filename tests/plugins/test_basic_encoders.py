@@ -244,3 +244,20 @@ def test_a_forward_does_not_import_torch_onnx():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_logmel_stft_in_groups_of_items_gives_the_batch_values(monkeypatch):
+    """On the CPU the STFT runs on a few items at a time (STFT_CHUNK_SAMPLES): the log-mel of one STFT
+    over the whole batch up to float rounding, for any grouping (one item per group, groups of 3)."""
+    import multiturbo_basic_encoders.audio as audio
+
+    enc = build("logmel_cnn").eval()
+    rng = np.random.default_rng(0)
+    batch = enc.collate([rng.standard_normal(n).astype(np.float32) for n in (4000, 3999, 2500, 1200, 1201, 777, 300)])
+    whole = {}
+    for chunk in (1 << 40, 1, 3 * 4000):  # the whole batch, one item per group, 3 items per group
+        monkeypatch.setattr(audio, "STFT_CHUNK_SAMPLES", chunk)
+        with torch.no_grad():
+            whole[chunk] = enc.log_mel(batch["waveform"], batch["lengths"])[0]
+    torch.testing.assert_close(whole[1], whole[1 << 40], rtol=1e-5, atol=1e-5)  # standardised values of order 1; the mel matmul may sum in another order
+    torch.testing.assert_close(whole[3 * 4000], whole[1 << 40], rtol=1e-5, atol=1e-5)
