@@ -24,8 +24,14 @@ are compared (same ids in the same order, largest probability difference).
     OMP_NUM_THREADS=1 python benchmarks/bench_predict.py        # one thread per process
     python benchmarks/bench_predict.py --items 2000 --profile   # where today's pass spends its CPU time
 
-``--profile``: today's pass in this process (no workers, so every step is seen) under cProfile with
-CPU time as its clock: the share of reading, resampling, collating and each encoder's forward.
+Today's code on the CPU: one DataLoader worker per core, each reading, resampling, collating and
+running the model on whole batches with one thread, handing back only the outputs (see
+docs/using-a-trained-model.md, "Making it fast"). The CPU time per item of all processes is the
+figure to watch on a shared machine: items/s move with the other jobs' load.
+
+``--profile``: today's pass in this process (no workers, so every step is seen; one thread, as each
+worker runs it) under cProfile with CPU time as its clock: the share of reading, resampling,
+collating and each encoder's forward. cProfile's own cost inflates the Python-heavy steps.
 """
 
 from __future__ import annotations
