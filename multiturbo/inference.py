@@ -392,10 +392,10 @@ class _CollateAndRun:
 
 
 def _pass_parts(run: LoadedRun, loader: torch.utils.data.DataLoader, advance: Callable[[int], None] | None) -> Iterator[EvalPass]:
-    """The loader's batches as EvalPass parts (on the CPU the loader's collate ran the model; with a GPU
-    this process runs it), ``advance(n)`` after each."""
+    """The loader's batches as EvalPass parts (on the CPU the loader's collate ran the model,
+    :class:`_CollateAndRun`; with a GPU this process runs it), ``advance(n)`` after each."""
     for part in loader:
-        if run.device.type == "cpu":
+        if run.device.type == "cpu":  # numpy arrays from _CollateAndRun
             out = part.map(torch.from_numpy)
         else:
             with torch.inference_mode():

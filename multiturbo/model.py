@@ -245,10 +245,9 @@ class EvalPass:
     @staticmethod
     def concat(parts: Sequence["EvalPass"]) -> "EvalPass":
         """The rows of ``parts`` (at least one), one part after the other."""
-        cat = lambda get: torch.cat([get(p) for p in parts])  # noqa: E731
         first = parts[0]
-        return EvalPass(cat(lambda p: p.probs), {m: cat(lambda p, m=m: p.views[m]) for m in first.views},
-                        {m: cat(lambda p, m=m: p.present[m]) for m in first.present}, cat(lambda p: p.labels))
+        return EvalPass(torch.cat([p.probs for p in parts]), {m: torch.cat([p.views[m] for p in parts]) for m in first.views},
+                        {m: torch.cat([p.present[m] for p in parts]) for m in first.present}, torch.cat([p.labels for p in parts]))
 
 
 def eval_batch(model: TurboModel, batch: Any, device: torch.device | str, *, contrastive: bool = False) -> EvalPass:
