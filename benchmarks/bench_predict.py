@@ -24,8 +24,14 @@ are compared (same ids in the same order, largest probability difference).
     OMP_NUM_THREADS=1 python benchmarks/bench_predict.py        # one thread per process
     python benchmarks/bench_predict.py --items 2000 --profile   # where today's pass spends its CPU time
 
-``--profile``: today's pass in this process (no workers, so every step is seen) under cProfile with
-CPU time as its clock: the share of reading, resampling, collating and each encoder's forward.
+Today's code on the CPU: one DataLoader worker per core, each reading, resampling, collating and
+running the model on whole batches with one thread, handing back only the outputs (see
+docs/using-a-trained-model.md, "Making it fast"). The CPU time per item of all processes is the
+figure to watch on a shared machine: items/s move with the other jobs' load.
+
+``--profile``: today's pass in this process (no workers, so every step is seen; one thread, as each
+worker runs it) under cProfile with CPU time as its clock: the share of reading, resampling,
+collating and each encoder's forward. cProfile's own cost inflates the Python-heavy steps.
 """
 
 from __future__ import annotations
@@ -122,25 +128,30 @@ def read_preds(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 STEPS = {  # (file suffix, function) -> step; cumulative CPU time of each
-    ("multiturbo/audio.py", "load_audio"): "read the files (libsndfile)",
+    ("multiturbo/audio.py", "load_audio"): "read the files (wave module; libsndfile for other formats)",
     ("multiturbo/audio.py", "resample"): "resample 16 -> 8 kHz (soxr)",
     ("multiturbo/data.py", "__call__"): "collate (padding, tokenising; resampling included)",
     ("multiturbo_basic_encoders/audio.py", "forward"): "forward: logmel_cnn (STFT, log-mel, CNN)",
     ("multiturbo_basic_encoders/text.py", "forward"): "forward: hashed_transformer",
-    ("multiturbo/model.py", "eval_pass"): "the pass (all of the above, heads, softmax)",
+    ("multiturbo/model.py", "eval_batch"): "forward: the whole model (encoders, heads, softmax)",
+    ("multiturbo/inference.py", "run_inputs"): "the pass (all of the above)",
 }
 
 
 def profile(run_dir: Path, manifest: Path) -> None:
-    """Today's pass over ``manifest`` in this process (workers=0) under cProfile (CPU time): each step's share."""
+    """Today's pass over ``manifest`` in this process (workers=0, one thread, as each worker runs it)
+    under cProfile (CPU time): each step's share."""
     import cProfile
     import pstats
+
+    import torch
 
     from multiturbo.inference import read_inputs, run_inputs
     from multiturbo.rundir import load_run
 
     run = load_run(run_dir)
     inputs = read_inputs(run, manifest)
+    torch.set_num_threads(1)
     prof = cProfile.Profile(time.process_time)
     prof.enable()
     start = time.process_time()
@@ -148,18 +159,12 @@ def profile(run_dir: Path, manifest: Path) -> None:
     total = time.process_time() - start
     prof.disable()
     stats = pstats.Stats(prof).stats  # {(file, line, function): (calls, primitive calls, own time, cumulative time, callers)}
-    print(f"\nprofile of today's pass in one process (workers 0, {torch_threads()} thread(s)), {len(inputs)} items, "
+    print(f"\nprofile of today's pass in one process (workers 0, 1 thread), {len(inputs)} items, "
           f"{total / len(inputs) * 1e3:.2f} ms CPU per item under cProfile")
     print("| step | CPU ms per item | share of the pass |\n|---|---|---|")
     for (suffix, function), name in STEPS.items():
         t = sum(v[3] for (f, _, fn), v in stats.items() if f.endswith(suffix) and fn == function)
         print(f"| {name} | {t / len(inputs) * 1e3:.3f} | {t / total:.0%} |")
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def main() -> None:

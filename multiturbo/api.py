@@ -165,8 +165,9 @@ def load(
     modalities whose kind cannot be told from the training manifest or the modality's name.
     ``transcript_cache``: the JSON file caching ``transcribe=`` transcripts (default:
     ``transcripts.json`` in the run directory).
-    ``workers``: DataLoader worker processes that read and collate the inputs of each pass (0: this
-    process; None: :func:`multiturbo.inference.auto_workers`, by the CPU cores and the device).
+    ``workers``: DataLoader worker processes of each pass (0: this process; None:
+    :func:`multiturbo.inference.auto_workers`, by the CPU cores and the device): on the CPU each
+    reads, collates and runs the model on its batches; with a GPU they read and collate.
     Raises :class:`multiturbo.rundir.RunDirError` for a missing, incomplete, unfinished or
     incompatible run directory.
     """

@@ -336,8 +336,9 @@ inference_options = [
     click.option("--kind", "kinds", multiple=True, metavar="MODALITY=KIND", help="How to read a modality's values: audio / image (file paths) or text."),
     click.option("--quiet", "-q", is_flag=True, help="No progress bar or progress lines."),
     click.option("--workers", type=click.IntRange(min=0), default=None,
-                 help="DataLoader worker processes reading and collating the inputs (0: this process). Default: half the CPU cores "
-                      "on the CPU, all but one with a GPU, at most 8; none for a single batch."),
+                 help="DataLoader worker processes (0: this process): on the CPU each reads, collates and runs the model on its "
+                      "batches; with a GPU they read and collate. Default: one per CPU core on the CPU (none on one core), all but "
+                      "one with a GPU, at most 8; none for a single batch."),
 ]
 transcribe_options = [
     click.option("--transcribe", default=None, metavar="MODEL", help="Fill a missing text modality by transcribing the audio with this Whisper model (a local directory or a cached hub id; offline)."),

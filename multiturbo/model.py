@@ -31,9 +31,9 @@ A complete modality carries no mask and takes the plain path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -234,31 +234,47 @@ class EvalPass:
     present: dict[str, Tensor]
     labels: Tensor
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def map(self, fn: Callable[[Any], Any]) -> "EvalPass":
+        """The same pass with ``fn`` applied to every array (e.g. ``Tensor.numpy`` and ``torch.from_numpy``)."""
+        return EvalPass(fn(self.probs), {m: fn(v) for m, v in self.views.items()},
+                        {m: fn(p) for m, p in self.present.items()}, fn(self.labels))
+
+    @staticmethod
+    def concat(parts: Sequence["EvalPass"]) -> "EvalPass":
+        """The rows of ``parts`` (at least one), one part after the other."""
+        first = parts[0]
+        return EvalPass(torch.cat([p.probs for p in parts]), {m: torch.cat([p.views[m] for p in parts]) for m in first.views},
+                        {m: torch.cat([p.present[m] for p in parts]) for m in first.present}, torch.cat([p.labels for p in parts]))
+
+
+def eval_batch(model: TurboModel, batch: Any, device: torch.device | str, *, contrastive: bool = False) -> EvalPass:
+    """One forward over a ``LabelledBatch`` (the model in eval mode and gradients off are the caller's
+    part): its probabilities, views (through the contrastive heads when ``contrastive`` and the model
+    has them), presence masks and labels, on the CPU."""
+    batch = batch.to(device)
+    v = model.views(batch.inputs, passes=1)  # {m: [1, B, d]}
+    mask = TurboModel.presence(batch.inputs) or {}
+    probs = model.logits(v, present=mask or None).float().softmax(-1).cpu()
+    kept = model.contrastive_views(v) if contrastive else v
+    views = {m: kept[m][0].float().cpu() for m in model.modalities}
+    present = {m: mask[m].cpu() if m in mask else torch.ones(v[m].shape[1], dtype=torch.bool) for m in model.modalities}
+    return EvalPass(probs, views, present, batch.labels.cpu())
+
 
 @torch.no_grad()
 def eval_pass(model: TurboModel, batches: Iterable, device: torch.device | str, advance: Callable[[int], None] | None = None,
               *, contrastive: bool = False) -> EvalPass | None:
-    """One forward per batch (``LabelledBatch``), dropout off: the logits and the views come from
-    the same pass. ``contrastive``: the views the contrastive terms compare (through the
-    contrastive heads, when the model has them) instead of the classifier's. None when there is
+    """One forward per batch (``LabelledBatch``, :func:`eval_batch`), dropout off: the logits and the
+    views come from the same pass. ``contrastive``: the views the contrastive terms compare (through
+    the contrastive heads, when the model has them) instead of the classifier's. None when there is
     no batch. ``advance(n)`` is called after each batch of n items."""
     model.eval()
-    probs, labels = [], []
-    views: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
-    present: dict[str, list[Tensor]] = {m: [] for m in model.modalities}
+    parts = []
     for batch in batches:
-        batch = batch.to(device)
-        v = model.views(batch.inputs, passes=1)  # {m: [1, B, d]}
-        mask = TurboModel.presence(batch.inputs) or {}
-        probs.append(model.logits(v, present=mask or None).float().softmax(-1).cpu())
-        kept = model.contrastive_views(v) if contrastive else v
-        for m in model.modalities:
-            views[m].append(kept[m][0].float().cpu())
-            present[m].append(mask[m].cpu() if m in mask else torch.ones(v[m].shape[1], dtype=torch.bool))
-        labels.append(batch.labels.cpu())
+        parts.append(eval_batch(model, batch, device, contrastive=contrastive))
         if advance is not None:
             advance(len(batch))
-    if not probs:
-        return None
-    cat = lambda parts: {m: torch.cat(c) for m, c in parts.items()}  # noqa: E731
-    return EvalPass(torch.cat(probs), cat(views), cat(present), torch.cat(labels))
+    return EvalPass.concat(parts) if parts else None

@@ -73,3 +73,51 @@ def test_audio_problems_names_each_bad_file_and_reports_progress_on_long_checks(
     lines = capsys.readouterr().err.splitlines()
     assert lines and all(line.startswith("multiturbo: checking the audio files of m.csv: ") for line in lines)
     assert lines[-1].split(": ")[2].startswith("4 of 4")
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3001])
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_plain_16_bit_wav_is_read_without_libsndfile_bit_for_bit(tmp_path, frames, channels):
+    """The standard library's wave module reads plain 16-bit PCM WAV files (odd lengths, any channel
+    count, from a path or from bytes): the float32 samples are those of sf.read, bit for bit."""
+    from multiturbo.audio import _read_pcm16_wav
+
+    rng = np.random.default_rng(frames + channels)
+    x = rng.integers(-32768, 32768, (frames, channels)).astype(np.int16)
+    x[0] = -32768
+    path = tmp_path / "a.wav"
+    sf.write(path, x, 22050, subtype="PCM_16")
+    reference, rate = sf.read(path, dtype="float32", always_2d=True)
+    for source in (path, path.read_bytes()):
+        fast = _read_pcm16_wav(source)
+        assert fast is not None and fast[1] == rate == 22050 and fast[0].dtype == np.float32
+        np.testing.assert_array_equal(fast[0], reference)
+
+
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_24"), ("WAV", "FLOAT"), ("WAV", "PCM_U8"), ("FLAC", "PCM_16"), ("WAVEX", "PCM_16")])
+def test_other_formats_and_damaged_wav_files_are_left_to_libsndfile(tmp_path, fmt, subtype):
+    """Anything but a plain 16-bit PCM WAV file (other widths, float, FLAC; WAVE_FORMAT_EXTENSIBLE
+    where the wave module does not take it) goes to libsndfile: the same samples as sf.read."""
+    from multiturbo.audio import _read_pcm16_wav
+
+    x = np.random.default_rng(0).uniform(-1, 1, (1001, 2))
+    path = tmp_path / "a.wav"
+    sf.write(path, x, 16000, subtype=subtype, format=fmt)
+    reference, _ = sf.read(path, dtype="float32", always_2d=True)
+    fast = _read_pcm16_wav(path)
+    if fast is not None:  # WAVEX: Python 3.12+'s wave module reads 16-bit PCM in an extensible header
+        np.testing.assert_array_equal(fast[0], reference)
+    else:
+        assert fmt != "WAV" or subtype != "PCM_16"
+    np.testing.assert_array_equal(load_audio(path).samples, reference.mean(axis=1))
+
+
+def test_a_truncated_16_bit_wav_is_read_as_libsndfile_reads_it(tmp_path):
+    path = tmp_path / "a.wav"
+    sf.write(path, np.random.default_rng(1).uniform(-1, 1, 2000), 16000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:-501])  # the data chunk is shorter than its header says (and odd)
+    from multiturbo.audio import _read_pcm16_wav
+
+    assert _read_pcm16_wav(path) is None
+    reference, _ = sf.read(path, dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(load_audio(path).samples, reference[:, 0])

@@ -319,17 +319,17 @@ def test_auto_workers_by_device_and_cores():
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert auto_workers(cpu, 1, cpus=16) == 0 and auto_workers(gpu, 1, cpus=16) == 0  # one batch: nothing to overlap
-    assert [auto_workers(cpu, 100, cpus=n) for n in (1, 2, 4, 6)] == [0, 1, 2, 3]  # half the cores; the forward has the rest
+    assert [auto_workers(cpu, 100, cpus=n) for n in (1, 2, 4, 6)] == [0, 2, 4, 6]  # one per core, each runs the forward too; none on one core
     assert [auto_workers(gpu, 100, cpus=n) for n in (1, 2, 4)] == [0, 1, 3]  # all but this process's core
     assert auto_workers(cpu, 100, cpus=64) == auto_workers(gpu, 100, cpus=64) == MAX_AUTO_WORKERS
     assert auto_workers(gpu, 3, cpus=16) == 3  # never more workers than batches
 
 
 def test_the_pass_matches_the_former_input_order_pass(run, tmp_path):
-    """run_inputs (length-sorted batches, workers by default and 1 worker, 16-bit files read as int16,
-    inference mode, the forward's threads set beside the workers) gives the probabilities and views of
-    the pass as it was before (input-order batches read here with libsndfile's float conversion), rows
-    in input order, and leaves the thread count as it found it."""
+    """run_inputs (length-sorted batches; workers by default, 1 worker and none; the workers running
+    the forward; 16-bit WAV files read with the wave module; inference mode) gives the probabilities
+    and views of the pass as it was before (input-order batches read here with libsndfile's float
+    conversion), rows in input order, and leaves the thread count as it found it."""
     from multiturbo.audio import Waveform
     from multiturbo.data import Collator
     from multiturbo.dataset import Sample
@@ -355,9 +355,9 @@ def test_the_pass_matches_the_former_input_order_pass(run, tmp_path):
     before = eval_pass(run.model, (collator([read(r) for r in rows[j:j + bs]]) for j in range(0, len(rows), bs)), run.device)
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(3)  # more than the cores a worker leaves on a small machine: set aside during the pass, then back
+    torch.set_num_threads(3)  # whatever the workers do with their threads, this process keeps its own
     try:
-        outs = {workers: run_inputs(run, inputs, batch_size=bs, workers=workers) for workers in (None, 1)}
+        outs = {workers: run_inputs(run, inputs, batch_size=bs, workers=workers) for workers in (None, 1, 0)}
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)

