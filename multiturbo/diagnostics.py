@@ -46,8 +46,11 @@ FIXES = (
 )
 # A term that fell by less than this share of log(B) since the last epoch has stopped falling.
 PLATEAU_FALL = 0.01
-# Recall@1 below this multiple of chance counts as "retrieval at chance" for the cross-modal terms.
+# Recall@1 below this multiple of chance counts as "retrieval at chance" for the cross-modal terms...
 RECALL_AT_CHANCE = 2.0
+# ...and so does recall whose hits a one-sided binomial test does not set above chance at this level
+# (on 120 validation items, 2 hits are twice chance but happen by luck about one time in four).
+RECALL_SIGNIFICANCE = 0.01
 
 
 def term_ratios(terms: Mapping[str, float], batch_size: int) -> dict[str, float]:
@@ -85,18 +88,31 @@ def is_cross_modal(term: str, modalities: Sequence[str]) -> bool:
     return a != b
 
 
+def _above_chance(recall: list[float], chance: float) -> bool:
+    """Whether recall@1 over the directions (each a share of the 1 / ``chance`` validation items) is above
+    RECALL_AT_CHANCE x chance on average, with its pooled hits above chance by a one-sided binomial test at
+    RECALL_SIGNIFICANCE: a few lucky hits on a small validation split do not count as retrieval."""
+    if sum(recall) / len(recall) <= RECALL_AT_CHANCE * chance:
+        return False
+    from scipy.stats import binomtest  # here: scipy.stats takes a while to import, and only this needs it
+
+    items = round(1 / chance)
+    hits = sum(round(r * items) for r in recall)
+    return binomtest(hits, items * len(recall), chance, alternative="greater").pvalue < RECALL_SIGNIFICANCE
+
+
 def collapse_warnings(diagnostics: Mapping, epoch: int, previous: Mapping[str, float] | None = None) -> list[str]:
     """Warnings for a collapsed contrastive space.
 
     Terms: a term at log(B) (>= TERM_AT_LOG_B of it) that has stopped falling (it fell by less than
     PLATEAU_FALL of log(B) since ``previous``, the last epoch's term ratios; without them, as in a
     run's first epoch or just after a resume, no term is judged). Cross-modal terms are left out
-    while validation recall@1 is above RECALL_AT_CHANCE x chance (they retrieve: slow, not
-    collapsed). Uniformity: every epoch, modalities whose uniformity approaches 0."""
+    while validation recall@1 is above RECALL_AT_CHANCE x chance and significantly so (they
+    retrieve: slow, not collapsed; :func:`_above_chance`). Uniformity: every epoch, modalities whose uniformity approaches 0."""
     out = []
     recall = list(diagnostics.get("recall@1", {}).values())
     chance = diagnostics.get("chance_recall@1", math.nan)
-    retrieves = bool(recall) and not math.isnan(chance) and sum(recall) / len(recall) > RECALL_AT_CHANCE * chance
+    retrieves = bool(recall) and not math.isnan(chance) and _above_chance(recall, chance)
     previous = previous or {}
     modalities = list(diagnostics.get("uniformity", {}))  # every modality has one
     at_log_b = sorted(name for name, r in diagnostics.get("term_ratio", {}).items()

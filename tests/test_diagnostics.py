@@ -48,6 +48,17 @@ def test_a_cross_term_near_log_b_that_already_retrieves_is_not_called_collapsed(
     assert len(warnings) == 1 and "audio1~audio2" in warnings[0] and "audio1~text1" not in warnings[0]
 
 
+def test_a_few_lucky_hits_on_a_small_split_do_not_count_as_retrieval():
+    """120 validation items: 2 hits of 120 per direction are twice chance but likely by luck (binomial p about
+    0.14 pooled), so the plateau at log(B) is reported; 8 hits per direction are not luck."""
+    diag = {"term_ratio": {"audio1~text1": 1.002}, "uniformity": {"audio": -0.02, "text": -0.2}, "log_b": math.log(32),
+            "chance_recall@1": 1 / 120}
+    lucky = collapse_warnings({**diag, "recall@1": {"audio->text": 2 / 120, "text->audio": 2 / 120}}, 4, {"audio1~text1": 1.005})
+    assert any("sit at log(B)" in w and "audio1~text1" in w for w in lucky)
+    real = collapse_warnings({**diag, "recall@1": {"audio->text": 8 / 120, "text->audio": 8 / 120}}, 4, {"audio1~text1": 1.005})
+    assert not any("sit at log(B)" in w for w in real)
+
+
 def test_spread_aligned_space_gives_no_warning():
     B = 32
     d = representation_diagnostics(_views(False), None, {"audio1~text1": 0.5 * math.log(B)}, B)
