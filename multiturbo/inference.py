@@ -391,11 +391,17 @@ class _CollateAndRun:
             return eval_batch(self.model, self.collator(samples), "cpu").map(Tensor.numpy)
 
 
+def _model_in_loader(device: torch.device) -> bool:
+    """Whether the loader's collate runs the model (:class:`_CollateAndRun`: on the CPU, in the workers),
+    rather than this process (with a GPU: the workers only read and collate)."""
+    return device.type == "cpu"
+
+
 def _pass_parts(run: LoadedRun, loader: torch.utils.data.DataLoader, advance: Callable[[int], None] | None) -> Iterator[EvalPass]:
     """The loader's batches as EvalPass parts (on the CPU the loader's collate ran the model,
     :class:`_CollateAndRun`; with a GPU this process runs it), ``advance(n)`` after each."""
     for part in loader:
-        if run.device.type == "cpu":  # numpy arrays from _CollateAndRun
+        if _model_in_loader(run.device):  # numpy arrays from _CollateAndRun
             out = part.map(torch.from_numpy)
         else:
             with torch.inference_mode():
@@ -421,7 +427,7 @@ def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None,
     batches = length_sorted_batches(inputs, readers, bs)
     workers = auto_workers(run.device, len(batches)) if workers is None else workers
     run.model.eval()  # before the workers start: they run the model as it is now
-    on_cpu = run.device.type == "cpu"
+    on_cpu = _model_in_loader(run.device)
     loader = torch.utils.data.DataLoader(_InputItems(inputs, readers, run.modalities), batch_sampler=batches,
                                          collate_fn=_CollateAndRun(collator, run.model) if on_cpu else collator,
                                          num_workers=workers, worker_init_fn=_keep_freed_memory, pin_memory=run.device.type == "cuda")

@@ -295,6 +295,21 @@ def test_worker_processes_read_the_files_and_give_the_same_rows(run, tmp_path):
     assert workers.ids == here.ids == inputs.ids
 
 
+def test_the_gpu_split_workers_collate_this_process_runs_the_model_gives_the_same_rows(run, tmp_path, monkeypatch):
+    """With a GPU the workers only read and collate and this process runs the model (no GPU here: the same
+    split forced on the CPU); the rows equal the CPU split's, where the workers run the model too."""
+    import multiturbo.inference as inference
+
+    inputs = read_inputs(run, write_manifest(run, tmp_path / "g", labels=False))
+    in_workers = run_inputs(run, inputs, batch_size=4, workers=2)
+    monkeypatch.setattr(inference, "_model_in_loader", lambda device: False)
+    here = run_inputs(run, inputs, batch_size=4, workers=2)
+    torch.testing.assert_close(here.probs, in_workers.probs, rtol=0, atol=1e-6)
+    for m in here.views:
+        torch.testing.assert_close(here.views[m], in_workers.views[m], rtol=0, atol=1e-6)
+    assert here.ids == in_workers.ids == inputs.ids
+
+
 def test_predict_with_workers_and_progress_lines_in_a_log(tiny_run, tmp_path, monkeypatch):
     manifest = write_manifest(load_run(tiny_run), tmp_path / "m", labels=False)
     monkeypatch.setenv("MULTITURBO_PROGRESS_INTERVAL", "0")  # a line after every batch
