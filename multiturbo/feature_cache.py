@@ -100,25 +100,32 @@ def check_frozen_features(mode: str, encoders: Mapping[str, nn.Module], part_dro
             f"encoder of {list(encoders)} trains throughout{notes}. Set `freeze: all` "
             "(or `freeze: feature_encoder` for hf_audio) in an encoder's options, or set train.frozen_features: recompute."
         ])
-    noisy = [m for m in partial if getattr(encoders[m], "frozen_part_dropout", False)]
-    if part_dropout != "eval":  # refuse: an encoder that can cache a lower part without dropout does so
-        noisy = [m for m in noisy if not getattr(encoders[m], "exact_frozen_part", lambda: False)()]
-    if noisy and part_dropout != "eval":
-        notes = _frozen_part_notes(encoders, noisy)
-        raise ConfigError([
-            f"train.frozen_features: cache: the frozen part of the {', '.join(noisy)} encoder has dropout inside, which the "
-            "cache would compute once in eval mode, so Turbo's K views would no longer differ there (only in the trainable "
-            f"part above it){notes}. Opt in with "
-            "train.frozen_part_dropout: eval, or set train.frozen_features: recompute."
-        ])
+    if part_dropout != "eval":
+        # refuse: an encoder that can cache a lower part without dropout does so; the others are an error
+        noisy = [m for m in partial if getattr(encoders[m], "frozen_part_dropout", False)
+                 and not getattr(encoders[m], "exact_frozen_part", lambda: False)()]
+        if noisy:
+            notes = _frozen_part_notes(encoders, noisy)
+            raise ConfigError([
+                f"train.frozen_features: cache: the frozen part of the {', '.join(noisy)} encoder has dropout inside, which the "
+                "cache would compute once in eval mode, so Turbo's K views would no longer differ there (only in the trainable "
+                f"part above it){notes}. Opt in with "
+                "train.frozen_part_dropout: eval, or set train.frozen_features: recompute."
+            ])
     return frozen
+
+
+def describe_frozen_part(encoder: nn.Module) -> str:
+    """The encoder's ``describe_frozen_part()`` (what its cached frozen part is), or "" for a module without one."""
+    describe = getattr(encoder, "describe_frozen_part", None)
+    return describe() if callable(describe) else ""
 
 
 def _frozen_part_notes(encoders: Mapping[str, nn.Module], modalities: Sequence[str]) -> str:
     """" (m (Class): what its frozen part is; ...)" for the ``modalities`` whose encoder describes it
     (describe_frozen_part), or "" when none does."""
     notes = [f"{m} ({type(encoders[m]).__name__}): {note}" for m in modalities
-             if (note := getattr(encoders[m], "describe_frozen_part", lambda: "")())]
+             if (note := describe_frozen_part(encoders[m]))]
     return f" ({'; '.join(notes)})" if notes else ""
 
 
@@ -176,23 +183,18 @@ class DiskStore:
         return self.directory / encoder[:32] / f"{key}.safetensors"
 
     def get(self, encoder: str, key: str) -> Tensor | None:
-        path = self.path(encoder, key)
-        if not path.exists():
-            return None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header, vector = f.metadata() or {}, f.get_tensor("features")
-            if header.get("encoder") != encoder or header.get("input") != key:
-                raise ValueError("its header names another encoder or input")
-            if vector.ndim != 1 or vector.dtype != torch.float32:
-                raise ValueError(f"it holds a {vector.dtype} tensor of shape {list(vector.shape)}, not a float32 vector")
-            return vector
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds for a damaged file
-            self.recomputed.append(f"{path} ({type(exc).__name__}: {exc})")
-            return None
+        """A frozen encoder's features [dim] (float32), or None (missing, or unusable: recorded)."""
+        tensors = self._read(encoder, key, None, _check_features)
+        return None if tensors is None else tensors["features"]
 
     def get_part(self, encoder: str, key: str) -> dict[str, Tensor] | None:
         """A frozen part's tensors ({name: float32 tensor}), or None (missing, or unusable: recorded)."""
+        return self._read(encoder, key, "part", _check_part)
+
+    def _read(self, encoder: str, key: str, kind: str | None, check: Callable[[dict[str, Tensor]], None]) -> dict[str, Tensor] | None:
+        """The tensors of the entry (``encoder``, ``key``) when its header names both and ``kind`` (None: a
+        features entry) and ``check`` accepts them (it raises ValueError otherwise); None when there is no
+        entry or it cannot be used (the reason is added to ``recomputed``)."""
         path = self.path(encoder, key)
         if not path.exists():
             return None
@@ -200,10 +202,9 @@ class DiskStore:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
-            if header.get("encoder") != encoder or header.get("input") != key or header.get("kind") != "part":
-                raise ValueError("its header names another encoder, input or kind")
-            if not tensors:
-                raise ValueError("it holds no tensor")
+            if header.get("encoder") != encoder or header.get("input") != key or header.get("kind") != kind:
+                raise ValueError("its header names another encoder or input, or another kind of entry")
+            check(tensors)
             return tensors
         except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds for a damaged file
             self.recomputed.append(f"{path} ({type(exc).__name__}: {exc})")
@@ -230,6 +231,21 @@ class DiskStore:
             self.recomputed.append(f"cannot write to {self.directory} ({exc}); features are kept in memory only")
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _check_features(tensors: Mapping[str, Tensor]) -> None:
+    """A features entry holds a float32 vector ``features`` (ValueError otherwise)."""
+    vector = tensors.get("features")
+    if vector is None:
+        raise ValueError(f"it holds {sorted(tensors)}, not a features tensor")
+    if vector.ndim != 1 or vector.dtype != torch.float32:
+        raise ValueError(f"it holds a {vector.dtype} tensor of shape {list(vector.shape)}, not a float32 vector")
+
+
+def _check_part(tensors: Mapping[str, Tensor]) -> None:
+    """A frozen part's entry holds at least one tensor (ValueError otherwise)."""
+    if not tensors:
+        raise ValueError("it holds no tensor")
 
 
 def _memo_for(digest: str) -> dict:
@@ -323,7 +339,7 @@ def _digest_module(module: nn.Module, frozen_only: bool = False) -> str:
     the same options), digested."""
     h = hashlib.sha256(type(module).__qualname__.encode())
     if frozen_only:
-        h.update(getattr(module, "describe_frozen_part", lambda: "")().encode())
+        h.update(describe_frozen_part(module).encode())
     options = getattr(module, "options", None)
     if options is not None and hasattr(options, "model_dump_json"):
         h.update(options.model_dump_json().encode())
@@ -369,7 +385,7 @@ def cache_frozen_features(splits: Splits, encoders: Mapping[str, nn.Module], mod
     disk = DiskStore(Path(directory) if directory else default_features_dir()) if store == "disk" else None
     where = "earlier in this process or the disk cache" if disk is not None else "earlier in this process"
     for m in partial:
-        what = getattr(encoders[m], "describe_frozen_part", lambda: "")()
+        what = describe_frozen_part(encoders[m])
         if what:
             progress.log(f"{label}{m}: the frozen part cached: {what}")
     out = {}
