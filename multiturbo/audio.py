@@ -39,15 +39,20 @@ class Waveform:
 AudioSource = Union[str, Path, bytes]  # a file path, or an audio file's bytes
 
 
+def in_memory(source: AudioSource) -> bool:
+    """Whether ``source`` is an audio file's bytes (not a path)."""
+    return isinstance(source, (bytes, bytearray, memoryview))
+
+
 def _soundfile_arg(source: AudioSource) -> str | BinaryIO:
     """What soundfile reads: the path as a str, or the bytes as a file object."""
-    return io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    return io.BytesIO(source) if in_memory(source) else str(source)
 
 
 def load_audio(source: AudioSource, name: str | None = None) -> Waveform:
     """Read an audio file (a path, or its bytes) as mono float32 (channels averaged); a clear
     DataError names a bad file (``name``: what to call bytes in errors, e.g. a data set's row)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
+    if in_memory(source):
         what = f"The audio of {name}" if name else "Audio bytes"
     else:
         source = Path(source)
@@ -150,12 +155,11 @@ def _wav_truncated(source: AudioSource) -> str | None:
     """For a RIFF/WAVE file (a path, or its bytes): a message when its data chunk is shorter than its
     header announces."""
     try:
-        in_memory = isinstance(source, (bytes, bytearray, memoryview))
-        with io.BytesIO(source) if in_memory else open(source, "rb") as f:
+        with io.BytesIO(source) if in_memory(source) else open(source, "rb") as f:
             head = f.read(12)
             if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
                 return None
-            size = len(source) if in_memory else Path(source).stat().st_size
+            size = len(source) if in_memory(source) else Path(source).stat().st_size
             while True:
                 chunk = f.read(8)
                 if len(chunk) < 8:
@@ -176,7 +180,7 @@ def audio_seconds(source: AudioSource) -> float:
     try:
         info = sf.info(_soundfile_arg(source))
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError for missing or bad files
-        what = "Audio bytes" if isinstance(source, (bytes, bytearray, memoryview)) else f"Audio file {source}"
+        what = "Audio bytes" if in_memory(source) else f"Audio file {source}"
         raise DataError(f"{what} cannot be read ({type(exc).__name__}: {exc}). Replace it with a valid WAV/FLAC/OGG file or remove the item.") from None
     return info.frames / info.samplerate if info.samplerate else 0.0
 
