@@ -45,16 +45,15 @@ class Collator:
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], num_classes: int):
-        self.collates = {m: enc.collate for m, enc in encoders.items()}
         self.encoders = dict(encoders)
         self.num_classes = num_classes
 
     def __call__(self, samples: Sequence[Sample]) -> LabelledBatch:
         inputs = {}
         for s in samples:
-            if all(s.inputs.get(m) is None for m in self.collates):
-                raise DataError(f"Item {dict(s.meta)} has none of the configured modalities {list(self.collates)} (all missing); drop it from the data set.")
-        for m, collate in self.collates.items():
+            if all(s.inputs.get(m) is None for m in self.encoders):
+                raise DataError(f"Item {dict(s.meta)} has none of the configured modalities {list(self.encoders)} (all missing); drop it from the data set.")
+        for m, encoder in self.encoders.items():
             raw, present = [], []
             for s in samples:
                 if m not in s.inputs:
@@ -65,9 +64,9 @@ class Collator:
             if raw and isinstance(raw[0], FrozenFeature):  # train.frozen_features: cache
                 batch = {FEATURES_KEY: torch.stack([r.vector for r in raw])}  # [n, dim]
             elif raw and isinstance(raw[0], FrozenPart):  # train.frozen_features: cache, a partly frozen encoder
-                batch = {**self.encoders[m].collate_frozen([r.tensors for r in raw]), FROZEN_PART_KEY: torch.ones(len(raw), dtype=torch.bool)}
+                batch = {**encoder.collate_frozen([r.tensors for r in raw]), FROZEN_PART_KEY: torch.ones(len(raw), dtype=torch.bool)}
             else:
-                batch = collate(raw) if raw else {}
+                batch = encoder.collate(raw) if raw else {}
             if len(raw) < len(samples):
                 batch = {**batch, PRESENT_KEY: torch.tensor(present, dtype=torch.bool)}
             inputs[m] = batch
