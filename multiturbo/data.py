@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -273,6 +273,18 @@ def cut_to_budget(items: Sequence[int], cost: Sequence[float], budget: float, mi
     return batches
 
 
+class BudgetReport(NamedTuple):
+    """How one epoch's batches keep to a budget of padded length (:meth:`BudgetBatchSampler.over_budget`).
+
+    ``over``: batches of ``min_size`` items (or a few more) beyond the budget; ``alone``: batches of one
+    item longer than the budget by itself; ``total``: all batches; ``longest``: the longest item's cost."""
+
+    over: int
+    alone: int
+    total: int
+    longest: float
+
+
 class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of a dynamic size under a budget of padded length (``train.max_batch_seconds``).
 
@@ -283,12 +295,15 @@ class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
     the audio + text data sets; the padded length, not the sum of the lengths) stays within
     ``max_cost``, and holds at least ``min_size`` items whatever their length. A pool's last batch
     with fewer than ``min_size`` items joins the epoch's other such leftovers, which are cut the same
-    way at the end (a final short remainder joins the batch before it, or the batch of the longest items). Batches over the budget (an
-    item longer than the budget / ``min_size``) are counted by :meth:`over_budget`.
+    way at the end (a final short remainder joins the batch before it, or the batch of the longest items).
+    An item longer than the budget by itself goes alone in its batch (the budget is a memory limit;
+    its contrastive terms then compare it with nothing in this process, its classification loss
+    still counts); these batches come last, in length order. Batches over the budget (alone, or
+    ``min_size`` items longer than the budget / ``min_size``) are counted by :meth:`over_budget`.
 
     ``shard = (rank, world)``: consecutive groups of ``world`` batches (neighbours in length) form one
-    step, rank r taking the r-th; the steps are shuffled, and a last group of fewer than ``world``
-    batches is left out of the epoch. The ranks' batches then differ in size: the gathered loss pads
+    step, rank r taking the r-th; the steps are shuffled, and the ``len(batches) % world`` batches that
+    make no whole step are drawn at random and left out of the epoch. The ranks' batches then differ in size: the gathered loss pads
     and masks them (multiturbo.distributed). ``set_epoch(e, start)`` skips the first ``start``
     batches (a resume); everything is deterministic from (seed, epoch).
     """
@@ -319,6 +334,8 @@ class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         batches: list[list[int]] = []
         leftover: list[int] = []
         by_key = self.keys.__getitem__
+        alone = sorted((i for i in order if self.cost[i] > self.max_cost), key=by_key)  # each longer than the budget by itself
+        order = [i for i in order if self.cost[i] <= self.max_cost]
         for start in range(0, len(order), self.pool):
             cut = cut_to_budget(sorted(order[start:start + self.pool], key=by_key), self.cost, self.max_cost, self.min_size)
             if len(cut[-1]) < self.min_size:
@@ -331,8 +348,12 @@ class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
             elif len(cut[-1]) < self.min_size and batches:  # into the batch of the longest items: least padding added
                 max(batches, key=lambda b: max(self.cost[i] for i in b)).extend(cut.pop())
             batches += cut
+        batches += [[i] for i in alone]  # last, in length order: under torchrun one step's ranks share the longest items
         W = self.world
-        steps = [batches[k:k + W] for k in range(0, len(batches) - W + 1, W)]
+        if len(batches) % W:  # fewer than W left over: random batches sit out this epoch (not always the longest items)
+            out = set(torch.randperm(len(batches), generator=g)[:len(batches) % W].tolist())
+            batches = [b for k, b in enumerate(batches) if k not in out]
+        steps = [batches[k:k + W] for k in range(0, len(batches), W)]
         steps = [steps[k] for k in torch.randperm(len(steps), generator=g).tolist()]
         self._cache = (epoch, steps)
         return steps
@@ -341,11 +362,12 @@ class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         """This rank's batches of epoch ``epoch``, in order."""
         return [step[self.rank] for step in self.steps(epoch)]
 
-    def over_budget(self, epoch: int) -> tuple[int, int, float]:
-        """(batches over the budget, all batches, the longest item's cost) of epoch ``epoch``, over every rank."""
+    def over_budget(self, epoch: int) -> BudgetReport:
+        """How epoch ``epoch``'s batches (over every rank) keep to the budget: see :class:`BudgetReport`."""
         every = [b for step in self.steps(epoch) for b in step]
-        over = sum(1 for b in every if len(b) * max(self.cost[i] for i in b) > self.max_cost)
-        return over, len(every), max(self.cost, default=0.0)
+        alone = sum(1 for b in every if len(b) == 1 and self.cost[b[0]] > self.max_cost)
+        over = sum(1 for b in every if len(b) * max(self.cost[i] for i in b) > self.max_cost) - alone
+        return BudgetReport(over, alone, len(every), max(self.cost, default=0.0))
 
     def padding(self, epoch: int) -> dict[str, float]:
         """Per modality, the padding share of this rank's batches in epoch ``epoch``."""

@@ -160,7 +160,7 @@ def _turbo_loss(views: Mapping[str, Tensor], tau: float | Tensor, o: LossOptions
     names = pair_names(list(views), K, o.in_modal, o.cross_modal)
     if not names:
         return TurboLossOutput(total=sum(v.sum() * 0 for v in views.values()), terms={})
-    if B < 2:
+    if B < 2 and not distributed:  # under torchrun the other processes' items are negatives
         raise ValueError(f"InfoNCE needs negatives: the batch has B = {B} item(s), so an anchor has no other item to "
                          "contrast with. Use a batch size of at least 2 (drop_last=True avoids a last batch of 1).")
     V = len(views) * K  # views in (modality, pass) order; anchor i pairs with views lo..hi-1

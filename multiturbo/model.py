@@ -217,6 +217,9 @@ class TurboModel(nn.Module):
             ce = F.cross_entropy(logits, labels, weight=self.class_weights)
         if self.contrastive is None:
             return StepOutput(loss=ce, ce=ce, contrastive=torch.zeros_like(ce), logits=logits)
+        if labels.shape[0] < 2 and not current_world().distributed:
+            # one item (longer than train.max_batch_seconds, so alone in its batch): InfoNCE has no negatives
+            return StepOutput(loss=self.ce_weight * ce, ce=ce, contrastive=torch.zeros_like(ce), logits=logits)
         cviews = self.contrastive_views(views)
         out = self.contrastive(cviews, present) if present is not None else self.contrastive(cviews)
         loss = self.ce_weight * ce + (1.0 - self.ce_weight) * out.total

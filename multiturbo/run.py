@@ -299,24 +299,31 @@ class _Loaders:
 
 
 def budget_warning(loader, t, progress: ProgressReporter, label: str) -> int | None:
-    """With train.max_batch_seconds: a warning when some of epoch 1's batches exceed the budget (items
-    longer than max_batch_seconds / min_batch_size); returns the whole training's steps (the schedule's
-    length, epochs differing in length). None for fixed batches."""
+    """With train.max_batch_seconds: warnings when some of epoch 1's batches exceed the budget (an item
+    longer than the budget goes alone in its batch; items longer than max_batch_seconds / min_batch_size
+    go min_batch_size together); returns the whole training's steps (the schedule's length, epochs
+    differing in length). None for fixed batches."""
     sampler = loader.batch_sampler
     if not isinstance(sampler, BudgetBatchSampler):
         return None
-    over, total, longest = sampler.over_budget(1)
+    report, budget = sampler.over_budget(1), sampler.max_cost
     if not sampler.steps(1):
         raise ConfigError([
-            f"train.max_batch_seconds: {t.max_batch_seconds:g} cuts the {sampler.n} training items into fewer batches than the "
+            f"train.max_batch_seconds: {budget:g} cuts the {sampler.n} training items into fewer batches than the "
             f"{sampler.world} processes, so there is no training step (every process needs a batch per step). Lower "
             "max_batch_seconds or min_batch_size, or use fewer processes."
         ])
-    if over:
-        progress.log(f"{label}warning: train.max_batch_seconds: {over} of epoch 1's {total} batches exceed the budget of "
-                     f"{t.max_batch_seconds:g} (padded length: items x longest item; the longest item is {longest:g}), because each "
-                     f"batch holds at least train.min_batch_size = {t.min_batch_size} items. Raise max_batch_seconds to at least "
-                     f"{t.min_batch_size * longest:g} or lower min_batch_size to keep every batch within it.")
+    wide = f"Raise max_batch_seconds to at least {sampler.min_size * report.longest:g} to keep every batch within it"
+    if report.alone:
+        progress.log(f"{label}warning: train.max_batch_seconds: {report.alone} of epoch 1's {report.total} batches hold one item "
+                     f"alone, an item longer than the budget of {budget:g} by itself (the longest is {report.longest:g}). "
+                     "In one process its contrastive terms have no negatives, so only its classification loss trains it (under torchrun the "
+                     "other processes' items are its negatives). "
+                     f"{wide} with train.min_batch_size = {sampler.min_size} items, or leave such items out of the data.")
+    if report.over:
+        progress.log(f"{label}warning: train.max_batch_seconds: {report.over} of epoch 1's {report.total} batches exceed the budget of "
+                     f"{budget:g} (padded length: items x longest item), because each batch holds at least "
+                     f"train.min_batch_size = {sampler.min_size} items. {wide}, or lower min_batch_size.")
     return sampler.total_batches(t.epochs)
 
 

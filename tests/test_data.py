@@ -98,7 +98,7 @@ def test_budget_batches_fit_the_padded_budget_and_vary_in_size():
     over = [b for b in batches if _padded(b, lengths) > 60.0]
     # only batches of the longest items exceed it: min_batch_size items over 15 s, or those plus a short remainder
     assert over and all(len(b) < 2 * 4 and max(lengths[i]["audio"] for i in b) > 15.0 for b in over)
-    assert sampler.over_budget(1) == (len(over), len(batches), max(d["audio"] for d in lengths))
+    assert sampler.over_budget(1) == (len(over), 0, len(batches), max(d["audio"] for d in lengths))
     assert min(map(len, within)) >= 4 and max(map(len, within)) > 4 * min(map(len, within))  # short items: bigger batches
     # greedy: a batch within the budget could not take the next item of its pool (most batches are close to full)
     fill = sorted(_padded(b, lengths) / 60.0 for b in within)
@@ -134,10 +134,27 @@ def test_budget_ranks_get_neighbouring_batches_of_unequal_sizes():
     assert np.median(np.abs(np.log(ratio))) < 0.2  # one step's batches hold similar lengths
 
 
-def test_budget_shorter_than_an_item_gives_min_batch_size_and_no_short_batch():
-    lengths = [{"audio": float(s)} for s in (1, 1, 1, 2, 2, 9, 9, 9, 9, 9, 9)]
+def test_budget_shorter_than_an_item_puts_that_item_alone_and_keeps_min_batch_size_for_the_rest():
+    lengths = [{"audio": float(s)} for s in (1, 1, 1, 2, 2, 9, 9, 9, 9, 9, 9, 3, 3, 3)]
     sampler = BudgetBatchSampler(lengths, 8.0, 3, seed=0)
     batches = sampler.batches(1)
-    assert sorted(i for b in batches for i in b) == list(range(11)) and min(map(len, batches)) >= 3
-    over, total, longest = sampler.over_budget(1)
-    assert over >= 2 and total == len(batches) and longest == 9.0
+    assert sorted(i for b in batches for i in b) == list(range(14))  # every item once
+    longer = [b for b in batches if max(lengths[i]["audio"] for i in b) > 8.0]
+    assert sorted(longer) == [[i] for i in range(5, 11)]  # each 9 s item alone: 9 > 8 by itself
+    rest = [b for b in batches if b not in longer]
+    assert min(map(len, rest)) >= 3  # the others keep min_batch_size, even when 3 x 3 s = 9 > 8
+    over = sum(1 for b in rest if _padded(b, lengths) > 8.0)
+    assert over >= 1 and sampler.over_budget(1) == (over, 6, len(batches), 9.0)
+
+
+def test_budget_ranks_leave_out_random_batches_not_always_the_longest_item():
+    lengths = [{"audio": 1.0 + (i % 7) / 10} for i in range(40)] + [{"audio": 50.0}]
+    ranks = [BudgetBatchSampler(lengths, 10.0, 2, seed=4, shard=(r, 2)) for r in range(2)]
+    whole = BudgetBatchSampler(lengths, 10.0, 2, seed=4)
+    epochs = range(1, 41)
+    assert all(len(whole.batches(e)) % 2 == 1 for e in epochs)  # one batch a epoch makes no whole step
+    seen = [any(b == [40] for r in ranks for b in r.batches(e)) for e in epochs]
+    assert 0 < sum(seen) < len(seen)  # the long item trains in most epochs, sits out in some
+    for e in epochs:
+        kept = sorted(i for r in ranks for b in r.batches(e) for i in b)
+        assert len(set(kept)) == len(kept) and len(kept) < 41

@@ -181,8 +181,9 @@ def _torchrun_run(tmp_path, raw: dict) -> tuple[Path, list[dict]]:
 
 def test_torchrun_run_with_max_batch_seconds_trains_on_unequal_rank_batches(tmp_path, tiny_raw):
     """train.max_batch_seconds end to end under torchrun: recordings of 0.1-1.0 s, so a step's two
-    batches (neighbours in length) hold different numbers of items; the padded gather takes them and
-    the run finishes with every test item evaluated."""
+    batches (neighbours in length) hold different numbers of items, and a few of 3.2-3.6 s, longer
+    than the budget of 3 s, each alone in its batch (its negatives: the other process's items); the
+    padded gather takes them and the run finishes with every test item evaluated."""
     import numpy as np
     import soundfile as sf
 
@@ -194,7 +195,8 @@ def test_torchrun_run_with_max_batch_seconds_trains_on_unequal_rank_batches(tmp_
     rows = ["audio,text,label"]
     for i in range(48):
         wav = tmp_path / f"{i}.wav"
-        sf.write(wav, (0.1 * rng.standard_normal(int(4000 * rng.uniform(0.1, 1.0)))).astype(np.float32), 4000, subtype="PCM_16")
+        seconds = rng.uniform(3.2, 3.6) if i % 8 == 0 else rng.uniform(0.1, 1.0)
+        sf.write(wav, (0.1 * rng.standard_normal(int(4000 * seconds))).astype(np.float32), 4000, subtype="PCM_16")
         rows.append(f"{wav.name},word{i % 3} item {i},{'abc'[i % 3]}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     tiny_raw["data"] = {"name": "manifest", "options": {"path": str(tmp_path / "m.csv"), "modalities": {
@@ -206,6 +208,7 @@ def test_torchrun_run_with_max_batch_seconds_trains_on_unequal_rank_batches(tmp_
     ranks = [BudgetBatchSampler(lengths, 3.0, 2, seed=0, shard=(r, 2)) for r in (0, 1)]
     sizes = [[len(b) for b in s.batches(1)] for s in ranks]
     assert len(sizes[0]) == len(sizes[1]) and sizes[0] != sizes[1], sizes
+    assert 1 in sizes[0] + sizes[1] and ranks[0].over_budget(1).alone > 0, sizes  # a long recording alone
 
     _, records = _torchrun_run(tmp_path, tiny_raw)
     assert all(np.isfinite(r["train"]["loss"]) for r in records) and "padding" in records[0]

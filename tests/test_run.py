@@ -118,6 +118,14 @@ def test_max_batch_seconds_warns_of_batches_over_the_budget_and_needs_lengths(ti
     fits = make_loader(list(range(42)), list, batch_size=8, shuffle=True, lengths=lengths, max_batch_seconds=2000.0, min_batch_size=2)
     assert multiturbo.run.budget_warning(fits, cfg.train, lines.reporter, "") == 21 * cfg.train.epochs and len(lines.lines) == 1
 
+    longer = lengths[:41] + [{"audio": 3000.0, "text": 4.0}]  # one item longer than the budget of 2000 by itself
+    mixed = make_loader(list(range(42)), list, batch_size=8, shuffle=True, lengths=longer, max_batch_seconds=2000.0, min_batch_size=2)
+    lines = _Lines()
+    multiturbo.run.budget_warning(mixed, cfg.train, lines.reporter, "")
+    assert len(lines.lines) == 2 and "1 of epoch 1's 21 batches hold one item alone" in lines.lines[0]
+    assert "the longest is 3000" in lines.lines[0] and "at least 6000" in lines.lines[0]
+    assert "1 of epoch 1's 21 batches exceed the budget of 2000" in lines.lines[1]  # the 41st item joins a pair: 3 x 1000
+
     few = make_loader(list(range(3)), list, batch_size=8, shuffle=True, lengths=lengths[:3], max_batch_seconds=5000.0, min_batch_size=2, shard=(0, 2))
     with pytest.raises(ConfigError, match="cuts the 3 training items into fewer batches than the 2 processes"):
         multiturbo.run.budget_warning(few, cfg.train, lines.reporter, "")
@@ -125,6 +133,19 @@ def test_max_batch_seconds_warns_of_batches_over_the_budget_and_needs_lengths(ti
     monkeypatch.setattr(multiturbo.run, "item_lengths", lambda split: None)
     with pytest.raises(ConfigError, match="train.max_batch_seconds: 1500.0 needs each item's length"):
         run_experiment(cfg, tmp_path / "unknown", progress=_Lines().reporter)
+
+
+def test_items_longer_than_max_batch_seconds_train_alone_on_their_classification_loss(tiny_raw, tmp_path):
+    """Every synthetic clip (1000 samples) is longer than a budget of 500: each trains alone in its batch,
+    Turbo's terms have no negatives there and count zero, the classification loss trains."""
+    tiny_raw["train"].update(epochs=2, max_batch_seconds=500.0, min_batch_size=2)
+    lines = _Lines()
+    run_experiment(check_config(validate_config(copy.deepcopy(tiny_raw))), tmp_path / "alone", progress=lines.reporter)
+    assert any("42 of epoch 1's 42 batches hold one item alone" in line for line in lines.lines)
+    log = [json.loads(line) for line in (tmp_path / "alone" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert all(r["train"]["contrastive"] == 0.0 and 0.0 < r["train"]["ce"] < 10.0 for r in log)
+    assert log[1]["train"]["ce"] < log[0]["train"]["ce"]  # one item at a time, the classifier still learns
 
 
 def test_on_epoch_sees_each_epoch_record_after_it_is_written_and_may_stop_the_run(tiny_raw, tmp_path):

@@ -153,7 +153,7 @@ class TrainConfig(StrictModel):
     )
     min_batch_size: int = Field(
         8, ge=2,
-        description="With max_batch_seconds: every batch holds at least this many items, even when that exceeds the budget (an item longer than max_batch_seconds / min_batch_size), so every InfoNCE term keeps negatives; such batches are counted in a warning.",
+        description="With max_batch_seconds: every batch holds at least this many items, even when that exceeds the budget (items longer than max_batch_seconds / min_batch_size), so every InfoNCE term keeps negatives; except that an item longer than max_batch_seconds by itself goes alone in its batch (the budget is a memory limit; in one process its contrastive terms then have no negatives and count zero). Both kinds of batches are counted in warnings.",
     )
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
