@@ -102,6 +102,20 @@ def steps_per_second(state, loader, steps: int) -> tuple[float, int]:
     return time.perf_counter() - start, items
 
 
+def fixed_batches(sampler, batch_size: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Epochs 1 and 2 of a fixed-size sampler, cut into its batches."""
+    cut = lambda order: [order[k:k + batch_size] for k in range(0, len(order), batch_size)]  # noqa: E731
+    return cut(sampler.order(1)), cut(sampler.order(2))
+
+
+def repeated_pairs(epochs: tuple[list[list[int]], list[list[int]]]) -> float:
+    """The share of the pairs of items batched together in the first epoch that are together again in the second."""
+    def pairs(batches):
+        return {(a, b) for batch in batches for a in batch for b in batch if a < b}
+    first, second = map(pairs, epochs)
+    return len(first & second) / max(len(first), 1)
+
+
 def part_padding_and_speed(args) -> None:
     import torch
 
@@ -112,17 +126,24 @@ def part_padding_and_speed(args) -> None:
     items = speech_items(seconds, 4000, args.seed)
     lengths = item_lengths(items)
     bs = args.batch_size
-    pad_random = padding_fraction(EpochSampler(len(items), shuffle=True, seed=0).order(1), lengths, bs)
-    pad_bucket = EpochSampler(len(items), shuffle=True, seed=0, lengths=lengths, batch_size=bs).padding(1)
+    jitter = args.bucket_jitter
+    random = EpochSampler(len(items), shuffle=True, seed=0)
+    pad_random = padding_fraction(random.order(1), lengths, bs)
     budget = args.max_batch_seconds or bs * float(seconds.mean())  # seconds; the items are arrays, so the loader counts samples
-    sampler = BudgetBatchSampler(lengths, budget * 4000, args.min_batch_size, seed=0)
+    sampler = BudgetBatchSampler(lengths, budget * 4000, args.min_batch_size, seed=0, jitter=jitter)
     pad_budget, mean_budget = sampler.padding(1), sampler.mean_batch_size(1)
     print(f"\n1. padding share of one epoch: {len(items)} items, batch {bs}; durations {seconds.min():.1f}-{seconds.max():.1f} s, "
-          f"median {np.median(seconds):.1f} s, mean {seconds.mean():.1f} s ({'from ' + args.lengths if args.lengths else 'lognormal IEMOCAP-like fit'})")
-    print("| batching | audio padding | text padding | mean batch |\n|---|---|---|---|")
-    print(f"| random | {pad_random['audio']:.1%} | {pad_random['text']:.1%} | {bs} |")
-    print(f"| bucket | {pad_bucket['audio']:.1%} | {pad_bucket['text']:.1%} | {bs} |")
-    print(f"| budget | {pad_budget['audio']:.1%} | {pad_budget['text']:.1%} | {mean_budget:.1f} |  (max_batch_seconds {budget:.0f}, min_batch_size {args.min_batch_size})")
+          f"median {np.median(seconds):.1f} s, mean {seconds.mean():.1f} s ({'from ' + args.lengths if args.lengths else 'lognormal IEMOCAP-like fit'}); "
+          "repeated pairs: the share of pairs of items batched together in epoch 1 that are batched together again in epoch 2")
+    print("| batching | audio padding | text padding | mean batch | repeated pairs |\n|---|---|---|---|---|")
+    print(f"| random | {pad_random['audio']:.1%} | {pad_random['text']:.1%} | {bs} | {repeated_pairs(fixed_batches(random, bs)):.1%} |")
+    for j in sorted({0.0, jitter}):
+        bucket = EpochSampler(len(items), shuffle=True, seed=0, lengths=lengths, batch_size=bs, jitter=j)
+        pad_bucket = bucket.padding(1)
+        print(f"| bucket, bucket_jitter {j:g} | {pad_bucket['audio']:.1%} | {pad_bucket['text']:.1%} | {bs} | "
+              f"{repeated_pairs(fixed_batches(bucket, bs)):.1%} |")
+    print(f"| budget, bucket_jitter {jitter:g} | {pad_budget['audio']:.1%} | {pad_budget['text']:.1%} | {mean_budget:.1f} | "
+          f"{repeated_pairs((sampler.batches(1), sampler.batches(2))):.1%} |  (max_batch_seconds {budget:.0f}, min_batch_size {args.min_batch_size})")
 
     exp = build(tiny_config(batch_size=bs))
     collator = Collator(exp.model.encoders, num_classes=3)
@@ -134,7 +155,8 @@ def part_padding_and_speed(args) -> None:
         states[name] = TrainState.create(model, exp.config.train, torch.device("cpu"))
         loaders[name] = make_loader(items, collator, batch_size=bs, shuffle=True, seed=0, drop_singleton=True,
                                     lengths=lengths if name != "random" else None,
-                                    max_batch_seconds=budget * 4000 if name == "budget" else None, min_batch_size=args.min_batch_size)
+                                    max_batch_seconds=budget * 4000 if name == "budget" else None, min_batch_size=args.min_batch_size,
+                                    bucket_jitter=jitter)
     totals = {name: [0.0, 0] for name in states}
     for r in range(args.rounds):
         for name in names:
@@ -312,7 +334,8 @@ def part_base_models(args) -> None:
         rows = []
         for name in ("random", "bucket", "budget"):
             loader = make_loader(items, collator, batch_size=bs, shuffle=True, seed=0, drop_singleton=True, lengths=None if name == "random" else lengths,
-                                 max_batch_seconds=budget * 16000 if name == "budget" else None, min_batch_size=args.min_batch_size)
+                                 max_batch_seconds=budget * 16000 if name == "budget" else None, min_batch_size=args.min_batch_size,
+                                 bucket_jitter=args.bucket_jitter)
             set_loader_epoch(loader, 1)
             batches = list(loader.batch_sampler)[: args.base_batches]
             pad = batches_padding(batches, lengths)
@@ -362,6 +385,8 @@ def part_base_models(args) -> None:
 
 
 def main() -> None:
+    from multiturbo.config.schema import TrainConfig
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=512, help="items for parts 1 and 2")
     p.add_argument("--batch-size", type=int, default=16)
@@ -376,6 +401,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers in part 4")
     p.add_argument("--max-batch-seconds", type=float, default=None, help="budget of train.max_batch_seconds (default: batch size x mean duration)")
     p.add_argument("--min-batch-size", type=int, default=4, help="train.min_batch_size for the budgeted batches")
+    p.add_argument("--bucket-jitter", type=float, default=TrainConfig.model_fields["bucket_jitter"].default,
+                   help="train.bucket_jitter for the bucketed and budgeted batches (default: the config's)")
     p.add_argument("--base-items", type=int, default=16, help="items of part 5b's epoch")
     p.add_argument("--base-batch-size", type=int, default=4)
     p.add_argument("--base-freeze-layers", type=int, default=8, help="part 5b's freeze_layers row: layers frozen (of 12) in both encoders")

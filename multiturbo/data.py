@@ -148,11 +148,28 @@ def batches_padding(batches: Sequence[Sequence[int]], lengths: Sequence[Mapping[
 POOL_BATCHES = 100  # bucketing sorts pools of this many batches: randomness across pools, similar lengths within a batch
 
 
-def bucket_order(order: Sequence[int], keys: Sequence, batch: int, g: torch.Generator) -> list[int]:
+def jittered_keys(keys: Sequence[tuple[float, ...]], jitter: float, g: torch.Generator) -> list[tuple[float, ...]]:
+    """Sort keys with each item's first length times exp(jitter x z), z ~ N(0, 1) drawn from ``g`` (one
+    per item, anew each epoch): items within a few percent of each other in length trade places, so a
+    length-sorted pool is cut into different batches from epoch to epoch. ``jitter`` 0: ``keys`` as
+    they are (no draw). Without it, a pool that holds the whole data set (up to POOL_BATCHES batches)
+    is cut into the same batches every epoch: measured on 1,021 real training utterances in batches
+    of 32 (durations cut at 15 s), 99% of the pairs of items batched together were batched together
+    again the next epoch; with jitter 0.03, 34%, for 7.7% audio padding instead of 3.8% (random
+    batches: 2.8% of the pairs again, 65% padding)."""
+    if not jitter:
+        return list(keys)
+    scale = torch.randn(len(keys), generator=g, dtype=torch.float64).mul_(jitter).exp_().tolist()
+    return [(k[0] * f, *k[1:]) if k else k for k, f in zip(keys, scale)]
+
+
+def bucket_order(order: Sequence[int], keys: Sequence, batch: int, g: torch.Generator, jitter: float = 0.0) -> list[int]:
     """``order`` rearranged so that each run of ``batch`` consecutive items has similar lengths:
-    pools of POOL_BATCHES x batch items (in ``order``, which is random) are sorted by ``keys`` and cut
-    into batches; the full batches are shuffled together (``g``), the one incomplete batch goes last
-    (so dropping the last batch drops only it). Deterministic given ``order`` and ``g``."""
+    pools of POOL_BATCHES x batch items (in ``order``, which is random) are sorted by ``keys`` (with
+    :func:`jittered_keys`' ``jitter``) and cut into batches; the full batches are shuffled together
+    (``g``), the one incomplete batch goes last (so dropping the last batch drops only it).
+    Deterministic given ``order`` and ``g``."""
+    keys = jittered_keys(keys, jitter, g)
     pool = batch * POOL_BATCHES
     batches: list[list[int]] = []
     for start in range(0, len(order), pool):
@@ -195,18 +212,19 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     the epoch's random order is rearranged by :func:`bucket_order` so that each batch holds items of
     similar length, with the batches in random order. In a multi-process run the buckets are built
     over global batches of ``world x batch_size`` items, so every rank's batch comes from the same
-    bucket and all ranks keep equal batch sizes.
+    bucket and all ranks keep equal batch sizes. ``jitter``: see :func:`jittered_keys`.
     """
 
     def __init__(self, n: int, *, shuffle: bool, seed: int = 0, shard: tuple[int, int] = (0, 1), equal_shards: bool = False,
-                 weights: Sequence[float] | None = None, lengths: Sequence[Mapping[str, float]] | None = None, batch_size: int = 1):
+                 weights: Sequence[float] | None = None, lengths: Sequence[Mapping[str, float]] | None = None, batch_size: int = 1,
+                 jitter: float = 0.0):
         if weights is not None and len(weights) != n:
             raise ValueError(f"EpochSampler: {len(weights)} weights for {n} items")
         if lengths is not None and len(lengths) != n:
             raise ValueError(f"EpochSampler: {len(lengths)} lengths for {n} items")
         self.lengths = None if lengths is None else list(lengths)
         self.keys = None if lengths is None else sort_keys(lengths)
-        self.batch_size = batch_size
+        self.batch_size, self.jitter = batch_size, jitter
         self.n = n
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.shuffle = shuffle
@@ -225,7 +243,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         unequal counts is left out, as DistributedSampler's drop_last)."""
         order, g = epoch_draw(self.n, self.seed, epoch, self.shuffle, self.weights)
         if self.keys is not None and (self.shuffle or self.weights is not None):
-            order = bucket_order(order, self.keys, self.batch_size * self.world, g)
+            order = bucket_order(order, self.keys, self.batch_size * self.world, g, self.jitter)
         if self.world == 1:
             return order
         end = (self.n // self.world) * self.world if self.equal_shards else self.n
@@ -290,7 +308,8 @@ class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     Each epoch's random order (from ``seed`` and the epoch, as :class:`EpochSampler`; ``weights``: draws
     with replacement) is cut into pools of about POOL_BATCHES batches; each pool is sorted by length
-    (:func:`sort_keys`: the first modality, then the next) and cut by :func:`cut_to_budget`: a batch
+    (:func:`sort_keys`: the first modality, then the next; with :func:`jittered_keys`' ``jitter``) and
+    cut by :func:`cut_to_budget` on the true lengths: a batch
     grows while its item count x its longest item's length in the FIRST modality (audio seconds in
     the audio + text data sets; the padded length, not the sum of the lengths) stays within
     ``max_cost``, and holds at least ``min_size`` items whatever their length. A pool's last batch
@@ -309,7 +328,7 @@ class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[Mapping[str, float]], max_cost: float, min_size: int, *, seed: int = 0,
-                 shard: tuple[int, int] = (0, 1), weights: Sequence[float] | None = None):
+                 shard: tuple[int, int] = (0, 1), weights: Sequence[float] | None = None, jitter: float = 0.0):
         if min_size < 1:
             raise ValueError(f"BudgetBatchSampler: min_size {min_size} < 1")
         if weights is not None and len(weights) != len(lengths):
@@ -317,7 +336,7 @@ class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.lengths = list(lengths)
         self.keys = sort_keys(self.lengths)
         self.cost = [k[0] if k else 0.0 for k in self.keys]  # the first modality's length: what the budget counts
-        self.n, self.max_cost, self.min_size, self.seed = len(self.lengths), float(max_cost), min_size, seed
+        self.n, self.max_cost, self.min_size, self.seed, self.jitter = len(self.lengths), float(max_cost), min_size, seed, jitter
         self.rank, self.world = shard
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         positive = [c for c in self.cost if c > 0]
@@ -333,7 +352,7 @@ class BudgetBatchSampler(torch.utils.data.Sampler[list[int]]):
         order, g = epoch_draw(self.n, self.seed, epoch, True, self.weights)
         batches: list[list[int]] = []
         leftover: list[int] = []
-        by_key = self.keys.__getitem__
+        by_key = jittered_keys(self.keys, self.jitter, g).__getitem__
         alone = sorted((i for i in order if self.cost[i] > self.max_cost), key=by_key)  # each longer than the budget by itself
         order = [i for i in order if self.cost[i] <= self.max_cost]
         for start in range(0, len(order), self.pool):
@@ -445,6 +464,7 @@ def make_loader(
     lengths: Sequence[Mapping[str, float]] | None = None,
     max_batch_seconds: float | None = None,
     min_batch_size: int = 2,
+    bucket_jitter: float = 0.0,
 ) -> DataLoader:
     """A DataLoader over a split. ``drop_singleton`` drops a last batch of one item
     (InfoNCE needs at least two items); only that batch, and only when it would occur.
@@ -461,6 +481,7 @@ def make_loader(
     ``max_batch_seconds`` (with ``lengths`` and ``shuffle``; ``train.max_batch_seconds``): batches of a
     dynamic size under that padded-length budget, at least ``min_batch_size`` items each
     (:class:`BudgetBatchSampler`); ``batch_size`` is then unused, and ranks' batches may differ in size.
+    ``bucket_jitter``: the length-sorted batches' jitter (:func:`jittered_keys`; ``train.bucket_jitter``).
     """
     generator = torch.Generator().manual_seed(seed)  # worker seeds; the order comes from the sampler
     distributed = shard[1] > 1
@@ -469,11 +490,12 @@ def make_loader(
     if max_batch_seconds is not None and shuffle:
         if lengths is None:
             raise ValueError("make_loader: max_batch_seconds needs the items' lengths")
-        batch_sampler = BudgetBatchSampler(lengths, max_batch_seconds, min_batch_size, seed=seed, shard=shard, weights=weights)
+        batch_sampler = BudgetBatchSampler(lengths, max_batch_seconds, min_batch_size, seed=seed, shard=shard, weights=weights,
+                                           jitter=bucket_jitter)
         return DataLoader(split, batch_sampler=batch_sampler, collate_fn=collator, num_workers=num_workers,  # type: ignore[arg-type]
                           generator=generator, pin_memory=pin, persistent_workers=num_workers > 0, **extra)
     sampler = EpochSampler(len(split), shuffle=shuffle, seed=seed, shard=shard, equal_shards=distributed and shuffle, weights=weights,
-                           lengths=lengths if shuffle else None, batch_size=batch_size)
+                           lengths=lengths if shuffle else None, batch_size=batch_size, jitter=bucket_jitter)
     n_items = len(sampler)
     drop_last = (distributed and shuffle) or (drop_singleton and n_items % batch_size == 1)
     return DataLoader(

@@ -286,7 +286,8 @@ class _Loaders:
                              "(its splits are not held in memory and define no `length`); batches are random.")
         self.train = make_loader(self.splits.train, self.collator, batch_size=t.batch_size, shuffle=True, seed=cfg.seed,
                                  drop_singleton=model.contrastive is not None, weights=weights, lengths=lengths,
-                                 max_batch_seconds=t.max_batch_seconds, min_batch_size=t.min_batch_size, **options)
+                                 max_batch_seconds=t.max_batch_seconds, min_batch_size=t.min_batch_size,
+                                 bucket_jitter=t.bucket_jitter, **options)
         self.total_steps = budget_warning(self.train, t, progress, label)
         self.val = make_loader(self.splits.val, self.collator, batch_size=self.eval_bs, shuffle=False, **options)
         self.test = make_loader(self.splits.test, self.collator, batch_size=self.eval_bs, shuffle=False, **options)

@@ -32,6 +32,43 @@ def test_bucket_batches_hold_similar_lengths_in_a_reproducible_random_order():
     assert means != sorted(means) and means != sorted(means, reverse=True)
 
 
+def _repeated_pairs(first: list[list[int]], second: list[list[int]]) -> float:
+    """The share of the pairs of items batched together in ``first`` that are together again in ``second``."""
+    def pairs(batches):
+        return {(a, b) for batch in batches for a in batch for b in batch if a < b}
+    return len(pairs(first) & pairs(second)) / len(pairs(first))
+
+
+def test_bucket_jitter_changes_the_batches_between_epochs_at_a_little_more_padding():
+    lengths = _speech_lengths(600)  # one sorting pool (100 batches of 16) holds the whole data set
+    cut = lambda order: [order[j:j + 16] for j in range(0, 592, 16)]  # noqa: E731
+    fixed = EpochSampler(600, shuffle=True, seed=2, lengths=lengths, batch_size=16)
+    jittered = EpochSampler(600, shuffle=True, seed=2, lengths=lengths, batch_size=16, jitter=0.03)
+    assert _repeated_pairs(cut(fixed.order(1)), cut(fixed.order(2))) > 0.95  # without jitter: the same batches every epoch
+    assert _repeated_pairs(cut(jittered.order(1)), cut(jittered.order(2))) < 0.6
+    random = padding_fraction(EpochSampler(600, shuffle=True, seed=2).order(1), lengths, 16)["audio"]
+    assert fixed.padding(1)["audio"] < jittered.padding(1)["audio"] < min(2.5 * fixed.padding(1)["audio"], 0.25 * random)
+    order = jittered.order(3)
+    assert sorted(order) == list(range(600)) and order == EpochSampler(600, shuffle=True, seed=2, lengths=lengths, batch_size=16,
+                                                                       jitter=0.03).order(3)  # from seed and epoch alone
+    jittered.set_epoch(3, 32)
+    assert list(iter(jittered)) == order[32:]  # a resume continues the same order
+
+
+def test_bucket_jitter_varies_budget_batches_which_keep_to_the_true_lengths():
+    lengths = _speech_lengths(600)
+    fixed, jittered = (BudgetBatchSampler(lengths, 60.0, 4, seed=5, jitter=j) for j in (0.0, 0.03))
+    assert _repeated_pairs(fixed.batches(1), fixed.batches(2)) > 0.95
+    assert _repeated_pairs(jittered.batches(1), jittered.batches(2)) < 0.7
+    for e in (1, 2):
+        batches = jittered.batches(e)
+        assert sorted(i for b in batches for i in b) == list(range(600))
+        over = [b for b in batches if _padded(b, lengths) > 60.0]  # the budget counts the true lengths, not the jittered keys
+        assert all(len(b) < 2 * 4 and max(lengths[i]["audio"] for i in b) > 60.0 / 4 for b in over)
+        assert jittered.over_budget(e).over == len(over)
+    assert jittered.padding(1)["audio"] < 0.15
+
+
 def test_the_one_incomplete_batch_comes_last():
     keys = [float(i % 7) for i in range(50)]
     order = bucket_order(list(range(50)), keys, 8, torch.Generator().manual_seed(0))

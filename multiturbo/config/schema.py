@@ -147,6 +147,10 @@ class TrainConfig(StrictModel):
         "random",
         description="How training items are grouped into batches: random, or bucket (items of similar length together: audio seconds, text words; the batches in random order, deterministic from seed and epoch, resumable), which cuts the padding; needs item lengths from the data set (else random, with a warning).",
     )
+    bucket_jitter: float = Field(
+        0.03, ge=0.0, le=1.0,
+        description="With batching: bucket or max_batch_seconds: each item's length is scaled by exp(bucket_jitter x z), z ~ N(0, 1) drawn anew each epoch (from seed and epoch), before the items are sorted into batches, so that items of nearly the same length are batched with different companions from epoch to epoch (more varied InfoNCE negatives) for a little more padding. 0: the same batches every epoch when the data set fits one sorting pool (100 batches). docs/scaling.md.",
+    )
     max_batch_seconds: float | None = Field(
         None, gt=0.0,
         description="Dynamic batch size: each training batch holds as many items as fit a budget of padded length, items x the longest item's length in the first modality, as the data set reports it (audio seconds for audio files, samples for plain arrays, words for text), grouped by length as bucket and deterministic from seed and epoch, resumable; overrides batching and batch_size for training (eval_batch_size still applies). Needs item lengths from the data set. None = fixed batch_size.",
