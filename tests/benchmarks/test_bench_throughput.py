@@ -28,7 +28,13 @@ def test_the_padding_table_shows_less_padding_with_buckets_and_budgets(bench, mo
     monkeypatch.setattr(sys, "argv", ["bench", "--items", "1600", "--skip", "2,3,4,5"])
     bench.main()
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith(("| random", "| bucket", "| budget"))}
-    share = lambda name: float(rows[name].split("|")[2].strip().rstrip("%"))  # noqa: E731
-    assert share("bucket") < 10.0 < 30.0 < share("random") and share("budget") < 10.0
-    mean_batch = float(rows["budget"].split("|")[4])
+    assert set(rows) == {"random", "bucket, bucket_jitter 0", "bucket, bucket_jitter 0.03", "budget, bucket_jitter 0.03"}
+    column = lambda name, k: float(rows[name].split("|")[k].strip().rstrip("%"))  # noqa: E731
+    share = lambda name: column(name, 2)  # noqa: E731
+    repeated = lambda name: column(name, 5)  # noqa: E731
+    assert share("bucket, bucket_jitter 0") < share("bucket, bucket_jitter 0.03") < 10.0 < 30.0 < share("random")
+    assert share("budget, bucket_jitter 0.03") < 10.0
+    # the jitter varies the batches: fewer pairs of items batched together again in epoch 2
+    assert repeated("random") < repeated("bucket, bucket_jitter 0.03") < 0.5 * repeated("bucket, bucket_jitter 0")
+    mean_batch = column("budget, bucket_jitter 0.03", 4)
     assert 8.0 < mean_batch < 24.0  # the default budget (16 x mean duration) keeps about batch 16's audio per step
