@@ -128,7 +128,7 @@ def read_preds(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 STEPS = {  # (file suffix, function) -> step; cumulative CPU time of each
-    ("multiturbo/audio.py", "load_audio"): "read the files (wave module; libsndfile for other formats)",
+    ("multiturbo/audio.py", "load_audio"): "read the files (WAV parsed here; libsndfile for other formats)",
     ("multiturbo/audio.py", "resample"): "resample 16 -> 8 kHz (soxr)",
     ("multiturbo/data.py", "__call__"): "collate (padding, tokenising; resampling included)",
     ("multiturbo_basic_encoders/audio.py", "forward"): "forward: logmel_cnn (STFT, log-mel, CNN)",

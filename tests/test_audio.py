@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -78,8 +80,8 @@ def test_audio_problems_names_each_bad_file_and_reports_progress_on_long_checks(
 @pytest.mark.parametrize("frames", [1, 2, 3001])
 @pytest.mark.parametrize("channels", [1, 2, 3])
 def test_plain_16_bit_wav_is_read_without_libsndfile_bit_for_bit(tmp_path, frames, channels):
-    """The standard library's wave module reads plain 16-bit PCM WAV files (odd lengths, any channel
-    count, from a path or from bytes): the float32 samples are those of sf.read, bit for bit."""
+    """Plain 16-bit PCM WAV files are parsed without libsndfile (odd lengths, any channel count, from
+    a path or from bytes): the float32 samples are those of sf.read, bit for bit."""
     from multiturbo.audio import _read_pcm16_wav
 
     rng = np.random.default_rng(frames + channels)
@@ -96,8 +98,8 @@ def test_plain_16_bit_wav_is_read_without_libsndfile_bit_for_bit(tmp_path, frame
 
 @pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_24"), ("WAV", "FLOAT"), ("WAV", "PCM_U8"), ("FLAC", "PCM_16"), ("WAVEX", "PCM_16")])
 def test_other_formats_and_damaged_wav_files_are_left_to_libsndfile(tmp_path, fmt, subtype):
-    """Anything but a plain 16-bit PCM WAV file (other widths, float, FLAC; WAVE_FORMAT_EXTENSIBLE
-    where the wave module does not take it) goes to libsndfile: the same samples as sf.read."""
+    """Anything but a 16-bit PCM WAV file (other widths, float, FLAC) goes to libsndfile; a 16-bit
+    PCM WAV file with an extensible header is parsed here. Either way: the same samples as sf.read."""
     from multiturbo.audio import _read_pcm16_wav
 
     x = np.random.default_rng(0).uniform(-1, 1, (1001, 2))
@@ -105,11 +107,40 @@ def test_other_formats_and_damaged_wav_files_are_left_to_libsndfile(tmp_path, fm
     sf.write(path, x, 16000, subtype=subtype, format=fmt)
     reference, _ = sf.read(path, dtype="float32", always_2d=True)
     fast = _read_pcm16_wav(path)
-    if fast is not None:  # WAVEX: Python 3.12+'s wave module reads 16-bit PCM in an extensible header
+    if subtype == "PCM_16" and fmt in ("WAV", "WAVEX"):
+        assert fast is not None
         np.testing.assert_array_equal(fast[0], reference)
     else:
-        assert fmt != "WAV" or subtype != "PCM_16"
+        assert fast is None
     np.testing.assert_array_equal(load_audio(path).samples, reference.mean(axis=1))
+
+
+def _chunk(name: bytes, body: bytes) -> bytes:
+    return name + struct.pack("<I", len(body)) + body + b"\0" * (len(body) % 2)
+
+
+def test_wav_chunks_around_the_samples_are_skipped_and_a_data_chunk_before_its_format_is_left_to_libsndfile(tmp_path):
+    """A RIFF file may hold other chunks (LIST, fact...; odd-sized ones padded to even) before and
+    after the samples: the parser skips them and gives sf.read's values. A data chunk before the fmt
+    chunk is not for the parser: libsndfile decides."""
+    from multiturbo.audio import _read_pcm16_wav
+
+    pcm = np.array([[0, 1], [-32768, 32767], [1234, -1234]], dtype="<i2")
+    fmt = _chunk(b"fmt ", struct.pack("<HHIIHH", 1, 2, 8000, 8000 * 4, 4, 16))
+    data = _chunk(b"data", pcm.tobytes())
+
+    def riff(*chunks: bytes) -> bytes:
+        body = b"WAVE" + b"".join(chunks)
+        return b"RIFF" + struct.pack("<I", len(body)) + body
+
+    path = tmp_path / "a.wav"
+    path.write_bytes(riff(_chunk(b"LIST", b"abc"), fmt, _chunk(b"fact", b"12345"), data, _chunk(b"id3 ", b"x")))
+    reference, rate = sf.read(path, dtype="float32", always_2d=True)
+    fast = _read_pcm16_wav(path)
+    assert fast is not None and fast[1] == rate == 8000
+    np.testing.assert_array_equal(fast[0], reference)
+    np.testing.assert_array_equal(fast[0], pcm / 32768)
+    assert _read_pcm16_wav(riff(data, fmt)) is None
 
 
 def test_a_truncated_16_bit_wav_is_read_as_libsndfile_reads_it(tmp_path):

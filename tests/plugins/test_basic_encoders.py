@@ -261,3 +261,24 @@ def test_logmel_stft_in_groups_of_items_gives_the_batch_values(monkeypatch):
             whole[chunk] = enc.log_mel(batch["waveform"], batch["lengths"])[0]
     torch.testing.assert_close(whole[1], whole[1 << 40], rtol=1e-5, atol=1e-5)  # standardised values of order 1; the mel matmul may sum in another order
     torch.testing.assert_close(whole[3 * 4000], whole[1 << 40], rtol=1e-5, atol=1e-5)
+
+
+def test_logmel_pads_batches_to_a_ladder_of_frame_counts():
+    """A batch is padded to a frame count on the ladder (multiples of 8 frames, FRAME_LADDER_STEPS
+    rungs per octave), never below its longest item nor above max_seconds: batches of nearby lengths
+    share one shape, and the padding adds at most 7 frames or 1/FRAME_LADDER_STEPS of them."""
+    from multiturbo_basic_encoders.audio import FRAME_LADDER_STEPS
+
+    enc = build("logmel_cnn", sample_rate=8000, hop_length=128, n_fft=256, max_seconds=10.0)
+    widths = {}
+    for longest in range(1, 80_001, 13):
+        width = enc.padded_width(longest)
+        frames, padded = longest // 128 + 1, width // 128 + 1
+        assert longest <= width <= max(longest, 80_000)
+        if width < 80_000:
+            assert padded % 8 == 0 and padded - frames <= max(7, frames / FRAME_LADDER_STEPS)
+        widths.setdefault(padded, []).append(longest)
+    assert len(widths) < 80  # 6,154 lengths, a few dozen shapes
+    batch = enc.collate([np.ones(36_000, dtype=np.float32), np.ones(500, dtype=np.float32)])
+    assert batch["waveform"].shape == (2, enc.padded_width(36_000)) and batch["lengths"].tolist() == [36_000, 500]
+    assert batch["waveform"][0, 36_000:].abs().sum() == 0
