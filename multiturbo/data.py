@@ -90,24 +90,37 @@ def raw_length(raw: Any) -> float | None:
     return None
 
 
-def item_lengths(split: Sequence[Sample]) -> list[dict[str, float]] | None:
+def item_lengths(split: Sequence[Sample], max_seconds: Mapping[str, float | None] | None = None) -> list[dict[str, float]] | None:
     """Each item's {modality: length}, cheaply: a :class:`LazySplit`'s own ``lengths()`` (the data set
     reads them without loading the items, e.g. audio file headers), or the inputs of a split held in
     memory (a list of samples). None when they are not known without loading every item. Wrappers
-    (the audio and feature caches) are looked through by their ``split`` attribute."""
+    (the audio and feature caches) are looked through by their ``split`` attribute.
+
+    ``max_seconds``: per audio modality, the seconds its encoder keeps of an item
+    (:meth:`multiturbo.encoder.Encoder.max_input_seconds`); a longer item counts at that length. It
+    applies to lengths in seconds: a data set's ``length`` (audio in seconds by contract) and
+    Waveforms held in memory, not bare arrays (their length is in samples at a rate not known here)."""
+    caps = {m: c for m, c in (max_seconds or {}).items() if c is not None}
     inner = split
     while not isinstance(inner, (list, tuple, LazySplit)) and hasattr(inner, "split"):
         inner = inner.split
     if isinstance(inner, LazySplit):
         lengths = inner.lengths()
-        return None if lengths is None else [dict(d) for d in lengths]
+        return None if lengths is None else [{m: min(v, caps[m]) if m in caps else v for m, v in d.items()} for d in lengths]
     if isinstance(inner, (list, tuple)):
         out = []
         for s in inner:
-            lengths = {m: raw_length(v) for m, v in s.inputs.items() if v is not None}
+            lengths = {m: _capped(raw_length(v), v, caps.get(m)) for m, v in s.inputs.items() if v is not None}
             out.append({m: v for m, v in lengths.items() if v is not None})
         return out
     return None
+
+
+def _capped(length: float | None, raw: Any, cap: float | None) -> float | None:
+    """``length`` of ``raw`` at most ``cap`` seconds when it is in seconds (a Waveform-like input)."""
+    if length is None or cap is None or not (hasattr(raw, "samples") and hasattr(raw, "sample_rate")):
+        return length
+    return min(length, cap)
 
 
 def sort_keys(lengths: Sequence[Mapping[str, float]]) -> list[tuple[float, ...]]:

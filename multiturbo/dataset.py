@@ -46,8 +46,10 @@ class LazySplit(Sequence[Sample], Generic[R]):
     DataLoader workers can be spawned.
 
     ``length(record) -> {modality: length}`` (optional): an item's length per modality without
-    loading it (audio seconds from the file's header, a text's word count), for length-aware
-    batching (``train.batching: bucket``); :meth:`lengths` calls it once per item, on first use.
+    loading it (audio in seconds, e.g. from the file's header; a text's word count), for
+    length-aware batching (``train.batching: bucket``, ``train.max_batch_seconds``; audio longer
+    than its encoder keeps counts at the kept length); :meth:`lengths` calls it once per item, on
+    first use.
     """
 
     def __init__(self, records: Sequence[R], load: Callable[[R], Sample], label: Callable[[R], int], meta: Callable[[R], Mapping[str, Any]],

@@ -54,6 +54,13 @@ class Encoder(nn.Module):
         """Turn B raw inputs into a padded batch: a dict of tensors, each [B, ...]."""
         raise NotImplementedError
 
+    def max_input_seconds(self) -> float | None:
+        """Audio encoders whose ``collate`` cuts longer audio: the seconds they keep (their
+        ``max_seconds``); None when nothing is cut. Length-aware batching (``train.batching:
+        bucket``, ``train.max_batch_seconds``) and the logged padding count a longer item at this
+        length, since that is all the encoder sees of it."""
+        return None
+
     def forward(self, batch: Batch) -> Tensor:
         """Map a collated batch to pooled vectors [B, output_dim]."""
         raise NotImplementedError

@@ -273,7 +273,7 @@ class _Loaders:
         weights = sample_weights(split_labels(exp.splits.train), len(exp.dataset.classes)) if t.sampler == "balanced" else None
         lengths = None
         if t.batching == "bucket" or t.max_batch_seconds is not None:
-            lengths = item_lengths(self.splits.train)
+            lengths = item_lengths(self.splits.train, {m: enc.max_input_seconds() for m, enc in model.encoders.items()})
             if lengths is None or not any(lengths):
                 lengths = None
                 if t.max_batch_seconds is not None:

@@ -115,6 +115,18 @@ def test_item_lengths_from_memory_from_a_lazy_split_or_unknown():
     assert item_lengths(Cached(lazy)) == [{"text": 3.0}, {"text": 5.0}]
 
 
+def test_item_lengths_count_audio_longer_than_its_encoder_keeps_at_the_kept_length():
+    """An encoder that cuts audio at max_seconds sees no more of a longer item: its length for
+    batching is the cut one. Seconds only: a data set's lengths and in-memory Waveforms; bare
+    arrays (samples, rate unknown) and other modalities keep theirs."""
+    lazy = LazySplit([3.0, 40.0], lambda r: Sample({}, 0), lambda r: 0, lambda r: {},
+                     lambda r: {"audio": r, "text": r})
+    assert item_lengths(lazy, {"audio": 15.0, "text": None}) == [{"audio": 3.0, "text": 3.0}, {"audio": 15.0, "text": 40.0}]
+    in_memory = [Sample({"audio": Waveform(np.zeros(32000, np.float32), 1000), "raw": np.zeros(32000, np.float32)}, 0)]
+    assert item_lengths(in_memory, {"audio": 15.0, "raw": 15.0}) == [{"audio": 15.0, "raw": 32000.0}]
+    assert item_lengths(in_memory) == [{"audio": 32.0, "raw": 32000.0}]
+
+
 def test_sort_keys_order_by_the_first_modality_then_the_next():
     keys = sort_keys([{"audio": 2.0, "text": 10.0}, {"audio": 2.0, "text": 3.0}, {"text": 5.0}, {"audio": 1.0}])
     assert keys == [(2.0, 10.0), (2.0, 3.0), (0.0, 5.0), (1.0, 0.0)]

@@ -95,11 +95,14 @@ def test_bucket_batching_records_the_padding_and_falls_back_to_random_without_le
     record = json.loads((tmp_path / "bucket" / "metrics.jsonl").read_text().splitlines()[0])
     assert set(record["padding"]) == {"audio", "text"} and 0.0 <= record["padding"]["text"] < 1.0
 
-    monkeypatch.setattr(multiturbo.run, "item_lengths", lambda split: None)
+    seen = []
+    monkeypatch.setattr(multiturbo.run, "item_lengths", lambda split, max_seconds=None: seen.append(max_seconds))
     lines = _Lines()
     run_experiment(check_config(validate_config(copy.deepcopy(tiny_raw))), tmp_path / "unknown", progress=lines.reporter)
     assert any("train.batching: bucket needs item lengths" in line and "batches are random" in line for line in lines.lines)
     assert "padding" not in json.loads((tmp_path / "unknown" / "metrics.jsonl").read_text().splitlines()[0])
+    audio_options = tiny_raw["modalities"]["audio"].get("options") or {}
+    assert seen == [{"audio": audio_options.get("max_seconds", 10.0), "text": None}]  # each encoder's cut, for the lengths
 
 
 def test_max_batch_seconds_warns_of_batches_over_the_budget_and_needs_lengths(tiny_raw, tmp_path, monkeypatch):
@@ -130,7 +133,7 @@ def test_max_batch_seconds_warns_of_batches_over_the_budget_and_needs_lengths(ti
     with pytest.raises(ConfigError, match="cuts the 3 training items into fewer batches than the 2 processes"):
         multiturbo.run.budget_warning(few, cfg.train, lines.reporter, "")
 
-    monkeypatch.setattr(multiturbo.run, "item_lengths", lambda split: None)
+    monkeypatch.setattr(multiturbo.run, "item_lengths", lambda split, max_seconds=None: None)
     with pytest.raises(ConfigError, match="train.max_batch_seconds: 1500.0 needs each item's length"):
         run_experiment(cfg, tmp_path / "unknown", progress=_Lines().reporter)
 

@@ -115,6 +115,10 @@ class LogMelCNN(Encoder):
         self.dropout = nn.Dropout(o.dropout)
         self.out = nn.Linear(widths[-1], o.output_dim)
 
+    def max_input_seconds(self) -> float:
+        """Waveforms are cut to ``max_seconds`` in collate (see Encoder.max_input_seconds)."""
+        return self.options.max_seconds
+
     # -- preprocessing -------------------------------------------------------------
 
     def collate(self, raw: Sequence[Any]) -> dict[str, Tensor]:

@@ -165,6 +165,10 @@ class _AudioBase(LayeredEncoder, Encoder):
         """The feature extractor's rate, which Waveforms are resampled to (see Encoder.input_sample_rate)."""
         return self.rate
 
+    def max_input_seconds(self) -> float:
+        """Audio is cut to ``max_seconds`` in collate (see Encoder.max_input_seconds)."""
+        return self.options.max_seconds
+
     def _cut(self, raw: Sequence[Any], rate: int, min_samples: int = 1) -> list[np.ndarray]:
         if len(raw) == 0:
             raise DataError(f"The {self.name} encoder got an empty batch. Pass at least one waveform.")

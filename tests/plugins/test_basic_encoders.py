@@ -282,3 +282,4 @@ def test_logmel_pads_batches_to_a_ladder_of_frame_counts():
     batch = enc.collate([np.ones(36_000, dtype=np.float32), np.ones(500, dtype=np.float32)])
     assert batch["waveform"].shape == (2, enc.padded_width(36_000)) and batch["lengths"].tolist() == [36_000, 500]
     assert batch["waveform"][0, 36_000:].abs().sum() == 0
+    assert enc.max_input_seconds() == 10.0 and build("hashed_transformer").max_input_seconds() is None

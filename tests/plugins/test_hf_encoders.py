@@ -304,6 +304,7 @@ def test_long_audio_is_cut_counted_and_warned(models, family):
     with pytest.warns(UserWarning, match="cut 2 of 3 items"):
         batch = enc.collate([np.ones(RATE, dtype=np.float32), np.ones(4000, dtype=np.float32), np.ones(9000, dtype=np.float32)])
     assert enc.cut_items == 2
+    assert enc.max_input_seconds() == 0.5  # what length-aware batching counts a longer item as
     if family == "wav2vec2":
         assert batch["input_values"].shape == (3, 8000)
         assert batch["attention_mask"].sum(1).tolist() == [8000, 4000, 8000]
