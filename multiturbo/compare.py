@@ -9,8 +9,14 @@ into ``OUT/<method>/fold<f>-seed<s>/``; the table shows mean ± sample std, and 
 compared pairwise on the same (fold, seed) pairs (:func:`multiturbo.stats.paired_difference`).
 Both modes resume: finished runs are skipped (:mod:`multiturbo.crossval`).
 
+Every pair of methods is also compared item by item on each (fold, seed) both ran, from the
+runs' ``test_predictions.csv`` (:func:`multiturbo.stats.item_paired_difference`: a bootstrap over
+the test items and McNemar's test): the sampling noise of the test items alone, which is all a
+single split with a single seed can show.
+
 Files: ``comparison.md`` / ``.csv`` (methods x metrics), ``comparison_runs.csv`` (every
-run), ``paired.md`` / ``.csv`` (paired differences), ``plan.yaml`` (what ``OUT`` holds).
+run), ``paired.md`` / ``.csv`` (paired differences; paired.md also the item-level table),
+``paired_items.csv`` (the item-level differences), ``plan.yaml`` (what ``OUT`` holds).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import datetime as dt
 import io
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +35,7 @@ from rich.table import Table
 from . import rundir
 from .analysis import plot_runs_align_uniform
 from .config import ExperimentConfig, check_config, load_raw, validate_config
-from .errors import MultiturboError
+from .errors import MultiturboError, RunDirError
 from .loss import pair_names
 from .metrics import TABLE_METRICS
 from .plugins import get_registries
@@ -39,7 +45,9 @@ from .crossval import (
 )
 from .progress import ProgressReporter
 from .report import write_comparison_report
-from .stats import MIN_T_TEST, PairedStats, Summary, fmt, fmt_mean_std, fmt_p, fmt_test_p, paired_difference
+from .stats import (
+    MIN_T_TEST, ItemPairedStats, PairedStats, Summary, fmt, fmt_mean_std, fmt_p, fmt_test_p, item_paired_difference, paired_difference,
+)
 
 METHODS = ("vanilla", "cross", "turbo")
 METHOD_LABELS = {"vanilla": "Vanilla", "cross": "+ CL_cross", "turbo": "+ Turbo"}
@@ -79,13 +87,28 @@ class PairedRow:
         return {"a": self.a, "b": self.b, "metric": self.metric, **self.stats.to_dict()}
 
 
+@dataclass(frozen=True)
+class ItemPairedRow:
+    """Method ``b`` against method ``a`` on one metric, item by item over the test items of one (fold, seed)."""
+
+    a: str
+    b: str
+    fold: Fold
+    seed: int
+    stats: ItemPairedStats
+
+    def to_row(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "fold": "" if self.fold is None else self.fold, "seed": self.seed, **self.stats.to_dict()}
+
+
 @dataclass
 class CompareResult:
     """The outcome of :func:`compare_methods`.
 
     ``rows``: one per method (what ``comparison.csv`` holds: means, ``<metric>_std``, ``n``);
     ``summaries``: method -> metric -> Summary; ``runs``: every run (``comparison_runs.csv``);
-    ``paired``: every method pair and metric (``paired.csv``)."""
+    ``paired``: every method pair and metric (``paired.csv``); ``items``: every method pair, (fold, seed)
+    and metric compared item by item (``paired_items.csv``), and ``item_notes`` why a pair was not."""
 
     out: Path
     methods: list[str]
@@ -96,6 +119,8 @@ class CompareResult:
     rows: list[dict[str, Any]]
     summaries: dict[str, dict[str, Summary]]
     paired: list[PairedRow]
+    items: list[ItemPairedRow] = field(default_factory=list)
+    item_notes: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> list[str]:
@@ -139,8 +164,9 @@ def compare_methods(
     (out / "comparison_runs.csv").write_text(runs_csv(runs, result.metrics, [(m, result.summaries[m]) for m in result.methods]), encoding="utf-8")
     (out / "paired.md").write_text(paired_markdown(result), encoding="utf-8")
     (out / "paired.csv").write_text(paired_csv(result), encoding="utf-8")
+    (out / "paired_items.csv").write_text(paired_items_csv(result), encoding="utf-8")
     write_compare_report(result)
-    finish_plan_tracking(parent, out, ("comparison.md", "comparison.csv", "comparison_runs.csv", "paired.md", "paired.csv", "report.md",
+    finish_plan_tracking(parent, out, ("comparison.md", "comparison.csv", "comparison_runs.csv", "paired.md", "paired.csv", "paired_items.csv", "report.md",
                                        "align_uniform.png"), {f"{m}/": result.summaries[m] for m in result.methods})
     return result
 
@@ -194,7 +220,70 @@ def _result(configs: dict[str, ExperimentConfig], out: Path, folds: list[Fold], 
             xa = [va[k].get(name, math.nan) for k in keys]
             xb = [vb[k].get(name, math.nan) for k in keys]
             paired.append(PairedRow(a, b, name, paired_difference(xa, xb, test_train_ratio=ratio)))
-    return CompareResult(out, methods, folds, seeds, grid, runs, rows, summaries, paired)
+    items, item_notes = _item_paired(methods, by_method)
+    return CompareResult(out, methods, folds, seeds, grid, runs, rows, summaries, paired, items, item_notes)
+
+
+def _item_paired(methods: list[str], by_method: dict[str, list[RunRecord]]) -> tuple[list[ItemPairedRow], list[str]]:
+    """Every method pair on every (fold, seed) both ran, item by item, from the runs' test_predictions.csv;
+    and a note for each pair that could not be compared (a damaged file, different test items). Runs
+    without the file (run directories older than it) are left out without a note."""
+    predictions = _PredictionCache()
+    rows, notes = [], []
+    for a, b in itertools.combinations(methods, 2):
+        runs_b = {(r.fold, r.seed): r for r in by_method[b]}
+        for run_a in by_method[a]:
+            run_b = runs_b.get((run_a.fold, run_a.seed))
+            if run_b is None:
+                continue
+            where = f"{b} vs {a}" + ("" if run_a.fold is None else f" fold {run_a.fold}") + f" seed {run_a.seed}"
+            try:
+                shared = _shared_items(predictions.get(run_a.run_dir), predictions.get(run_b.run_dir))
+                compared = {} if shared is None else item_paired_difference(*shared, predictions.num_classes(run_a.run_dir))
+            except RunDirError as exc:
+                notes.append(f"{where}: {exc}")
+                continue
+            except ValueError as exc:
+                notes.append(f"{where}: not compared item by item ({exc})")
+                continue
+            rows += [ItemPairedRow(a, b, run_a.fold, run_a.seed, stats) for stats in compared.values()]
+    return rows, notes
+
+
+class _PredictionCache:
+    """Each run's test_predictions.csv and number of classes, read once."""
+
+    def __init__(self) -> None:
+        self.predictions: dict[Path, rundir.ItemPredictions | None] = {}
+
+    def get(self, run_dir: Path) -> rundir.ItemPredictions | None:
+        if run_dir not in self.predictions:
+            self.predictions[run_dir] = rundir.read_test_predictions(run_dir)
+        return self.predictions[run_dir]
+
+    @staticmethod
+    def num_classes(run_dir: Path) -> int:
+        classes = (rundir.read_info(run_dir) or {}).get("classes")
+        if not classes:
+            raise RunDirError(f"{rundir.layout.path(run_dir, rundir.layout.INFO)} names no classes: cannot score its test predictions.")
+        return len(classes)
+
+
+def _shared_items(a: rundir.ItemPredictions | None, b: rundir.ItemPredictions | None) -> tuple[list[int], list[int], list[int]] | None:
+    """(labels, predictions of a, predictions of b) [N] over the same test items, b's rows put in a's
+    order by item id; None when either run has no predictions. ValueError when the two runs were
+    tested on different items (or give one item two labels)."""
+    if a is None or b is None:
+        return None
+    row_b = {item: i for i, item in enumerate(b.ids)}
+    if len(row_b) != len(b.ids) or len(set(a.ids)) != len(a.ids):
+        raise ValueError("an item id appears twice in test_predictions.csv")
+    if set(row_b) != set(a.ids):
+        raise ValueError(f"the two runs were tested on different items ({len(a)} and {len(b)} items, {len(set(a.ids) & set(row_b))} shared)")
+    order = [row_b[item] for item in a.ids]
+    if any(b.labels[j] != y for j, y in zip(order, a.labels)):
+        raise ValueError("the two runs give some item different labels")
+    return a.labels, a.preds, [b.preds[j] for j in order]
 
 
 def _test_train_ratio(runs: list[RunRecord]) -> float | None:
@@ -252,6 +341,7 @@ def to_rich_table(result: CompareResult, title: str = "Test metrics") -> Table:
     caption = "in / cross: number of in-modal / cross-modal InfoNCE terms; alignment and uniformity in comparison.md"
     if result.grid:
         caption += f"; mean ± std over {_grid_text(result)}"
+    caption = "\n".join([caption, *item_caption_lines(result)])
     table = Table(title=title, caption=caption)
     for c in cols:
         table.add_column(HEADERS.get(c, header(c)), justify="left" if c == "label" else "right", no_wrap=c == "label" or c in result.metrics, overflow="fold")
@@ -282,7 +372,64 @@ def paired_markdown(result: CompareResult) -> str:
              f"Below {MIN_T_TEST} pairs no p-value is shown (`n < {MIN_T_TEST}`): only the interval, which is wide, as it should be.", "",
              "| " + " | ".join(PAIRED_COLUMNS) + " |", "|" + "|".join("---" for _ in PAIRED_COLUMNS) + "|"]
     lines += ["| " + " | ".join(_paired_cells(p)) + " |" for p in result.paired]
+    return "\n".join(lines) + "\n\n" + item_paired_markdown(result)
+
+
+ITEM_PAIRED_TITLE = "Item-level paired differences on each split (test-set sampling noise only)"
+ITEM_PAIRED_COLUMNS = ("B vs A", "fold", "seed", "n items", "metric", "diff (B - A)", "95% bootstrap CI", "McNemar p")
+CAPTION_METRIC = "ua"  # the metric of the console caption's item-level lines
+
+
+def _item_cells(row: ItemPairedRow) -> list[str]:
+    s = row.stats
+    mcnemar = "" if math.isnan(s.mcnemar_p) else f"{fmt_p(s.mcnemar_p)} ({s.b_only} vs {s.a_only})"
+    return [f"{row.b} vs {row.a}", "-" if row.fold is None else str(row.fold), str(row.seed), str(s.n), header(s.metric),
+            f"{s.diff:+.4f}", f"[{s.ci_low:+.4f}, {s.ci_high:+.4f}]", mcnemar]
+
+
+def item_paired_markdown(result: CompareResult) -> str:
+    """paired.md's item-level section: each method pair on each (fold, seed), WA / UA / F1, from the runs' test_predictions.csv."""
+    lines = [f"## {ITEM_PAIRED_TITLE}", "",
+             "This interval measures only the noise of which test items were drawn, not the noise of training (seeds) nor of other "
+             "splits, so it is a lower bound on the uncertainty of B - A; `--seeds` and `--folds all` measure those (the table above). "
+             "Differences B - A on the items both runs were tested on; 95% percentile paired bootstrap interval over the items; "
+             "McNemar p: the exact McNemar test of WA, with the items only B got right vs only A got right.", ""]
+    if not result.items:
+        lines.append("No pair of runs has test_predictions.csv (run directories from before it was written): no item-level comparison.")
+    else:
+        lines += ["| " + " | ".join(ITEM_PAIRED_COLUMNS) + " |", "|" + "|".join("---" for _ in ITEM_PAIRED_COLUMNS) + "|"]
+        lines += ["| " + " | ".join(_item_cells(r)) + " |" for r in result.items]
+    if result.item_notes:
+        lines += ["", *(f"- {note}" for note in result.item_notes)]
     return "\n".join(lines) + "\n"
+
+
+def paired_items_csv(result: CompareResult) -> str:
+    """paired_items.csv: one row per method pair, (fold, seed) and metric (:class:`ItemPairedRow`)."""
+    cols = ["a", "b", "fold", "seed", *ItemPairedStats.__dataclass_fields__]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in r.to_row().items()} for r in result.items)
+    return buf.getvalue()
+
+
+ITEM_CAPTION_NOTE = "(CI: bootstrap over the test items; training noise not included)"
+
+
+def item_caption_lines(result: CompareResult, metric: str = CAPTION_METRIC) -> list[str]:
+    """For a single split with a single seed: one line per method against the first, from the item-level
+    comparison ("turbo vs vanilla on these 240 test items: UA -0.021, 95% CI [-0.060, +0.020]"), then
+    :data:`ITEM_CAPTION_NOTE`, each line short enough for an 80-column table; none for a grid."""
+    if result.grid or not result.methods:
+        return []
+    first = result.methods[0]
+    lines = []
+    for row in result.items:
+        if row.a == first and row.stats.metric == metric:
+            s = row.stats
+            lines.append(f"{row.b} vs {first} on these {s.n} test items: {header(metric)} {s.diff:+.3f}, 95% CI [{s.ci_low:+.3f}, {s.ci_high:+.3f}]")
+    return [*lines, ITEM_CAPTION_NOTE] if lines else []
 
 
 def paired_csv(result: CompareResult) -> str:

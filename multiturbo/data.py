@@ -284,6 +284,13 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return max(size - self.start, 0)
 
 
+def gathered_positions(n: int, world: int) -> list[int]:
+    """The split positions of an unshuffled loader's ``n`` items in the order a pass gathered over
+    ``world`` ranks returns them (:func:`multiturbo.distributed.gather_rows`): rank 0's shard
+    (0, world, 2 world, ...), then rank 1's (1, 1 + world, ...), and so on; 0..n-1 for one process."""
+    return [i for rank in range(world) for i in range(rank, n, world)]
+
+
 def cut_to_budget(items: Sequence[int], cost: Sequence[float], budget: float, min_size: int) -> list[list[int]]:
     """``items`` (sorted by ``cost``, ascending) cut into runs of consecutive items whose padded cost, the
     number of items x the largest cost among them, stays within ``budget``; a batch takes at least

@@ -39,19 +39,35 @@ def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return _tm().multiclass_confusion_matrix(preds, target, num_classes=num_classes)
 
 
-def accuracy(preds: Tensor, target: Tensor, num_classes: int) -> float:
-    """WA: the share of correct predictions (micro average)."""
-    return float(_tm().multiclass_accuracy(preds, target, num_classes=num_classes, average="micro"))
+def _score(value: Tensor, rows: bool) -> float | Tensor:
+    """A metric's value: a float, or with ``rows`` the tensor [B] of one value per row."""
+    return value if rows else float(value)
 
 
-def macro_recall(preds: Tensor, target: Tensor, num_classes: int) -> float:
-    """UA: the mean per-class recall (macro average over the classes present)."""
-    return float(_tm().multiclass_recall(preds, target, num_classes=num_classes, average="macro"))
+def _multidim(rows: bool) -> str:
+    """torchmetrics' ``multidim_average``: ``samplewise`` scores each row of [B, N] inputs on its own."""
+    return "samplewise" if rows else "global"
 
 
-def macro_f1(preds: Tensor, target: Tensor, num_classes: int) -> float:
-    """The macro-averaged F1."""
-    return float(_tm().multiclass_f1_score(preds, target, num_classes=num_classes, average="macro"))
+def accuracy(preds: Tensor, target: Tensor, num_classes: int, *, rows: bool = False) -> float | Tensor:
+    """WA: the share of correct predictions (micro average). ``preds``, ``target``: [N]; with
+    ``rows``, [B, N] and the result is each row's WA, a tensor [B] (e.g. bootstrap resamples)."""
+    return _score(_tm().multiclass_accuracy(preds, target, num_classes=num_classes, average="micro", multidim_average=_multidim(rows)), rows)
+
+
+def macro_recall(preds: Tensor, target: Tensor, num_classes: int, *, rows: bool = False) -> float | Tensor:
+    """UA: the mean per-class recall (macro average over the classes present). ``rows``: as :func:`accuracy`."""
+    return _score(_tm().multiclass_recall(preds, target, num_classes=num_classes, average="macro", multidim_average=_multidim(rows)), rows)
+
+
+def macro_f1(preds: Tensor, target: Tensor, num_classes: int, *, rows: bool = False) -> float | Tensor:
+    """The macro-averaged F1. ``rows``: as :func:`accuracy`."""
+    return _score(_tm().multiclass_f1_score(preds, target, num_classes=num_classes, average="macro", multidim_average=_multidim(rows)), rows)
+
+
+METRIC_FUNCTIONS: dict[str, Callable[..., float | Tensor]] = {"wa": accuracy, "ua": macro_recall, "f1": macro_f1}
+"""The metrics computed from predicted and true class indices alone (``fn(preds, target, num_classes, rows=False)``):
+what an item-level comparison of two classifiers' predictions resamples (:func:`multiturbo.stats.item_paired_difference`)."""
 
 
 def binary_roc(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

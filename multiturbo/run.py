@@ -22,7 +22,7 @@ from .balance import sample_weights, split_labels
 from .build import Experiment, build_experiment
 from .composition import best_epoch_warning, composition_warnings, split_composition, split_membership
 from .config import ExperimentConfig
-from .data import BudgetBatchSampler, Collator, item_lengths, make_loader
+from .data import BudgetBatchSampler, Collator, gathered_positions, item_lengths, make_loader
 from .distributed import World, barrier, init_from_env
 from .errors import ConfigError, MultiturboError
 from .feature_cache import cache_frozen_features
@@ -31,7 +31,7 @@ from .report import write_run_report
 from .runtime import resolve_device, seed_everything
 from .tensorboard import export_tensorboard
 from .tracking import MlflowRun, start_run_tracking
-from .train import TrainState, evaluate, fit
+from .train import Evaluation, TrainState, evaluate_items, fit
 from .version import __version__
 
 
@@ -116,7 +116,8 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
         clock.lap("train")
         barrier()  # rank 0 has written best.safetensors
         rundir.load_best(model, out)
-        metrics = evaluate(model, loaders.test, device, progress, f"{label}test")
+        tested = evaluate_items(model, loaders.test, device, progress, f"{label}test")
+        metrics = tested.metrics
         clock.lap("test")
     except BaseException as exc:
         info.failed(exc, time.perf_counter() - start)
@@ -131,6 +132,9 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
             progress.log(f"{label}warning: {warning}")
     if world.is_main:
         rundir.write_test_metrics(out, metrics)
+        unwritten = write_test_predictions(out, exp, tested, world.size)
+        if unwritten:
+            progress.log(f"{label}warning: {unwritten}")
     info.finished(time.perf_counter() - start, nonfinite_skipped=result.nonfinite_skipped, cut_items=_cut_items(model, cfg.train.num_workers),
                   **(_throughput(out) if world.is_main else {}))
     if world.is_main:
@@ -141,6 +145,23 @@ def _run_experiment(cfg: ExperimentConfig, out: Path | str | None, lock: rundir.
             tracker.finish(rundir.tracked_outputs(out), {f"test/{k}": v for k, v in metrics.items()}, step=result.best_epoch)
     barrier()
     return metrics
+
+
+def write_test_predictions(out: Path, exp: Experiment, tested: Evaluation, world_size: int) -> str | None:
+    """``test_predictions.csv`` from the labels and predictions metrics.json was computed from, put
+    back in split order (a multi-process pass gathers the ranks' shards one after another) and named
+    by the ids of splits.json. Returns a warning (and writes nothing) when the pass did not score
+    each test item once."""
+    ids = split_membership(exp.splits)["test"]
+    positions = gathered_positions(len(ids), world_size)
+    if len(positions) != len(tested.labels):
+        return (f"the test pass scored {len(tested.labels)} items but the test split holds {len(ids)}: "
+                f"{rundir.layout.TEST_PREDICTIONS} is not written (the metrics stand)")
+    labels, preds = [0] * len(ids), [0] * len(ids)
+    for row, position in enumerate(positions):
+        labels[position], preds[position] = int(tested.labels[row]), int(tested.preds[row])
+    rundir.write_test_predictions(out, ids, labels, preds)
+    return None
 
 
 def _start_tracking(cfg: ExperimentConfig, out: Path, info: rundir.RunInfo, previous: dict | None, tags: Mapping[str, str] | None,

@@ -17,6 +17,10 @@
   (1/n + n_test/n_train) * sd(d)^2 instead of sd(d)^2 / n, with n - 1 degrees of freedom.
   It applies to fold (and fold x seed) grids; over seeds on one fixed split the test set is the
   same for every pair and neither test accounts for the split's own sampling variance.
+- :func:`item_paired_difference`: two classifiers on the same test items (one split, one seed):
+  the difference B - A in WA, UA and F1 with a 95 % percentile paired bootstrap interval over
+  the items, and the exact McNemar p-value for WA. It measures only which test items were drawn,
+  not the noise of training (seeds) or of the split.
 """
 
 from __future__ import annotations
@@ -165,6 +169,115 @@ def paired_difference(
                 w_p = float(sps.wilcoxon(xb, xa).pvalue)
     return PairedStats(n, float(xa.mean()), float(xb.mean()), mean_d, std_d, ci_low, ci_high, t_p, w_p, "; ".join(notes),
                        nb_low, nb_high, nb_p)
+
+
+ITEM_METRICS = ("wa", "ua", "f1")  # the metrics of an item-level comparison (multiturbo.metrics computes them)
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_BLOCK_CELLS = 2_000_000  # resamples x items scored at once: bounds the memory of long test splits
+
+
+@dataclass(frozen=True)
+class ItemPairedStats:
+    """Classifier B against A on one metric over the same ``n`` items: ``diff`` = value_b - value_a,
+    its percentile bootstrap interval over items, and (WA only, else NaN) the exact McNemar p-value
+    with the discordant counts ``b_only`` (B right, A wrong) and ``a_only`` (A right, B wrong)."""
+
+    metric: str
+    n: int
+    value_a: float
+    value_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    mcnemar_p: float = math.nan
+    b_only: int | None = None
+    a_only: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, int, int]:
+    """Exact two-sided McNemar test of paired correctness [N] (bool): the binomial test of the
+    discordant items (B right and A wrong among all discordant, against 1/2). Returns
+    (p, b_only, a_only); p = 1 when no item is discordant."""
+    b_only = int(np.sum(correct_b & ~correct_a))
+    a_only = int(np.sum(correct_a & ~correct_b))
+    if b_only + a_only == 0:
+        return 1.0, b_only, a_only
+    return float(_sps().binomtest(b_only, b_only + a_only, 0.5).pvalue), b_only, a_only
+
+
+def _bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """[resamples, n] item indices drawn with replacement by a numpy Generator seeded with ``seed``."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _resampled_diffs(labels: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray, num_classes: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """For each metric of :data:`ITEM_METRICS`, the difference B - A on each resample: [resamples].
+    The same indices serve A and B (a paired bootstrap); rows are scored in blocks of bounded size."""
+    import torch
+
+    from .metrics import METRIC_FUNCTIONS
+
+    y, a, b = (torch.from_numpy(x.astype(np.int64)) for x in (labels, preds_a, preds_b))
+    block = max(1, BOOTSTRAP_BLOCK_CELLS // max(1, indices.shape[1]))
+    out: dict[str, list[np.ndarray]] = {m: [] for m in ITEM_METRICS}
+    for start in range(0, indices.shape[0], block):
+        idx = torch.from_numpy(indices[start:start + block])
+        y_rows, a_rows, b_rows = y[idx], a[idx], b[idx]
+        for m in ITEM_METRICS:
+            score = METRIC_FUNCTIONS[m]
+            out[m].append((score(b_rows, y_rows, num_classes, rows=True) - score(a_rows, y_rows, num_classes, rows=True)).double().numpy())
+    return {m: np.concatenate(parts) for m, parts in out.items()}
+
+
+def _check_item_arrays(labels: Sequence[int], preds_a: Sequence[int], preds_b: Sequence[int], num_classes: int) -> tuple[np.ndarray, ...]:
+    """The three arrays as int64 [N], checked: the same length, at least one item, labels in 0..C-1."""
+    y, a, b = (np.asarray(x, dtype=np.int64).reshape(-1) for x in (labels, preds_a, preds_b))
+    if not (y.size == a.size == b.size):
+        raise ValueError(f"labels and both predictions must have one entry per item, got {y.size}, {a.size} and {b.size}")
+    if y.size == 0:
+        raise ValueError("an item-level comparison needs at least one item, got none")
+    for name, x in (("labels", y), ("predictions A", a), ("predictions B", b)):
+        if x.min() < 0 or x.max() >= num_classes:
+            raise ValueError(f"{name} must be class indices in 0..{num_classes - 1}, got values from {x.min()} to {x.max()}")
+    return y, a, b
+
+
+def item_paired_difference(
+    labels: Sequence[int], preds_a: Sequence[int], preds_b: Sequence[int], num_classes: int, *,
+    confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+) -> dict[str, ItemPairedStats]:
+    """Classifier B against classifier A on the same items: ``labels``, ``preds_a``, ``preds_b``
+    are class indices [N] (item i is the same item in all three).
+
+    For each of WA, UA and F1 (:data:`ITEM_METRICS`, computed by :mod:`multiturbo.metrics`):
+    the difference B - A on the N items and its ``confidence`` percentile interval from a paired
+    bootstrap over items (``resamples`` draws of N item indices with replacement, the same indices
+    for A and B, from a numpy Generator seeded with ``seed``: deterministic). WA also gets the exact
+    McNemar p-value (:func:`mcnemar_exact`). Returns {metric: ItemPairedStats}.
+
+    The interval covers only the sampling of the test items: not the noise of training (another
+    seed) nor of the split (another fold), so it is a lower bound on the uncertainty of B - A."""
+    import torch
+
+    from .metrics import METRIC_FUNCTIONS
+
+    y, a, b = _check_item_arrays(labels, preds_a, preds_b, num_classes)
+    diffs = _resampled_diffs(y, a, b, num_classes, _bootstrap_indices(y.size, resamples, seed))
+    tail = (1 - confidence) / 2
+    y_t, a_t, b_t = (torch.from_numpy(x) for x in (y, a, b))
+    p, b_only, a_only = mcnemar_exact(a == y, b == y)
+    out = {}
+    for m in ITEM_METRICS:
+        value_a, value_b = METRIC_FUNCTIONS[m](a_t, y_t, num_classes), METRIC_FUNCTIONS[m](b_t, y_t, num_classes)
+        low, high = np.quantile(diffs[m], [tail, 1 - tail])
+        wa = m == "wa"
+        out[m] = ItemPairedStats(m, int(y.size), value_a, value_b, value_b - value_a, float(low), float(high),
+                                 p if wa else math.nan, b_only if wa else None, a_only if wa else None)
+    return out
 
 
 def fmt(value: float | int | None, digits: int = 4) -> str:

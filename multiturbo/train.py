@@ -106,14 +106,31 @@ def predict_probs(model: TurboModel, loader: DataLoader, device: torch.device,
     return out.probs, out.labels
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """The metrics of one evaluation and the arrays they were computed from: ``labels`` [N] and
+    ``preds`` [N] (the argmax of the class probabilities), in the order of the gathered pass
+    (all ranks' shards concatenated in rank order: :func:`multiturbo.data.gathered_positions`)."""
+
+    metrics: dict
+    labels: torch.Tensor
+    preds: torch.Tensor
+
+
+def evaluate_items(model: TurboModel, loader: DataLoader, device: torch.device, progress: ProgressReporter | None = None,
+                   description: str = "evaluation") -> Evaluation:
+    """:func:`evaluate`, with the per-item labels and predictions the metrics were computed from."""
+    if progress is not None:
+        progress.start(description, total=len(loader))
+    probs, labels = predict_probs(model, loader, device, progress)
+    return Evaluation(classification_metrics(probs, labels, loss=True), labels, probs.argmax(-1))
+
+
 def evaluate(model: TurboModel, loader: DataLoader, device: torch.device, progress: ProgressReporter | None = None,
              description: str = "evaluation") -> dict:
     """Every registered metric (:mod:`multiturbo.metrics`), the mean CE ``loss`` included; with
     ``progress``, a bar (or plain lines) named ``description`` over the loader's batches."""
-    if progress is not None:
-        progress.start(description, total=len(loader))
-    probs, labels = predict_probs(model, loader, device, progress)
-    return classification_metrics(probs, labels, loss=True)
+    return evaluate_items(model, loader, device, progress, description).metrics
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -14,7 +14,9 @@ from scipy import stats as sps
 
 import multiturbo.crossval as crossval
 from multiturbo.cli import cli
-from multiturbo.compare import CompareResult, compare_methods, method_configs
+from multiturbo.compare import (
+    ITEM_PAIRED_COLUMNS, ITEM_PAIRED_TITLE, CompareResult, compare_methods, item_caption_lines, method_configs, to_rich_table,
+)
 
 
 def invoke(*args):
@@ -100,3 +102,48 @@ def test_compare_seeds_only_on_a_single_fold_data_set(tiny_config_path, tmp_path
     assert all(r["t_p"] == "" and ("n too small for a p-value" in r["note"] or "zero variance" in r["note"]) for r in rows)
     paired = (out / "paired.md").read_text()
     assert "| n < 5 |" in paired and "Below 5 pairs no p-value is shown" in paired
+    # item by item on each seed's split; the console caption's item lines are only for a single split and seed
+    items = list(csv.DictReader((out / "paired_items.csv").open()))
+    assert sorted({(r["seed"], r["metric"]) for r in items}) == [(s, m) for s in ("0", "1") for m in ("f1", "ua", "wa")]
+    assert "on these" not in res.output
+
+
+def test_single_split_compare_compares_the_test_items_and_skips_runs_without_predictions(tiny_config_path, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    configs = method_configs(tiny_config_path, ["train.epochs=1"], ["vanilla", "cross", "turbo"])
+    out = tmp_path / "cmp"
+    result = compare_methods(configs, out)
+    n = json.loads((out / "vanilla" / "run.json").read_text())["split_sizes"]["test"]
+    metrics = {m: json.loads((out / m / "metrics.json").read_text()) for m in configs}
+    # every pair x metric, each difference that of the runs' metrics.json
+    assert {(r.a, r.b, r.stats.metric) for r in result.items} == {
+        (a, b, m) for a, b in (("vanilla", "cross"), ("vanilla", "turbo"), ("cross", "turbo")) for m in ("wa", "ua", "f1")}
+    for r in result.items:
+        assert r.stats.n == n and (r.fold, r.seed) == (None, 0)
+        assert r.stats.diff == pytest.approx(metrics[r.b][r.stats.metric] - metrics[r.a][r.stats.metric], abs=1e-6)
+        assert r.stats.ci_low <= r.stats.diff <= r.stats.ci_high
+    md = (out / "paired.md").read_text()
+    assert f"## {ITEM_PAIRED_TITLE}" in md and "lower bound on the uncertainty" in md
+    assert "| " + " | ".join(ITEM_PAIRED_COLUMNS) + " |" in md
+    assert f"| turbo vs vanilla | - | 0 | {n} | WA |" in md and f"| turbo vs vanilla | - | 0 | {n} | UA |" in md
+    assert ITEM_PAIRED_TITLE in (out / "report.md").read_text()
+    csv_rows = list(csv.DictReader((out / "paired_items.csv").open()))
+    assert len(csv_rows) == 9 and {r["mcnemar_p"] == "" for r in csv_rows if r["metric"] != "wa"} == {True}
+    assert all(0 <= float(r["mcnemar_p"]) <= 1 for r in csv_rows if r["metric"] == "wa")
+    # the console table's caption: one line per method against the first
+    console = Console(record=True, width=300)
+    console.print(to_rich_table(result))
+    text = console.export_text()
+    ua = {r.b: r.stats for r in result.items if r.a == "vanilla" and r.stats.metric == "ua"}
+    for m in ("cross", "turbo"):
+        s = ua[m]
+        assert f"{m} vs vanilla on these {n} test items: UA {s.diff:+.3f}, 95% CI [{s.ci_low:+.3f}, {s.ci_high:+.3f}]" in text
+    assert "training noise not included" in text
+    # a run directory from before test_predictions.csv: its pairs are left out, without error
+    (out / "vanilla" / "test_predictions.csv").unlink()
+    monkeypatch.setattr(crossval, "run_experiment", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = compare_methods(configs, out)
+    assert {(r.a, r.b) for r in again.items} == {("cross", "turbo")} and again.item_notes == []
+    assert item_caption_lines(again) == []
+    assert "| turbo vs vanilla | - |" not in (out / "paired.md").read_text() and "| turbo vs cross | - | 0 |" in (out / "paired.md").read_text()

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from multiturbo.audio import Waveform
-from multiturbo.data import BudgetBatchSampler, EpochSampler, bucket_order, item_lengths, padding_fraction, sort_keys
+from multiturbo.data import BudgetBatchSampler, EpochSampler, bucket_order, gathered_positions, item_lengths, padding_fraction, sort_keys
 from multiturbo.dataset import LazySplit, Sample
 
 
@@ -207,3 +207,10 @@ def test_budget_ranks_leave_out_random_batches_not_always_the_longest_item():
     for e in epochs:
         kept = sorted(i for r in ranks for b in r.batches(e) for i in b)
         assert len(set(kept)) == len(kept) and len(kept) < 41
+
+
+def test_gathered_positions_follow_the_unshuffled_shards_in_rank_order():
+    n, world = 7, 3
+    shards = [list(EpochSampler(n, shuffle=False, shard=(rank, world))) for rank in range(world)]
+    assert gathered_positions(n, world) == [i for shard in shards for i in shard] == [0, 3, 6, 1, 4, 2, 5]
+    assert gathered_positions(n, 1) == list(range(n))

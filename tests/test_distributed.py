@@ -176,7 +176,27 @@ def _torchrun_run(tmp_path, raw: dict) -> tuple[Path, list[dict]]:
     assert [r["epoch"] for r in records] == [1, 2]
     metrics = json.loads((out / "metrics.json").read_text())
     assert sum(map(sum, metrics["confusion"])) == info["split_sizes"]["test"]
+    _check_test_predictions_in_split_order(out, raw, metrics)
     return out, records
+
+
+def _check_test_predictions_in_split_order(out: Path, raw: dict, metrics: dict) -> None:
+    """Rank 0's test_predictions.csv: the two shards put back in split order (each row's label is its
+    test item's), and the predictions are those metrics.json scored."""
+    import csv
+
+    from multiturbo.build import build_experiment
+    from multiturbo.composition import _labels_meta
+    from multiturbo.config import check_config, validate_config
+
+    with open(out / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    split_labels = _labels_meta(build_experiment(check_config(validate_config(copy.deepcopy(raw)))).splits.test)[0]
+    assert [int(r["label"]) for r in rows] == [int(y) for y in split_labels]
+    confusion = [[0] * len(metrics["confusion"]) for _ in metrics["confusion"]]
+    for r in rows:
+        confusion[int(r["label"])][int(r["pred"])] += 1
+    assert confusion == metrics["confusion"]
 
 
 def test_torchrun_run_with_max_batch_seconds_trains_on_unequal_rank_batches(tmp_path, tiny_raw):

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 import torch
 
-from multiturbo.metrics import classification_metrics, equal_error_rate
+from multiturbo.metrics import METRIC_FUNCTIONS, classification_metrics, equal_error_rate
 
 
 def one_hot_probs(preds: list[int], num_classes: int) -> torch.Tensor:
@@ -25,6 +25,16 @@ def test_wa_ua_f1_and_confusion_by_hand():
     assert m["f1"] == pytest.approx((0.75 + 0.4 + 2 / 3) / 3)
     assert m["confusion"] == [[3, 1, 0], [1, 1, 0], [0, 1, 1]]
     assert "eer" not in m
+
+
+def test_rows_score_each_row_as_the_metric_scores_it_alone():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (50, 12), generator=g)  # some rows lack a class
+    preds = torch.randint(0, 4, (50, 12), generator=g)
+    for name, score in METRIC_FUNCTIONS.items():
+        rows = score(preds, target, 4, rows=True)
+        assert rows.shape == (50,), name
+        assert rows.tolist() == [score(p, t, 4) for p, t in zip(preds, target)], name
 
 
 def test_eer_by_hand_and_for_perfect_and_reversed_scores():

@@ -169,3 +169,29 @@ def test_on_epoch_sees_each_epoch_record_after_it_is_written_and_may_stop_the_ru
     assert [s[:2] for s in seen] == [(1, 1)] and "ua" in seen[0][2]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
     assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
+
+
+def test_test_predictions_csv_holds_what_metrics_json_scored(tiny_run):
+    import csv
+
+    import torch
+
+    from multiturbo.metrics import accuracy, macro_f1, macro_recall
+
+    with open(tiny_run / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    info = json.loads((tiny_run / "run.json").read_text())
+    splits = json.loads((tiny_run / "splits.json").read_text())
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert list(rows[0]) == ["item", "id", "label", "pred"]
+    assert len(rows) == info["split_sizes"]["test"] > 0
+    assert [int(r["item"]) for r in rows] == list(range(len(rows)))
+    assert [r["id"] for r in rows] == [str(i) for i in splits["test"]]
+    labels = torch.tensor([int(r["label"]) for r in rows])
+    preds = torch.tensor([int(r["pred"]) for r in rows])
+    c = len(info["classes"])
+    assert accuracy(preds, labels, c) == metrics["wa"]
+    assert macro_recall(preds, labels, c) == metrics["ua"]
+    assert macro_f1(preds, labels, c) == metrics["f1"]
+    confusion = [[int(((labels == t) & (preds == p)).sum()) for p in range(c)] for t in range(c)]
+    assert confusion == metrics["confusion"]

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from multiturbo.stats import MIN_T_TEST, fmt, fmt_mean_std, fmt_p, fmt_test_p, mean_std, paired_difference
+from multiturbo.stats import (
+    ITEM_METRICS, MIN_T_TEST, fmt, fmt_mean_std, fmt_p, fmt_test_p, item_paired_difference, mcnemar_exact, mean_std, paired_difference,
+)
 
 
 def test_mean_and_sample_std_by_hand():
@@ -100,3 +102,80 @@ def test_pairs_with_nan_are_dropped_and_lengths_must_match():
 def test_formatting():
     assert fmt(float("nan")) == "n/a" and fmt(0.12345) == "0.1235" and fmt(3) == "3"
     assert fmt_p(float("nan")) == "n/a" and fmt_p(0.0004) == "<0.001" and fmt_p(0.0412) == "0.041"
+
+
+# -- item-level paired comparison of two classifiers on the same items -------------------------------
+def test_identical_predictions_differ_by_zero_with_a_zero_interval_and_mcnemar_p_1():
+    rng = np.random.default_rng(3)
+    labels, preds = rng.integers(0, 4, 80), rng.integers(0, 4, 80)
+    out = item_paired_difference(labels, preds, preds, 4)
+    assert list(out) == list(ITEM_METRICS) == ["wa", "ua", "f1"]
+    for s in out.values():
+        assert s.n == 80 and s.diff == 0.0 and (s.ci_low, s.ci_high) == (0.0, 0.0)
+    assert out["wa"].mcnemar_p == 1.0 and (out["wa"].b_only, out["wa"].a_only) == (0, 0)
+    assert math.isnan(out["ua"].mcnemar_p)  # McNemar is for WA only
+
+
+def test_item_differences_by_hand():
+    labels = [0, 0, 1, 1]
+    a = [0, 1, 1, 0]  # right on items 0 and 2: WA 1/2, recalls 1/2 and 1/2, F1 1/2 and 1/2
+    b = [0, 0, 1, 0]  # right on items 0, 1, 2: WA 3/4, recalls 1 and 1/2, F1 4/5 and 2/3
+    out = item_paired_difference(labels, a, b, 2)
+    assert out["wa"].value_a == pytest.approx(0.5) and out["wa"].value_b == pytest.approx(0.75)
+    assert out["wa"].diff == pytest.approx(0.25) and out["ua"].diff == pytest.approx(0.25)
+    assert out["f1"].diff == pytest.approx((0.8 + 2 / 3) / 2 - 0.5)
+    assert (out["wa"].b_only, out["wa"].a_only) == (1, 0) and out["wa"].mcnemar_p == pytest.approx(1.0)  # 1 of 1 discordant
+    for s in out.values():
+        assert s.ci_low <= s.diff <= s.ci_high
+
+
+def test_b_right_on_30_items_a_gets_wrong_is_significant_and_the_interval_excludes_zero():
+    labels = np.arange(120) % 3
+    a = labels.copy()
+    a[:30] = (labels[:30] + 1) % 3  # A wrong on the first 30 items ...
+    a[90:] = (labels[90:] + 1) % 3  # ... and on the last 30, where B is wrong too
+    b = labels.copy()
+    b[90:] = a[90:]
+    out = item_paired_difference(labels, a, b, 3)
+    wa = out["wa"]
+    assert (wa.b_only, wa.a_only) == (30, 0) and wa.diff == pytest.approx(30 / 120)
+    assert wa.mcnemar_p < 0.001 and wa.mcnemar_p == pytest.approx(sps.binomtest(30, 30, 0.5).pvalue)
+    for s in out.values():
+        assert 0 < s.ci_low <= s.diff <= s.ci_high
+
+
+def test_item_comparison_is_deterministic_and_the_seed_is_what_draws_the_resamples():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 60)
+    a = np.where(rng.random(60) < 0.7, labels, rng.integers(0, 3, 60))
+    b = np.where(rng.random(60) < 0.7, labels, rng.integers(0, 3, 60))
+    first, again = item_paired_difference(labels, a, b, 3), item_paired_difference(labels, a, b, 3)
+    assert first == again
+    other = item_paired_difference(labels, a, b, 3, seed=1)
+    assert other["ua"].diff == first["ua"].diff and other["ua"].ci_low != first["ua"].ci_low
+
+
+def test_bootstrap_interval_matches_a_loop_over_the_same_resamples():
+    from multiturbo.metrics import macro_recall
+    import torch
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 3, 40)
+    a, b = rng.integers(0, 3, 40), np.where(rng.random(40) < 0.6, labels, rng.integers(0, 3, 40))
+    out = item_paired_difference(labels, a, b, 3, resamples=200, seed=11)
+    idx = np.random.default_rng(11).integers(0, 40, size=(200, 40))
+    t = lambda x: torch.from_numpy(np.asarray(x, dtype=np.int64))  # noqa: E731
+    diffs = [macro_recall(t(b[i]), t(labels[i]), 3) - macro_recall(t(a[i]), t(labels[i]), 3) for i in idx]
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    assert (out["ua"].ci_low, out["ua"].ci_high) == (pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6))
+
+
+def test_mcnemar_without_discordant_items_is_1_and_bad_inputs_are_refused():
+    same = np.array([True, False, True])
+    assert mcnemar_exact(same, same) == (1.0, 0, 0)
+    with pytest.raises(ValueError, match="one entry per item"):
+        item_paired_difference([0, 1], [0, 1, 1], [0, 1], 2)
+    with pytest.raises(ValueError, match="at least one item"):
+        item_paired_difference([], [], [], 2)
+    with pytest.raises(ValueError, match="class indices in 0..1"):
+        item_paired_difference([0, 2], [0, 1], [0, 1], 2)

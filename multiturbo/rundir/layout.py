@@ -8,6 +8,7 @@
     best.safetensors        weights at the best val epoch;  last.safetensors: after the last epoch
     checkpoint.safetensors  the resumable training state (while the run is not finished)
     metrics.json            test metrics of the best weights (multiturbo.metrics), confusion matrix
+    test_predictions.csv    each test item's predicted class by the best weights (item, id, label, pred), what metrics.json scores
     assets.json, assets/    what the encoders need to be rebuilt offline (option overrides, files)
     analysis/               analysis.json (alignment / uniformity of the test embeddings) and figures
     tensorboard/            event files of metrics.jsonl (when tensorboard is installed)
@@ -25,6 +26,7 @@ CONFIG = "config.yaml"
 INFO = "run.json"
 LOG = "metrics.jsonl"
 TEST_METRICS = "metrics.json"
+TEST_PREDICTIONS = "test_predictions.csv"  # one row per test item: what metrics.json's wa / ua / f1 were computed from
 BEST = "best.safetensors"
 LAST = "last.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
@@ -39,7 +41,7 @@ SPLITS = "splits.json"  # the ids of the items of each split (multiturbo.composi
 LOCK = "run.lock"  # the process id and host of the process training in the directory (rundir.write.RunLock)
 
 # What --overwrite removes (and nothing else: a user's own files in the directory stay).
-RUN_FILES = (CONFIG, INFO, LOG, TEST_METRICS, BEST, LAST, CHECKPOINT, REPORT, ASSETS_FILE, SPLITS)
+RUN_FILES = (CONFIG, INFO, LOG, TEST_METRICS, TEST_PREDICTIONS, BEST, LAST, CHECKPOINT, REPORT, ASSETS_FILE, SPLITS)
 RUN_DIRS = (ANALYSIS_DIR, TENSORBOARD_DIR, ASSETS_DIR)
 # What a finished run needs to be loaded.
 REQUIRED_FILES = (CONFIG, INFO, BEST)

@@ -9,9 +9,11 @@ from another minor or major version, or one without a version, is refused with a
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,34 @@ def read_test_metrics(run_dir: str | Path) -> dict[str, Any] | None:
         return _json_or_none(layout.path(run_dir, layout.TEST_METRICS))
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class ItemPredictions:
+    """``test_predictions.csv`` of a run: per test item, in split order, its ``ids`` (as splits.json
+    names it), true ``labels`` and predicted ``preds`` (class indices into run.json's classes), [N] each."""
+
+    ids: list[str]
+    labels: list[int]
+    preds: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_test_predictions(run_dir: str | Path) -> ItemPredictions | None:
+    """``test_predictions.csv`` (None when absent: a run from before the file existed, or one not
+    tested yet); a damaged file raises :class:`RunDirError` naming it."""
+    path = layout.path(run_dir, layout.TEST_PREDICTIONS)
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return ItemPredictions([r["id"] for r in rows], [int(r["label"]) for r in rows], [int(r["pred"]) for r in rows])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise RunDirError(f"{path} is damaged ({type(exc).__name__}: {exc}); expected the columns item, id, label, pred with "
+                          "class indices. Run `multiturbo run` again to rewrite it, or delete it.") from None
 
 
 def finished_metrics(run_dir: str | Path) -> dict[str, Any] | None:

@@ -6,13 +6,15 @@ Every write is atomic (multiturbo.checkpoint), so a killed run never leaves half
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -243,6 +245,22 @@ def write_splits(run_dir: Path, membership: dict[str, Any]) -> None:
 
 def write_test_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     write_json(layout.path(run_dir, layout.TEST_METRICS), metrics)
+
+
+PREDICTION_COLUMNS = ("item", "id", "label", "pred")  # test_predictions.csv: split position, splits.json id, class indices
+
+
+def write_test_predictions(run_dir: Path, ids: Sequence[Any], labels: Sequence[int], preds: Sequence[int]) -> None:
+    """``test_predictions.csv``: one row per test item in split order: ``item`` (its position in the
+    test split), ``id`` (its id in splits.json), ``label`` and ``pred`` (class indices into run.json's
+    classes). ``ids``, ``labels``, ``preds``: [N], in split order."""
+    if not (len(ids) == len(labels) == len(preds)):
+        raise ValueError(f"test predictions need one id, label and prediction per item, got {len(ids)}, {len(labels)} and {len(preds)}")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(PREDICTION_COLUMNS)
+    writer.writerows((i, item_id, int(y), int(p)) for i, (item_id, y, p) in enumerate(zip(ids, labels, preds)))
+    _write_text(layout.path(run_dir, layout.TEST_PREDICTIONS), buf.getvalue())
 
 
 # -- after training ----------------------------------------------------------------------------------
