@@ -147,3 +147,9 @@ def test_single_split_compare_compares_the_test_items_and_skips_runs_without_pre
     assert {(r.a, r.b) for r in again.items} == {("cross", "turbo")} and again.item_notes == []
     assert item_caption_lines(again) == []
     assert "| turbo vs vanilla | - |" not in (out / "paired.md").read_text() and "| turbo vs cross | - | 0 |" in (out / "paired.md").read_text()
+    # a damaged file: each pair with that run gets a note naming the file (even where the partner has none)
+    (out / "cross" / "test_predictions.csv").write_text("item,id\n0,x\n")
+    damaged = compare_methods(configs, out)
+    assert damaged.items == [] and [note.split(":")[0] for note in damaged.item_notes] == ["cross vs vanilla seed 0", "turbo vs cross seed 0"]
+    assert all(f"{out / 'cross' / 'test_predictions.csv'} is damaged" in note for note in damaged.item_notes)
+    assert all(note in (out / "paired.md").read_text() for note in damaged.item_notes)

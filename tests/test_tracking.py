@@ -70,7 +70,7 @@ def test_a_tracked_run_reads_back_with_mlflows_client(tracked_cv):
     assert run.data.metrics["test/ua"] == pytest.approx(test["ua"])
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.md", "config.yaml", "run.json", "metrics.jsonl", "metrics.json", "analysis"} <= artifacts
+    assert {"report.md", "config.yaml", "run.json", "metrics.jsonl", "metrics.json", "test_predictions.csv", "analysis"} <= artifacts
     assert any(a.path.endswith(".png") for a in client.list_artifacts(run.info.run_id, "analysis"))
 
     tags = run.data.tags

@@ -109,8 +109,9 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def tracked_outputs(run_dir: str | Path) -> list[Path]:
     """What an experiment tracker keeps of a run, those present: config.yaml, run.json, metrics.jsonl,
-    metrics.json, report.md, and the analysis/ directory (analysis.json and the figures report.md shows)."""
-    names = (layout.CONFIG, layout.INFO, layout.LOG, layout.TEST_METRICS, layout.REPORT, layout.ANALYSIS_DIR)
+    metrics.json, test_predictions.csv, report.md, and the analysis/ directory (analysis.json and the
+    figures report.md shows)."""
+    names = (layout.CONFIG, layout.INFO, layout.LOG, layout.TEST_METRICS, layout.TEST_PREDICTIONS, layout.REPORT, layout.ANALYSIS_DIR)
     return [p for p in (layout.path(run_dir, n) for n in names) if p.exists()]
 
 
