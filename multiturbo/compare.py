@@ -178,7 +178,7 @@ def write_compare_report(result: CompareResult) -> None:
     points = plot_runs_align_uniform([(METHOD_LABELS.get(r.method, r.method), r.run_dir) for r in result.runs], scatter,
                                      title="Alignment vs uniformity of the test embeddings (lower is better)")
     write_comparison_report(
-        result.out, to_markdown(result), [("Paired differences (B - A, same folds and seeds)", paired_markdown(result))],
+        result.out, to_markdown(result), [("Paired differences (B - A, same folds and seeds)", paired_markdown(result, heading=False))],
         [scatter] if points else [], title=comparison_title(result),
         run_dirs=[r.run_dir for r in result.runs],
     )
@@ -363,8 +363,10 @@ def _paired_cells(p: PairedRow) -> list[str]:
             nb_ci, fmt_test_p(s.nb_p, s), s.note]
 
 
-def paired_markdown(result: CompareResult) -> str:
-    lines = ["# Paired comparison", "",
+def paired_markdown(result: CompareResult, heading: bool = True) -> str:
+    """paired.md: the paired differences over (fold, seed) pairs, then the item-level section; without
+    ``heading`` (report.md, which gives the section its own title), no "# Paired comparison" line."""
+    lines = [*(["# Paired comparison", ""] if heading else []),
              "Differences B - A over the (fold, seed) pairs both methods ran; 95% paired t interval; "
              "p-values of the paired t-test and the Wilcoxon signed-rank test. On fold grids, the Nadeau-Bengio "
              "corrected resampled t interval and p-value too (the folds' training sets overlap, so the plain paired t "

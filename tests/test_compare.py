@@ -127,7 +127,8 @@ def test_single_split_compare_compares_the_test_items_and_skips_runs_without_pre
     assert f"## {ITEM_PAIRED_TITLE}" in md and "lower bound on the uncertainty" in md
     assert "| " + " | ".join(ITEM_PAIRED_COLUMNS) + " |" in md
     assert f"| turbo vs vanilla | - | 0 | {n} | WA |" in md and f"| turbo vs vanilla | - | 0 | {n} | UA |" in md
-    assert ITEM_PAIRED_TITLE in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert ITEM_PAIRED_TITLE in report and "# Paired comparison" not in report.splitlines()  # one title per section
     csv_rows = list(csv.DictReader((out / "paired_items.csv").open()))
     assert len(csv_rows) == 9 and {r["mcnemar_p"] == "" for r in csv_rows if r["metric"] != "wa"} == {True}
     assert all(0 <= float(r["mcnemar_p"]) <= 1 for r in csv_rows if r["metric"] == "wa")
