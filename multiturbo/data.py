@@ -83,7 +83,7 @@ def raw_length(raw: Any) -> float | None:
     words; None for anything else (images, precomputed features), which does not vary in padding."""
     if isinstance(raw, str):
         return float(len(raw.split()))
-    if hasattr(raw, "samples") and hasattr(raw, "sample_rate"):
+    if _waveform_like(raw):
         return len(raw.samples) / raw.sample_rate
     if isinstance(raw, (np.ndarray, Tensor)) and raw.ndim == 1:
         return float(raw.shape[0])
@@ -116,9 +116,14 @@ def item_lengths(split: Sequence[Sample], max_seconds: Mapping[str, float | None
     return None
 
 
+def _waveform_like(raw: Any) -> bool:
+    """Whether ``raw`` is audio with its rate (a Waveform-like object), so :func:`raw_length` gives seconds."""
+    return hasattr(raw, "samples") and hasattr(raw, "sample_rate")
+
+
 def _capped(length: float | None, raw: Any, cap: float | None) -> float | None:
     """``length`` of ``raw`` at most ``cap`` seconds when it is in seconds (a Waveform-like input)."""
-    if length is None or cap is None or not (hasattr(raw, "samples") and hasattr(raw, "sample_rate")):
+    if length is None or cap is None or not _waveform_like(raw):
         return length
     return min(length, cap)
 
@@ -286,9 +291,10 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
 def gathered_positions(n: int, world: int) -> list[int]:
     """The split positions of an unshuffled loader's ``n`` items in the order a pass gathered over
-    ``world`` ranks returns them (:func:`multiturbo.distributed.gather_rows`): rank 0's shard
-    (0, world, 2 world, ...), then rank 1's (1, 1 + world, ...), and so on; 0..n-1 for one process."""
-    return [i for rank in range(world) for i in range(rank, n, world)]
+    ``world`` ranks returns them (:func:`multiturbo.distributed.gather_rows`): each rank's shard of
+    :class:`EpochSampler` in rank order (rank 0's 0, world, 2 world, ..., then rank 1's, ...);
+    0..n-1 for one process."""
+    return [i for rank in range(world) for i in EpochSampler(n, shuffle=False, shard=(rank, world)).order(1)]
 
 
 def cut_to_budget(items: Sequence[int], cost: Sequence[float], budget: float, min_size: int) -> list[list[int]]:

@@ -165,13 +165,15 @@ class LogMelCNN(Encoder):
         octave (multiples of 8 frames at least, the conv blocks' total stride), at most ``max_seconds``.
 
         Padding never changes an item's vector, and the ladder adds at most 7 frames or
-        1/FRAME_LADDER_STEPS of them (about 1.5% on average on IEMOCAP-like lengths); in exchange, batches of nearby lengths share their conv shapes,
-        and the CPU's convolution kernels, built per input shape, are built once per rung instead of
-        once per batch (measured with the demo's encoder on IEMOCAP-like lengths in sorted batches of
-        32: 292 shapes -> 68, about 0.06 ms of CPU per item less, 15% of the encoder's forward)."""
+        1/FRAME_LADDER_STEPS of them (about 1.5% on average on IEMOCAP-like lengths); in exchange,
+        batches of nearby lengths share their conv shapes, and the CPU's convolution kernels, built
+        per input shape, are built once per rung instead of once per batch (measured with the demo's
+        encoder on IEMOCAP-like lengths in sorted batches of 32: 292 shapes -> 68, about 0.06 ms of
+        CPU per item less, 15% of the encoder's forward)."""
         hop = self.options.hop_length
         frames = longest // hop + 1
-        step = max(8, 1 << max(0, frames.bit_length() - 1 - FRAME_LADDER_STEPS.bit_length() + 1))
+        octave = 1 << (frames.bit_length() - 1)  # the power of two at or below frames
+        step = max(8, octave // FRAME_LADDER_STEPS)  # the rungs of [octave, 2 x octave)
         rounded = -(-frames // step) * step
         return max(longest, min(longest + (rounded - frames) * hop, self.max_samples))
 
