@@ -200,6 +200,17 @@ def test_entry_point_plugins_load_unless_the_env_var_turns_them_off(tmp_path, di
     assert out == (["False", "-"] if disabled else ["True", "fakeplugin", "0.3"])
 
 
+def test_registering_the_plugins_imports_no_heavy_optional_library():
+    """Every command registers every plugin: the Hugging Face and timm plugins import their libraries
+    only when one of their parts is built (transformers alone cost every command about 0.7 s)."""
+    heavy = ("transformers", "timm", "datasets", "huggingface_hub", "mlflow", "optuna", "onnx", "onnxruntime")
+    code = ("import sys; from multiturbo.plugins import get_registries; r = get_registries(); "
+            "assert 'hf_whisper' in r.encoders.names() and 'whisper' in r.transcribers.names(); "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["[]"], out.stdout + out.stderr
+
+
 def test_core_imports_no_concrete_plugin():
     """The core package must not import first-party plugin modules (only by name, via importlib)."""
     root = pathlib.Path(multiturbo.__file__).parent

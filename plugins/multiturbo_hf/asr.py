@@ -14,7 +14,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import transformers
 
 from multiturbo.errors import MultiturboError
 from multiturbo.transcriber import Transcriber
@@ -39,6 +38,8 @@ class WhisperTranscriber(Transcriber):
 
     def __init__(self, model: str, *, device: str = "cpu", local_files_only: bool = True):
         super().__init__(model, device=device, local_files_only=local_files_only)
+        import transformers  # here, not at the top: registering the plugin must not cost every command transformers' import (about 0.7 s)
+
         path = Path(model).expanduser()
         self.model_id = str(path.resolve()) if path.is_dir() else str(model)
         try:
@@ -66,6 +67,8 @@ class WhisperTranscriber(Transcriber):
         feats = self.processor.feature_extractor(
             [np.asarray(a, dtype=np.float32) for a in audio], sampling_rate=self.sample_rate, return_tensors="pt",
         )  # input_features [B, n_mels, 3000]: padded to Whisper's 30 s window
+        import transformers
+
         limit = min(self.max_new_tokens, self.model.config.max_target_positions // 2)  # room for the prompt tokens
         level = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()  # generate's notes on its defaults (no attention mask: Whisper pads to 30 s)
