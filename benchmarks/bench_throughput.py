@@ -108,18 +108,10 @@ def fixed_batches(sampler, batch_size: int) -> tuple[list[list[int]], list[list[
     return cut(sampler.order(1)), cut(sampler.order(2))
 
 
-def repeated_pairs(epochs: tuple[list[list[int]], list[list[int]]]) -> float:
-    """The share of the pairs of items batched together in the first epoch that are together again in the second."""
-    def pairs(batches):
-        return {(a, b) for batch in batches for a in batch for b in batch if a < b}
-    first, second = map(pairs, epochs)
-    return len(first & second) / max(len(first), 1)
-
-
 def part_padding_and_speed(args) -> None:
     import torch
 
-    from multiturbo.data import BudgetBatchSampler, Collator, EpochSampler, item_lengths, make_loader, padding_fraction, set_loader_epoch
+    from multiturbo.data import BudgetBatchSampler, Collator, EpochSampler, item_lengths, make_loader, padding_fraction, repeated_pairs, set_loader_epoch
     from multiturbo.train import TrainState
 
     seconds = durations(args.items, args.seed, args.lengths)
@@ -136,14 +128,14 @@ def part_padding_and_speed(args) -> None:
           f"median {np.median(seconds):.1f} s, mean {seconds.mean():.1f} s ({'from ' + args.lengths if args.lengths else 'lognormal IEMOCAP-like fit'}); "
           "repeated pairs: the share of pairs of items batched together in epoch 1 that are batched together again in epoch 2")
     print("| batching | audio padding | text padding | mean batch | repeated pairs |\n|---|---|---|---|---|")
-    print(f"| random | {pad_random['audio']:.1%} | {pad_random['text']:.1%} | {bs} | {repeated_pairs(fixed_batches(random, bs)):.1%} |")
+    print(f"| random | {pad_random['audio']:.1%} | {pad_random['text']:.1%} | {bs} | {repeated_pairs(*fixed_batches(random, bs)):.1%} |")
     for j in sorted({0.0, jitter}):
         bucket = EpochSampler(len(items), shuffle=True, seed=0, lengths=lengths, batch_size=bs, jitter=j)
         pad_bucket = bucket.padding(1)
         print(f"| bucket, bucket_jitter {j:g} | {pad_bucket['audio']:.1%} | {pad_bucket['text']:.1%} | {bs} | "
-              f"{repeated_pairs(fixed_batches(bucket, bs)):.1%} |")
+              f"{repeated_pairs(*fixed_batches(bucket, bs)):.1%} |")
     print(f"| budget, bucket_jitter {jitter:g} | {pad_budget['audio']:.1%} | {pad_budget['text']:.1%} | {mean_budget:.1f} | "
-          f"{repeated_pairs((sampler.batches(1), sampler.batches(2))):.1%} |  (max_batch_seconds {budget:.0f}, min_batch_size {args.min_batch_size})")
+          f"{repeated_pairs(sampler.batches(1), sampler.batches(2)):.1%} |  (max_batch_seconds {budget:.0f}, min_batch_size {args.min_batch_size})")
 
     exp = build(tiny_config(batch_size=bs))
     collator = Collator(exp.model.encoders, num_classes=3)

@@ -163,6 +163,16 @@ def batches_padding(batches: Sequence[Sequence[int]], lengths: Sequence[Mapping[
     return out
 
 
+def repeated_pairs(first: Sequence[Sequence[int]], second: Sequence[Sequence[int]]) -> float:
+    """The share of the pairs of items batched together in ``first`` (one epoch's batches, lists of item
+    indices) that are batched together again in ``second``: 1.0 when bucketing gives the same batches
+    every epoch (the same negatives for every InfoNCE term), near 0 for random batches; 0.0 when
+    ``first`` has no batch of two or more items."""
+    def pairs(batches: Sequence[Sequence[int]]) -> set[tuple[int, int]]:
+        return {(a, b) for batch in batches for a in batch for b in batch if a < b}
+    together = pairs(first)
+    return len(together & pairs(second)) / len(together) if together else 0.0
+
 POOL_BATCHES = 100  # bucketing sorts pools of this many batches: randomness across pools, similar lengths within a batch
 
 

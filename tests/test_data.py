@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from multiturbo.audio import Waveform
-from multiturbo.data import BudgetBatchSampler, EpochSampler, bucket_order, gathered_positions, item_lengths, padding_fraction, sort_keys
+from multiturbo.data import BudgetBatchSampler, EpochSampler, bucket_order, gathered_positions, item_lengths, padding_fraction, repeated_pairs, sort_keys
 from multiturbo.dataset import LazySplit, Sample
 
 
@@ -32,11 +32,12 @@ def test_bucket_batches_hold_similar_lengths_in_a_reproducible_random_order():
     assert means != sorted(means) and means != sorted(means, reverse=True)
 
 
-def _repeated_pairs(first: list[list[int]], second: list[list[int]]) -> float:
-    """The share of the pairs of items batched together in ``first`` that are together again in ``second``."""
-    def pairs(batches):
-        return {(a, b) for batch in batches for a in batch for b in batch if a < b}
-    return len(pairs(first) & pairs(second)) / len(pairs(first))
+def test_repeated_pairs_counts_the_pairs_batched_together_again():
+    first = [[0, 1, 2], [3, 4]]  # pairs 01 02 12 34
+    assert repeated_pairs(first, first) == 1.0
+    assert repeated_pairs(first, [[0, 1], [2, 3, 4]]) == 0.5  # 01 and 34 again, of 4
+    assert repeated_pairs(first, [[0, 3], [1, 4], [2]]) == 0.0
+    assert repeated_pairs([[0], [1]], [[0, 1]]) == 0.0  # no pair in the first epoch
 
 
 def test_bucket_jitter_changes_the_batches_between_epochs_at_a_little_more_padding():
@@ -44,8 +45,8 @@ def test_bucket_jitter_changes_the_batches_between_epochs_at_a_little_more_paddi
     cut = lambda order: [order[j:j + 16] for j in range(0, 592, 16)]  # noqa: E731
     fixed = EpochSampler(600, shuffle=True, seed=2, lengths=lengths, batch_size=16)
     jittered = EpochSampler(600, shuffle=True, seed=2, lengths=lengths, batch_size=16, jitter=0.03)
-    assert _repeated_pairs(cut(fixed.order(1)), cut(fixed.order(2))) > 0.95  # without jitter: the same batches every epoch
-    assert _repeated_pairs(cut(jittered.order(1)), cut(jittered.order(2))) < 0.6
+    assert repeated_pairs(cut(fixed.order(1)), cut(fixed.order(2))) > 0.95  # without jitter: the same batches every epoch
+    assert repeated_pairs(cut(jittered.order(1)), cut(jittered.order(2))) < 0.6
     random = padding_fraction(EpochSampler(600, shuffle=True, seed=2).order(1), lengths, 16)["audio"]
     assert fixed.padding(1)["audio"] < jittered.padding(1)["audio"] < min(2.5 * fixed.padding(1)["audio"], 0.25 * random)
     order = jittered.order(3)
@@ -58,8 +59,8 @@ def test_bucket_jitter_changes_the_batches_between_epochs_at_a_little_more_paddi
 def test_bucket_jitter_varies_budget_batches_which_keep_to_the_true_lengths():
     lengths = _speech_lengths(600)
     fixed, jittered = (BudgetBatchSampler(lengths, 60.0, 4, seed=5, jitter=j) for j in (0.0, 0.03))
-    assert _repeated_pairs(fixed.batches(1), fixed.batches(2)) > 0.95
-    assert _repeated_pairs(jittered.batches(1), jittered.batches(2)) < 0.7
+    assert repeated_pairs(fixed.batches(1), fixed.batches(2)) > 0.95
+    assert repeated_pairs(jittered.batches(1), jittered.batches(2)) < 0.7
     for e in (1, 2):
         batches = jittered.batches(e)
         assert sorted(i for b in batches for i in b) == list(range(600))
