@@ -106,6 +106,25 @@ def _hub_cache() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights") off while a model loads: a fraction of a
+    second from a local directory, and in a log file a line of carriage returns before the run's own
+    output. Downloads keep their bars (they are the hub client's, not transformers'); any tqdm hook of
+    the user's still sees every bar, and is put back after."""
+    from transformers.utils import logging as hf_logging
+
+    def quiet(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous is not None else factory(*args, **kwargs)
+
+    previous = hf_logging.set_tqdm_hook(quiet)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+
+
 def load(what: str, encoder: str, options: HFOptions, loader: Any, **kwargs: Any) -> Any:
     """``loader.from_pretrained(options.model, ...)`` with a ConfigError naming the model and the fix on failure."""
     from .assets import is_config_only  # lazy: assets imports this module
@@ -121,7 +140,8 @@ def load(what: str, encoder: str, options: HFOptions, loader: Any, **kwargs: Any
             ]
         )
     try:
-        return loader.from_pretrained(os.path.expanduser(name), local_files_only=options.local_files_only, **kwargs)
+        with _no_loading_bar():
+            return loader.from_pretrained(os.path.expanduser(name), local_files_only=options.local_files_only, **kwargs)
     except Exception as exc:  # OSError, ValueError, HFValidationError, EnvironmentError... from the hub client
         if not os.path.isdir(os.path.expanduser(name)) and _not_available_locally(exc):
             why = (

@@ -482,3 +482,28 @@ def test_minilm_real_weights_offline():
     assert out.shape == (3, 384)
     sim = torch.nn.functional.cosine_similarity(out[:, None], out[None], dim=-1)
     assert sim[0, 1] > sim[0, 2] + 0.2  # the pretrained weights make sense of the words
+
+
+def test_loading_a_model_shows_no_transformers_bar_and_puts_the_users_hook_back(models, capfd):
+    """transformers' "Loading weights" bar would print carriage returns into every run's log."""
+    from transformers.utils import logging as hf_logging
+
+    seen = []
+
+    def users_hook(factory, args, kwargs):
+        seen.append((kwargs.get("desc"), kwargs.get("disable")))
+        return factory(*args, **kwargs)
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    previous = hf_logging.set_tqdm_hook(users_hook)
+    try:
+        capfd.readouterr()
+        build(models, "bert")
+        assert hf_logging.set_tqdm_hook(previous) is users_hook  # the user's hook is in place again after the load
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+        if not shown:
+            hf_logging.disable_progress_bar()
+    assert ("Loading weights", True) in seen  # the user's hook saw the bar, turned off
+    assert "Loading weights" not in capfd.readouterr().err
