@@ -535,6 +535,9 @@ def bench(config: Path, overrides: tuple[str, ...], methods: str, steps: int, wa
 
 
 def main() -> None:
+    from .warning_lines import show_own_warnings_as_lines
+
+    show_own_warnings_as_lines()  # "warning: ..." lines, not Python's file:line + source display
     try:
         cli(prog_name="multiturbo")
     except SystemExit as exc:
