@@ -34,7 +34,7 @@ from rich.table import Table
 
 from . import rundir
 from .analysis import plot_runs_align_uniform
-from .config import ExperimentConfig, check_config, load_raw, validate_config
+from .config import PRESETS, ExperimentConfig, check_config, load_raw, validate_config
 from .errors import MultiturboError, RunDirError
 from .loss import pair_names
 from .metrics import TABLE_METRICS
@@ -56,13 +56,29 @@ METHOD_LABELS = {"vanilla": "Vanilla", "cross": "+ CL_cross", "turbo": "+ Turbo"
 def method_configs(path: str | Path, overrides: Sequence[str], methods: Sequence[str]) -> dict[str, ExperimentConfig]:
     """One resolved config per method: the file, then ``overrides``, then ``method: <m>``.
 
-    Every config is validated before anything trains, so a bad config fails at once."""
+    The config's ``turbo.passes`` / ``in_modal`` / ``cross_modal`` describe its own method (``method``,
+    default turbo): the other methods are baselines and keep their presets' K and pair families (the
+    paper's Table 1: vanilla and CL_cross with K = 1), so a config written for Turbo K = 2 does not turn
+    the cross baseline into a K = 2 cross-only Turbo nor run vanilla's forward twice. Every other
+    setting (temperature, weights, CE weight...) comes from the config for every method. Every config
+    is validated before anything trains, so a bad config fails at once."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise MultiturboError(f"Unknown method(s) {', '.join(unknown)} in --methods. Known methods: {', '.join(METHODS)}.")
     raw = load_raw(path, overrides)
     registries = get_registries()
-    return {m: check_config(validate_config({**raw, "method": m}, str(path)), registries, str(path)) for m in methods}
+    return {m: check_config(validate_config(method_raw(raw, m), str(path)), registries, str(path)) for m in methods}
+
+
+def method_raw(raw: dict[str, Any], method: str) -> dict[str, Any]:
+    """``raw`` (a config mapping) for ``method``: its own method's turbo section as written; for another
+    method, the section with that method's preset K and pair families over what the config set."""
+    own = raw.get("method", "turbo")
+    turbo = raw.get("turbo")
+    if method == own or not isinstance(turbo, dict):
+        return {**raw, "method": method}
+    defining = {k: v for k, v in PRESETS[method].items() if k != "ce_weight"}  # vanilla's CE weight: unused without terms
+    return {**raw, "method": method, "turbo": {**turbo, **defining}}
 
 
 def _term_counts(cfg: ExperimentConfig) -> tuple[int, int]:

@@ -70,6 +70,20 @@ def test_compare_over_folds_and_seeds(folds_config, tmp_path):
     assert "| turbo vs vanilla | WA | 6 |" in (out / "paired.md").read_text()
 
 
+def test_the_baselines_keep_their_presets_k_and_pairs_when_the_config_sets_turbos(tiny_config_path, tmp_path):
+    """configs/audio_text_iemocap.yaml writes turbo.passes: 2 for Turbo: compare's vanilla and cross stay
+    the paper's K = 1 baselines; the other turbo settings apply to every method."""
+    sets = ["turbo.passes=3", "turbo.temperature=0.2", "turbo.ce_weight=0.3"]
+    configs = method_configs(tiny_config_path, sets, ["vanilla", "cross", "turbo"])
+    k_pairs = {m: (c.turbo.passes, c.turbo.in_modal, c.turbo.cross_modal) for m, c in configs.items()}
+    assert k_pairs == {"vanilla": (1, False, False), "cross": (1, False, True), "turbo": (3, True, True)}
+    assert {c.turbo.temperature for c in configs.values()} == {0.2}
+    assert (configs["cross"].turbo.ce_weight, configs["turbo"].turbo.ce_weight) == (0.3, 0.3)
+    # the config's own method keeps what it wrote, whichever it is
+    own = method_configs(tiny_config_path, [*sets, "method=cross"], ["cross", "turbo"])
+    assert (own["cross"].turbo.passes, own["turbo"].turbo.passes) == (3, 2)
+
+
 def test_default_compare_runs_each_method_once_and_resumes(tiny_config_path, tmp_path, monkeypatch):
     configs = method_configs(tiny_config_path, ["train.epochs=1"], ["vanilla", "cross"])
     out = tmp_path / "cmp"
