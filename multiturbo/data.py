@@ -173,6 +173,7 @@ def repeated_pairs(first: Sequence[Sequence[int]], second: Sequence[Sequence[int
     together = pairs(first)
     return len(together & pairs(second)) / len(together) if together else 0.0
 
+
 POOL_BATCHES = 100  # bucketing sorts pools of this many batches: randomness across pools, similar lengths within a batch
 
 

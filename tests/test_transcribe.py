@@ -142,10 +142,12 @@ def whisper_dir(tmp_path_factory):
     return import_tiny_hf().save_whisper_asr(tmp_path_factory.mktemp("asr") / "whisper")
 
 
-def test_whisper_transcribes_to_strings(whisper_dir):
+def test_whisper_transcribes_to_strings(whisper_dir, capfd):
     from multiturbo.transcribe import load_transcriber
 
+    capfd.readouterr()
     asr = load_transcriber(whisper_dir)
+    assert "Loading weights" not in capfd.readouterr().err  # transformers' bar is off while it loads, as for the encoders
     assert type(asr).__name__ == "WhisperTranscriber" and asr.model_id == str(Path(whisper_dir).resolve())
     texts = asr.transcribe([np.random.default_rng(0).normal(size=16000).astype(np.float32) * 0.1, np.zeros(4000, np.float32)])
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)

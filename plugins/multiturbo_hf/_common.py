@@ -107,7 +107,7 @@ def _hub_cache() -> str:
 
 
 @contextmanager
-def _no_loading_bar() -> Iterator[None]:
+def no_loading_bar() -> Iterator[None]:
     """transformers' own progress bars ("Loading weights") off while a model loads: a fraction of a
     second from a local directory, and in a log file a line of carriage returns before the run's own
     output. Downloads keep their bars (they are the hub client's, not transformers'); any tqdm hook of
@@ -140,7 +140,7 @@ def load(what: str, encoder: str, options: HFOptions, loader: Any, **kwargs: Any
             ]
         )
     try:
-        with _no_loading_bar():
+        with no_loading_bar():
             return loader.from_pretrained(os.path.expanduser(name), local_files_only=options.local_files_only, **kwargs)
     except Exception as exc:  # OSError, ValueError, HFValidationError, EnvironmentError... from the hub client
         if not os.path.isdir(os.path.expanduser(name)) and _not_available_locally(exc):

@@ -18,6 +18,8 @@ import torch
 from multiturbo.errors import MultiturboError
 from multiturbo.transcriber import Transcriber
 
+from ._common import no_loading_bar
+
 
 def _fail(model: str, what: str) -> MultiturboError:
     return MultiturboError(
@@ -49,8 +51,9 @@ class WhisperTranscriber(Transcriber):
         if getattr(config, "model_type", None) != "whisper":
             raise _fail(model, f"it is a {getattr(config, 'model_type', 'unknown')!r} model, not a Whisper one.")
         try:
-            self.processor = transformers.WhisperProcessor.from_pretrained(str(model), local_files_only=local_files_only)
-            self.model = transformers.WhisperForConditionalGeneration.from_pretrained(str(model), local_files_only=local_files_only)
+            with no_loading_bar():
+                self.processor = transformers.WhisperProcessor.from_pretrained(str(model), local_files_only=local_files_only)
+                self.model = transformers.WhisperForConditionalGeneration.from_pretrained(str(model), local_files_only=local_files_only)
         except (OSError, ValueError, TypeError) as exc:
             raise _fail(model, f"it cannot be loaded as a Whisper recogniser ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}).") from None
         if len(self.processor.tokenizer) < 0.9 * config.vocab_size:  # transformers makes an empty tokenizer when its files are absent
