@@ -1,7 +1,8 @@
 """The summary of a ``multiturbo tune`` study: one row per trial, the best trial, and Optuna's
 optimisation-history and parameter-importance figures (``optuna.visualization.matplotlib``).
 
-Written into the tuning output directory (rewritten by every process at its end, atomically)::
+Written into the tuning output directory (rewritten by every process at its end, atomically, under
+a lock file ``OUT/.tune.lock`` so that the summary written last is the one that read the study last)::
 
     OUT/tune.md          the table, the best trial, the figures (or why one is missing)
     OUT/tune.csv         the same rows as numbers
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from rich.table import Table
 
 from .checkpoint import _atomic
@@ -27,6 +29,7 @@ HISTORY_PNG = "history.png"
 IMPORTANCE_PNG = "importance.png"
 TUNE_MD = "tune.md"
 TUNE_CSV = "tune.csv"
+TUNE_LOCK = ".tune.lock"
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
@@ -177,13 +180,21 @@ def write_figures(out: Path, study, metric: str) -> dict[str, str | None]:
 
 
 def write_tune_report(out: Path, study, *, storage: str, metric: str, direction: str) -> list[dict[str, Any]]:
-    """tune.md, tune.csv and the figures in ``out``; returns the rows (:func:`trial_rows`)."""
+    """tune.md, tune.csv and the figures in ``out``; returns the rows (:func:`trial_rows`).
+
+    Several processes on one study each write the summary at their end. The study is read and the
+    files written under one lock (``out/.tune.lock``), so the reads and the writes happen in the same
+    order: the summary left on disk is the one that read the study last, which sees every trial that
+    any of the processes finished (without the lock, a process that read the study earlier but drew
+    its figures slower could overwrite a complete summary with one that still lists a trial running).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = trial_rows(study)
-    figures = write_figures(out, study, metric)
-    text = tune_markdown(rows, study_name=study.study_name, storage=storage, metric=metric, direction=direction, figures=figures)
-    _atomic(out / TUNE_MD, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    table = tune_csv(rows, metric)
-    _atomic(out / TUNE_CSV, lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
+    with FileLock(out / TUNE_LOCK):
+        rows = trial_rows(study)
+        figures = write_figures(out, study, metric)
+        text = tune_markdown(rows, study_name=study.study_name, storage=storage, metric=metric, direction=direction, figures=figures)
+        _atomic(out / TUNE_MD, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        table = tune_csv(rows, metric)
+        _atomic(out / TUNE_CSV, lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
     return rows

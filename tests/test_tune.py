@@ -16,7 +16,7 @@ from multiturbo.cli import cli
 from multiturbo.errors import ConfigError, MultiturboError
 from multiturbo.config import TuneConfig
 from multiturbo.tune import STUDY_FILE, check_storage_url, make_pruner, make_sampler, open_study, plan_tuning, probe_values, run_study, shown_url, trial_dir
-from multiturbo.tune_report import IMPORTANCE_PNG, TUNE_MD, best_row, trial_rows, write_tune_report
+from multiturbo.tune_report import IMPORTANCE_PNG, TUNE_LOCK, TUNE_MD, best_row, trial_rows, write_tune_report
 
 optuna = pytest.importorskip("optuna")
 
@@ -194,6 +194,27 @@ def test_pruned_trial_reads_pruned_and_a_rerun_continues_the_study(tmp_path, tin
     assert "Trial 1: val ua" in text and "| 0 | pruned |" in text
     assert "Parameter importance (fANOVA): not drawn (it needs at least 2 completed trials, the study has 1)" in text
     assert not (out / IMPORTANCE_PNG).exists()
+
+
+def test_the_summary_waits_for_another_process_writing_it(tmp_path):
+    """Reading the study and writing the summary happen under one lock: while another process holds
+    it, nothing is read or written, so the summary written last is the one that read the study last
+    (a process that read earlier but drew its figures slower cannot overwrite a complete summary)."""
+    import threading
+
+    from filelock import FileLock
+
+    study = optuna.create_study(study_name="s", direction="maximize")
+    held = FileLock(tmp_path / TUNE_LOCK)
+    held.acquire()
+    writer = threading.Thread(target=write_tune_report, args=(tmp_path, study),
+                              kwargs={"storage": "memory", "metric": "ua", "direction": "maximize"})
+    writer.start()
+    writer.join(timeout=1.0)
+    assert writer.is_alive() and not (tmp_path / TUNE_MD).exists()  # waiting for the lock
+    held.release()
+    writer.join(timeout=60)
+    assert not writer.is_alive() and "0 trial(s)" in (tmp_path / TUNE_MD).read_text()
 
 
 def test_two_processes_share_one_sqlite_study(tmp_path, tiny_raw):
