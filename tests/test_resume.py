@@ -56,11 +56,12 @@ RECIPE = {
 def resume_config(request, tmp_path, tiny_raw):
     """3 epochs of 10 steps (42 training items, batch 4; the last batch of 2 is kept) with a
     checkpoint every 3 steps; "recipe": with RECIPE's schedule, groups and balancing; "bucket":
-    length-aware batches (train.batching: bucket; the synthetic texts vary in length)."""
+    length-aware batches (train.batching: bucket; the synthetic texts vary in length); "recipe+bucket":
+    both (the tests that kill a process, seconds each, take the two settings at once)."""
     tiny_raw["train"].update(batch_size=4, epochs=3, checkpoint_every=3, device="cpu")
-    if request.param == "recipe":
+    if "recipe" in request.param:
         tiny_raw["train"].update(RECIPE)
-    if request.param == "bucket":
+    if "bucket" in request.param:
         tiny_raw["train"].update(batching="bucket")
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(tiny_raw))
@@ -96,6 +97,10 @@ def _same_results(a: Path, b: Path) -> None:
     assert drop_time(a / "metrics.jsonl") == drop_time(b / "metrics.jsonl")
 
 
+KILLED_CONFIGS = pytest.mark.parametrize("resume_config", ["plain", "recipe+bucket"], indirect=True)
+
+
+@KILLED_CONFIGS
 def test_a_killed_run_resumes_to_the_uninterrupted_result(resume_config, tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     victim = _cli("run", resume_config, "--out", run, "-q", slow=0.1)
@@ -220,6 +225,7 @@ def test_resume_refuses_finished_runs_other_configs_and_missing_checkpoints(resu
     assert res.exit_code == 2 and "contradict" in res.output
 
 
+@KILLED_CONFIGS
 def test_ctrl_c_stops_a_run_promptly_marks_it_interrupted_and_keeps_the_checkpoint(resume_config, tmp_path):
     run = tmp_path / "run"
     victim = _cli("run", resume_config, "--out", run, "-q", slow=0.1)
