@@ -16,6 +16,7 @@ from .encoder import Batch, Encoder
 from .errors import DataError
 from .feature_cache import FEATURES_KEY, FROZEN_PART_KEY, FrozenFeature, FrozenPart
 from .model import PRESENT_KEY
+from .warning_lines import worker_display
 
 
 @dataclass
@@ -511,7 +512,8 @@ def make_loader(
     ``shard = (rank, world)`` in a multi-process run: a shuffled (training) loader gives every
     rank the same number of items and drops the last incomplete batch, so the ranks' batches
     match for the gathered contrastive loss; an evaluation loader (no shuffle) splits the items
-    without dropping any. Workers persist across epochs; ``pin_memory`` defaults to CUDA's presence.
+    without dropping any. Workers persist across epochs and show warnings as this process does
+    (:func:`multiturbo.warning_lines.worker_display`); ``pin_memory`` defaults to CUDA's presence.
     ``weights``: per-item sampling weights (draws with replacement; see :class:`EpochSampler`).
     ``lengths``: per-item {modality: length} (:func:`item_lengths`) for length-aware batches in a
     shuffled loader (``train.batching: bucket``); ignored without ``shuffle``.
@@ -530,7 +532,7 @@ def make_loader(
         batch_sampler = BudgetBatchSampler(lengths, max_batch_seconds, min_batch_size, seed=seed, shard=shard, weights=weights,
                                            jitter=bucket_jitter)
         return DataLoader(split, batch_sampler=batch_sampler, collate_fn=collator, num_workers=num_workers,  # type: ignore[arg-type]
-                          generator=generator, pin_memory=pin, persistent_workers=num_workers > 0, **extra)
+                          generator=generator, pin_memory=pin, persistent_workers=num_workers > 0, worker_init_fn=worker_display(), **extra)
     sampler = EpochSampler(len(split), shuffle=shuffle, seed=seed, shard=shard, equal_shards=distributed and shuffle, weights=weights,
                            lengths=lengths if shuffle else None, batch_size=batch_size, jitter=bucket_jitter)
     n_items = len(sampler)
@@ -545,5 +547,6 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=pin,
         persistent_workers=num_workers > 0,
+        worker_init_fn=worker_display(),
         **extra,
     )

@@ -37,6 +37,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from .reader import InputReader
 from .retrieval import DEFAULT_KS, cross_modal_retrieval
 from .rundir import LoadedRun
 from .table import read_manifest
+from .warning_lines import worker_display
 
 
 @dataclass
@@ -363,8 +365,15 @@ def auto_workers(device: torch.device, batches: int, cpus: int | None = None) ->
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters
 
 
+def _start_inference_worker(worker_id: int, display: Callable[[int], None]) -> None:
+    """An inference worker's ``worker_init_fn``: :func:`_keep_freed_memory`, and the parent's display
+    of warnings (``display``: :func:`multiturbo.warning_lines.worker_display`)."""
+    _keep_freed_memory(worker_id)
+    display(worker_id)
+
+
 def _keep_freed_memory(worker_id: int) -> None:
-    """An inference worker's ``worker_init_fn``: glibc's malloc keeps the memory of freed arrays for
+    """Part of an inference worker's start: glibc's malloc keeps the memory of freed arrays for
     the next batch's (no mmap per large tensor, no heap trimming), so the worker does not fault in
     fresh zeroed pages for every tensor of every batch (measured with the demo encoders: system time
     0.2-0.37 s -> 0.07-0.12 s per 2,000 items, about 10% of the CPU time). The setting is the
@@ -430,7 +439,8 @@ def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None,
     on_cpu = _model_in_loader(run.device)
     loader = torch.utils.data.DataLoader(_InputItems(inputs, readers, run.modalities), batch_sampler=batches,
                                          collate_fn=_CollateAndRun(collator, run.model) if on_cpu else collator,
-                                         num_workers=workers, worker_init_fn=_keep_freed_memory, pin_memory=run.device.type == "cuda")
+                                         num_workers=workers, worker_init_fn=partial(_start_inference_worker, display=worker_display()),
+                                         pin_memory=run.device.type == "cuda")
     advance = None
     if progress is not None:
         progress.start(description, total=len(batches))

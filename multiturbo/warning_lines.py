@@ -5,6 +5,12 @@ problem); warnings of other libraries (torch, transformers...) as Python shows t
 
 Python's filters still decide whether a warning shows (by default once per message and place).
 The line is written to ``sys.stderr``, so a live progress bar prints it above itself.
+
+DataLoader workers: a forked worker (Linux up to Python 3.13) inherits the display; a worker
+started by spawn or forkserver (macOS; Linux from Python 3.14, its new default) starts with
+Python's, so multiturbo's loaders pass :func:`worker_display` (the parent's choice) as their
+``worker_init_fn``, and warnings raised while collating (e.g. the Whisper encoder cutting a long
+item) read the same in every worker as in the main process.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import importlib.util
 import os
 import sys
 import warnings
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TextIO
 
 
@@ -62,3 +68,20 @@ def show_own_warnings_as_lines() -> None:
     if warnings.showwarning is not show_warning:
         _replaced = warnings.showwarning
         warnings.showwarning = show_warning
+
+
+def shows_own_warnings_as_lines() -> bool:
+    """Whether this process shows multiturbo's warnings as lines (:func:`show_own_warnings_as_lines` ran)."""
+    return warnings.showwarning is show_warning
+
+
+def _start_worker_display(worker_id: int, lines: bool) -> None:
+    """A DataLoader ``worker_init_fn``: the worker shows warnings as its parent did (``lines``)."""
+    if lines:
+        show_own_warnings_as_lines()
+
+
+def worker_display() -> partial:
+    """A picklable ``worker_init_fn`` (spawned workers receive it by pickle) that gives a DataLoader
+    worker this process's display of warnings: one-line when this process has it."""
+    return partial(_start_worker_display, lines=shows_own_warnings_as_lines())

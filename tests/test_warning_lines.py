@@ -48,3 +48,51 @@ def test_the_console_entry_point_installs_it():
             "from multiturbo.warning_lines import show_warning; print(warnings.showwarning is show_warning)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.splitlines()[-1] == "True", proc.stdout + proc.stderr
+
+
+SPAWNED_LOADER = '''
+import multiprocessing, sys, warnings
+import multiturbo.data
+
+OWN = multiturbo.data.__file__
+
+
+class Warns:
+    """Two items; reading one warns as multiturbo's own code does (a file of the package)."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        warnings.warn_explicit(f"item {i} was cut", UserWarning, OWN, 1)
+        return i
+
+
+def as_list(items):
+    return items
+
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])  # spawn: the worker does not inherit the display
+    if sys.argv[2] == "lines":
+        from multiturbo.warning_lines import show_own_warnings_as_lines
+        show_own_warnings_as_lines()
+    loader = multiturbo.data.make_loader(Warns(), as_list, batch_size=2, shuffle=False, num_workers=1)
+    assert [list(b) for b in loader] == [[0, 1]]
+'''
+
+
+def test_a_spawned_loader_worker_shows_warnings_as_its_parent_does(tmp_path):
+    """Workers started by spawn (macOS; forkserver, Linux's default from Python 3.14, likewise) do
+    not inherit the display: make_loader's worker_init_fn gives them the parent's, lines or not."""
+    script = tmp_path / "spawned_loader.py"
+    script.write_text(SPAWNED_LOADER)
+    for display in ("lines", "python"):
+        proc = subprocess.run([sys.executable, str(script), "spawn", display], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        shown = [line for line in proc.stderr.splitlines() if "was cut" in line]
+        assert len(shown) == 2, proc.stderr
+        if display == "lines":
+            assert shown == ["warning: item 0 was cut", "warning: item 1 was cut"]
+        else:
+            assert all(line.endswith("UserWarning: item 0 was cut") or line.endswith("UserWarning: item 1 was cut") for line in shown)
