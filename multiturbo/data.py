@@ -17,6 +17,7 @@ from .errors import DataError
 from .feature_cache import FEATURES_KEY, FROZEN_PART_KEY, FrozenFeature, FrozenPart
 from .model import PRESENT_KEY
 from .warning_lines import worker_display
+from .worker_start import preload_in_fork_server
 
 
 @dataclass
@@ -523,6 +524,8 @@ def make_loader(
     ``bucket_jitter``: the length-sorted batches' jitter (:func:`jittered_keys`; ``train.bucket_jitter``).
     """
     generator = torch.Generator().manual_seed(seed)  # worker seeds; the order comes from the sampler
+    if num_workers > 0:
+        preload_in_fork_server([split, collator])
     distributed = shard[1] > 1
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor is not None else {}
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory

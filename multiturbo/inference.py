@@ -62,6 +62,7 @@ from .retrieval import DEFAULT_KS, cross_modal_retrieval
 from .rundir import LoadedRun
 from .table import read_manifest
 from .warning_lines import worker_display
+from .worker_start import preload_in_fork_server
 
 
 @dataclass
@@ -437,6 +438,8 @@ def run_inputs(run: LoadedRun, inputs: Inputs, *, batch_size: int | None = None,
     workers = auto_workers(run.device, len(batches)) if workers is None else workers
     run.model.eval()  # before the workers start: they run the model as it is now
     on_cpu = _model_in_loader(run.device)
+    if workers > 0:
+        preload_in_fork_server([collator, *readers.values()])
     loader = torch.utils.data.DataLoader(_InputItems(inputs, readers, run.modalities), batch_sampler=batches,
                                          collate_fn=_CollateAndRun(collator, run.model) if on_cpu else collator,
                                          num_workers=workers, worker_init_fn=partial(_start_inference_worker, display=worker_display()),
