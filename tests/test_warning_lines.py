@@ -73,7 +73,7 @@ def as_list(items):
 
 
 if __name__ == "__main__":
-    multiprocessing.set_start_method(sys.argv[1])  # spawn: the worker does not inherit the display
+    multiprocessing.set_start_method(sys.argv[1], force=True)  # spawn: the worker does not inherit the display
     if sys.argv[2] == "lines":
         from multiturbo.warning_lines import show_own_warnings_as_lines
         show_own_warnings_as_lines()

@@ -77,7 +77,7 @@ def as_list(items):
 
 
 if __name__ == "__main__":
-    multiprocessing.set_start_method("forkserver")
+    multiprocessing.set_start_method("forkserver", force=True)
     print([list(b) for b in make_loader(Probe(), as_list, batch_size=2, shuffle=False, num_workers=1)])
 '''
 
