@@ -11,8 +11,8 @@ them already: :func:`preload_in_fork_server` names torch, multiturbo's loader mo
 modules of the data set and encoders that the workers will unpickle.
 
 Measured on 2 CPU cores, Python 3.11 with the start method set to forkserver as Python 3.14's
-default, ``multiturbo run configs/demo.yaml`` with ``train.num_workers=2`` and 2 epochs: 19.9 and
-21.8 s, 12.1 and 13.1 s with the preload, 10.6 and 11.2 s with fork.
+default, ``multiturbo run configs/demo.yaml`` with ``train.num_workers=2`` and 2 epochs, two runs
+each: 19.9 and 21.8 s without the preload, 13.3 and 13.5 s with it; 10.6-13.7 s with fork.
 """
 
 from __future__ import annotations
@@ -33,9 +33,12 @@ def defining_modules(objects: Iterable[object]) -> list[str]:
     """The modules defining the classes of ``objects`` and of what they wrap (a cache's ``split``,
     a collator's ``encoders``), in first-seen order: what a worker imports to unpickle them."""
     names: list[str] = []
-    todo = list(objects)
+    todo, seen = list(objects), set()
     while todo:
         obj = todo.pop(0)
+        if id(obj) in seen:  # a wrapper that refers back to itself: each object once
+            continue
+        seen.add(id(obj))
         module = type(obj).__module__
         if module not in names and module != "builtins":
             names.append(module)

@@ -89,3 +89,12 @@ def test_fork_served_workers_find_the_modules_imported(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[[True, True]]"
+
+
+def test_a_wrapper_that_refers_back_to_itself_is_named_once():
+    class Loop:
+        pass
+
+    loop = Loop()
+    loop.split = loop
+    assert defining_modules([loop, loop]) == [__name__]
