@@ -13,7 +13,7 @@ from multiturbo import worker_start
 from multiturbo.build import build_experiment
 from multiturbo.config import check_config, validate_config
 from multiturbo.data import Collator, make_loader
-from multiturbo.worker_start import defining_modules, preload_in_fork_server, start_method
+from multiturbo.worker_start import defining_modules, start_method
 
 
 def test_the_start_method_is_the_platforms_default_until_one_is_set(monkeypatch):
